@@ -1,0 +1,17 @@
+"""mx_jax: Microscaling (MX v1.0), NVFP4 and FP8 numerics for JAX.
+
+Public API (implementation lives in modules users need not import):
+  formats:    get_format, FORMATS, MX_FORMATS
+  transforms: quantize, dequantize, fake_quantize, pack, unpack, QArray
+  scaling:    DelayedScaling state for per-tensor FP8 (mx_jax.scaling)
+"""
+from mx_jax.formats import FORMATS, MX_FORMATS, ElemFormat, Format, get_format
+from mx_jax.packing import pack, unpack
+from mx_jax.qarray import QArray
+from mx_jax.quantize import dequantize, fake_quantize, quantize
+
+__all__ = [
+    "FORMATS", "MX_FORMATS", "ElemFormat", "Format", "get_format", "QArray", "quantize", "dequantize",
+    "fake_quantize", "pack", "unpack",
+]
+__version__ = "0.1.0"

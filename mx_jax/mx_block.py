@@ -1,0 +1,79 @@
+"""OCP MX v1.0 block quantization: one E8M0 scale 2^e per block of k elements along an axis.
+
+Shared exponent (``scale_mode``), from the exact bits of the block amax A (clamped to [-127, 127]):
+  floor (OCP):  e = floor(log2 A) - emax_elem          (the largest elements may saturate, by design)
+  ceil:         e = ceil(log2 A) - emax_elem
+  even:         e = floor(log2 round_M(A)) - emax_elem (A's significand rounded half-up to M bits)
+  rceil (NVIDIA/cuBLAS): e = ceil(log2(A / max_elem))  (no element saturates)
+Elements: x / 2^e rounded on the element grid (RNE by default), saturated to ±max_elem. A block holding
+NaN or ±Inf gets the NaN scale (byte 0xFF) and decodes to NaN; an all-zero block gets byte 0 and decodes to 0.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from mx_jax import _bits
+from mx_jax._blocks import from_blocks, to_blocks
+from mx_jax.formats import E8M0_BIAS, E8M0_NAN, ElemFormat
+
+SCALE_MODES = ("floor", "ceil", "even", "rceil")
+
+
+def _frac_bits_of(v: float) -> int:
+  """23-bit fraction of a positive normal float32 constant."""
+  import numpy as np
+  return int(np.array(v, np.float32).view(np.uint32)) & 0x7FFFFF
+
+
+def shared_exponent(amax_bits: jax.Array, elem: ElemFormat, scale_mode: str) -> jax.Array:
+  """Unbiased E8M0 exponent e (int32, in [-127, 127]) from |amax| bits (finite)."""
+  fl, frac = _bits.frexp_bits(amax_bits)
+  if scale_mode == "floor":
+    e = fl - elem.emax
+  elif scale_mode == "ceil":
+    e = fl + (frac != 0).astype(jnp.int32) - elem.emax
+  elif scale_mode == "rceil":
+    e = fl - elem.emax + (frac > _frac_bits_of(elem.max_normal)).astype(jnp.int32)
+  elif scale_mode == "even":
+    carry = (frac + (1 << (22 - elem.mbits))) >> 23
+    e = fl + carry - elem.emax
+  else:
+    raise ValueError(f"scale_mode must be one of {SCALE_MODES}; got {scale_mode!r}")
+  return jnp.clip(e, -E8M0_BIAS, E8M0_BIAS)
+
+
+def scale_bytes_to_e8m0(b: jax.Array) -> jax.Array:
+  """uint8 biased exponents -> float8_e8m0fnu by bitcast (never astype: that rounds and maps 0 to NaN)."""
+  return lax.bitcast_convert_type(b.astype(jnp.uint8), jnp.float8_e8m0fnu)
+
+
+def e8m0_to_bytes(s: jax.Array) -> jax.Array:
+  return lax.bitcast_convert_type(s, jnp.uint8)
+
+
+def mx_quantize_blocks(x: jax.Array, elem: ElemFormat, axis: int, bs: int, scale_mode: str,
+                       rounding: str, key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """Returns (element values as exact float32, padded along axis; scale bytes uint8)."""
+  xb = to_blocks(x.astype(jnp.float32), axis, bs)
+  ab = _bits.abs_bits(xb)
+  amax = jnp.max(ab, axis=axis + 1, keepdims=True)  # integer max: exact, NaN > Inf > finite
+  bad = _bits.is_nonfinite_bits(amax)
+  e = shared_exponent(jnp.where(bad, 0, amax), elem, scale_mode)
+  rbits = None
+  if rounding == "stochastic":
+    rbits = jax.random.bits(key, xb.shape, jnp.uint32)
+  v = _bits.round_to_elem(xb, e, elem, rounding, rbits=rbits, saturate=True)
+  v = jnp.where(bad, 0.0, v)
+  scale_b = jnp.where(bad, E8M0_NAN, e + E8M0_BIAS).astype(jnp.uint8)
+  return from_blocks(v, axis), jnp.squeeze(scale_b, axis + 1)
+
+
+def mx_dequantize_blocks(v: jax.Array, scale_b: jax.Array, axis: int, bs: int) -> jax.Array:
+  """Exact float32 elem * 2^(b - 127) (NaN where b = 0xFF), still padded along axis."""
+  vb = to_blocks(v, axis, bs)
+  b = jnp.expand_dims(scale_b.astype(jnp.int32), axis + 1)
+  out = _bits.mul_pow2(vb, b - E8M0_BIAS)
+  out = jnp.where(b == E8M0_NAN, jnp.nan, out)
+  return from_blocks(out, axis)

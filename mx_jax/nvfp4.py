@@ -1,0 +1,57 @@
+"""NVFP4: E2M1 elements, one E4M3 decode scale per 16 elements, one FP32 tensor scale (NVIDIA's recipe).
+
+All steps are float32, in this order (as TransformerEngine's reference quantizer):
+  S_enc = 6 * 448 / amax(x)              (1 if amax is 0 or non-finite; capped at FP32 max)
+  d_b   = e4m3( min(amax_b / 6 * S_enc, 448) )    RNE cast of the block decode scale
+  q     = e2m1( x * (1 / (d_b * (1 / S_enc))) )   RNE (or stochastic), saturated to ±6; 0 where d_b = 0
+  x^    = q * d_b * (1 / S_enc)
+A block holding NaN/Inf gets a NaN block scale and decodes to NaN.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mx_jax import _bits
+from mx_jax._blocks import from_blocks, to_blocks
+from mx_jax.formats import E2M1, E4M3
+
+_F32_MAX = float(jnp.finfo(jnp.float32).max)
+
+
+def tensor_encode_scale(amax: jax.Array) -> jax.Array:
+  amax = amax.astype(jnp.float32)
+  s = jnp.float32(E2M1.max_normal * E4M3.max_normal) / amax
+  s = jnp.minimum(s, _F32_MAX)
+  ok = jnp.isfinite(amax) & (amax > 0)
+  return jnp.where(ok, s, jnp.float32(1.0))
+
+
+def nvfp4_quantize_blocks(x: jax.Array, axis: int, bs: int, rounding: str, key: jax.Array | None,
+                          amax: jax.Array | None = None):
+  """Returns (E2M1 values as float32 padded along axis, E4M3 block scales, FP32 tensor decode scale)."""
+  x = x.astype(jnp.float32)
+  if amax is None:
+    amax = jnp.max(jnp.where(jnp.isfinite(x), jnp.abs(x), 0.0))
+  s_enc = tensor_encode_scale(amax)
+  s_dec = jnp.float32(1.0) / s_enc
+  xb = to_blocks(x, axis, bs)
+  bad = jnp.any(~jnp.isfinite(xb), axis=axis + 1, keepdims=True)
+  amax_b = jnp.max(jnp.abs(jnp.where(bad, 0.0, xb)), axis=axis + 1, keepdims=True)
+  d = jnp.minimum(amax_b / jnp.float32(E2M1.max_normal) * s_enc, jnp.float32(E4M3.max_normal))
+  d_e4m3 = d.astype(jnp.float8_e4m3fn)
+  d32 = d_e4m3.astype(jnp.float32)
+  zero = d32 == 0
+  enc = jnp.float32(1.0) / jnp.where(zero, 1.0, d32 * s_dec)
+  rbits = jax.random.bits(key, xb.shape, jnp.uint32) if rounding == "stochastic" else None
+  v = _bits.round_to_elem(xb * enc, jnp.int32(0), E2M1, rounding, rbits=rbits, saturate=True)
+  v = jnp.where(zero | bad, 0.0, v)
+  d_e4m3 = jnp.where(bad, jnp.array(jnp.nan, jnp.float8_e4m3fn), d_e4m3)
+  return from_blocks(v, axis), jnp.squeeze(d_e4m3, axis + 1), s_dec
+
+
+def nvfp4_dequantize_blocks(v: jax.Array, scales: jax.Array, tensor_scale: jax.Array, axis: int,
+                            bs: int) -> jax.Array:
+  vb = to_blocks(v, axis, bs)
+  d = jnp.expand_dims(scales.astype(jnp.float32), axis + 1)
+  return from_blocks(vb * d * tensor_scale.astype(jnp.float32), axis)
