@@ -15,3 +15,8 @@ __all__ = [
     "fake_quantize", "pack", "unpack",
 ]
 __version__ = "0.1.0"
+
+from mx_jax.recipes import OperandSpec, Recipe, recipe, PRESETS as RECIPES
+from mx_jax.dot import dot_general, init_state, quantized_dot_general
+
+__all__ += ["OperandSpec", "Recipe", "recipe", "RECIPES", "dot_general", "init_state", "quantized_dot_general"]

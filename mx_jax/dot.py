@@ -1,0 +1,285 @@
+"""Quantized ``dot_general`` with a custom VJP: all three training GEMMs in low precision.
+
+Each GEMM quantizes its two operands along *its own* contraction axes (six quantizations per layer; see
+recipes.py), from the high-precision tensors saved for the backward pass. The GEMM reads the quantized
+values in ``recipe.compute_dtype`` (bf16 holds every MX/FP8/NVFP4 value exactly: at most 8 significant
+bits) and accumulates in FP32; per-tensor factors (FP8 ``scale_inv``, NVFP4's tensor scale) are applied
+to the FP32 output, as a real FP8 GEMM does. Contraction over several axes blocks the flattened axes.
+
+Delayed scaling and telemetry live in a ``state`` pytree whose cotangent *is* the new state (Flax's
+``_overwrite_with_gradient`` convention), so it updates inside a jitted train step with no side effects.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import zlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from mx_jax import _bits, fp8_tensor, scaling, telemetry
+from mx_jax.formats import get_format
+from mx_jax.mx_block import e8m0_to_bytes, mx_dequantize_blocks
+from mx_jax.quantize import quantize
+from mx_jax.recipes import OperandSpec, Recipe, recipe as get_recipe
+
+_TENSOR_OF = {"x": "x", "x_wgrad": "x", "w": "w", "w_dgrad": "w", "g_dgrad": "g", "g_wgrad": "g"}
+
+
+# ----------------------------------------------------------------------------------------------- state
+def init_state(rec: Recipe) -> dict[str, Any]:
+  """Zero state for ``rec``: {"x"|"w"|"g": {"amax_history", "scale"}} and {"telemetry": {op: stats}}."""
+  st: dict[str, Any] = {}
+  for t in rec.delayed_tensors:
+    s = scaling.init_delayed(rec.amax_history_len)
+    st[t] = {"amax_history": s.amax_history, "scale": s.scale}
+  if rec.telemetry:
+    st["telemetry"] = {op: jnp.zeros((telemetry.SIZE,), jnp.float32)
+                       for op, spec in rec.operands.items() if spec is not None}
+  return st
+
+
+def _updated(entry, amax, spec: OperandSpec, rec: Recipe):
+  s = scaling.DelayedScalingState(entry["amax_history"], entry["scale"])
+  n = scaling.update_delayed(s, amax, spec.fmt, margin=spec.margin, algo=rec.amax_algo)
+  return {"amax_history": n.amax_history, "scale": n.scale}
+
+
+# ------------------------------------------------------------------------------------------ operands
+def _content_key(x: jax.Array, salt: str) -> jax.Array:
+  """A PRNG key derived from the tensor's bits and a stable salt (stochastic rounding without RNG
+  plumbing: deterministic for a given tensor, so a resumed run repeats itself exactly)."""
+  h = jnp.sum(_bits.f32_bits(x) * jnp.uint32(2654435761), dtype=jnp.uint32)
+  return jax.random.fold_in(jax.random.key(zlib.crc32(salt.encode())), h)
+
+
+def _flatten_axes(x: jax.Array, axes: Sequence[int]):
+  """Moves ``axes`` to the end and merges them: returns (2-D-or-more array, inverse function)."""
+  axes = tuple(a % x.ndim for a in axes)
+  rest = tuple(a for a in range(x.ndim) if a not in axes)
+  perm = rest + axes
+  xt = jnp.transpose(x, perm)
+  lead = xt.shape[:len(rest)]
+  tail = xt.shape[len(rest):]
+  flat = xt.reshape(lead + (math.prod(tail),))
+  inv = np.argsort(perm)
+
+  def unflatten(y):
+    return jnp.transpose(y.reshape(lead + tail), inv)
+
+  return flat, unflatten
+
+
+def quantize_operand(x: jax.Array, spec: OperandSpec | None, axes: Sequence[int], *, scale=None,
+                     key=None, salt: str = ""):
+  """Quantizes ``x`` along ``axes`` (its contraction axes in this GEMM).
+
+  Returns (values exact in float32 without per-tensor factors, per-tensor factor or None, QArray or None).
+  """
+  if spec is None or len(axes) == 0:
+    return x.astype(jnp.float32), None, None
+  f = get_format(spec.fmt)
+  flat, unflatten = _flatten_axes(x, axes)
+  if spec.rounding == "stochastic" and key is None:
+    key = _content_key(flat, salt + spec.fmt)
+  if f.kind == "tensor":
+    q = quantize(flat, f, scale=scale, rounding=spec.rounding, key=key, margin=spec.margin)
+    return unflatten(_bits.from_elem_dtype(q.data, f.elem)), q.scales, q
+  q = quantize(flat, f, axis=-1, block_size=spec.block_size, scale_mode=spec.scale_mode,
+               rounding=spec.rounding, key=key)
+  v = _bits.from_elem_dtype(q.data, f.elem)
+  if f.kind == "nvfp4":
+    from mx_jax._blocks import from_blocks, to_blocks
+    vb = to_blocks(v, v.ndim - 1, q.block_size) * q.scales.astype(jnp.float32)[..., None]
+    v, post = from_blocks(vb, v.ndim - 1), q.tensor_scale
+  else:
+    v, post = mx_dequantize_blocks(v, e8m0_to_bytes(q.scales), v.ndim - 1, q.block_size), None
+  v = v[..., :flat.shape[-1]]
+  return unflatten(v), post, q
+
+
+# --------------------------------------------------------------------------------------- dimensions
+def _kept(ndim, contract, batch):
+  return [a for a in range(ndim) if a not in contract and a not in batch]
+
+
+def _grad_dims(dn, x_ndim, y_ndim, x_is_lhs: bool):
+  """For d/dx of dot_general(lhs, rhs): dims of the GEMM g · y, and the permutation back to x's layout.
+
+  Returns (g_contract, y_contract, g_batch, y_batch, out_perm).
+  """
+  (lc, rc), (lb, rb) = dn
+  lc, rc, lb, rb = map(list, (lc, rc, lb, rb))
+  if x_is_lhs:
+    xc, yc, xb, yb = lc, rc, lb, rb
+  else:
+    xc, yc, xb, yb = rc, lc, rb, lb
+  x_kept, y_kept = _kept(x_ndim, xc, xb), _kept(y_ndim, yc, yb)
+  nb = len(xb)
+  # Output layout of the forward GEMM: batch, lhs kept, rhs kept.
+  if x_is_lhs:
+    ans_y = list(range(nb + len(x_kept), nb + len(x_kept) + len(y_kept)))
+  else:
+    ans_y = list(range(nb, nb + len(y_kept)))
+  ans_b = list(range(nb))
+  # Result of dot_general(g, y, ((ans_y, y_kept), (ans_b, yb))): batch, g kept (= x kept), y kept
+  # (= y's contract dims, i.e. x's contract dims in y's order). Map back to x's axis order.
+  xc_by_y = [xc[i] for i in np.argsort(yc)] if yc else []
+  out_perm = np.argsort(list(xb) + x_kept + xc_by_y)
+  return ans_y, y_kept, ans_b, yb, tuple(int(i) for i in out_perm)
+
+
+# ------------------------------------------------------------------------------------------ the GEMM
+def _gemm(a, b, dims, cdt, post_a, post_b):
+  out = lax.dot_general(a.astype(cdt), b.astype(cdt), dims, preferred_element_type=jnp.float32)
+  for p in (post_a, post_b):
+    if p is not None:
+      out = out * p
+  return out
+
+
+def _delayed_spec(rec: Recipe, t: str) -> OperandSpec:
+  """The operand spec that defines tensor ``t``'s delayed scaling (its first delayed use)."""
+  return next(s for op, s in rec.operands.items()
+              if _TENSOR_OF[op] == t and s is not None and s.scaling == "delayed")
+
+
+def _scale_of(state, op, rec):
+  spec = rec.operands[op]
+  t = _TENSOR_OF[op]
+  if spec is not None and spec.scaling == "delayed":
+    return state[t]["scale"]
+  return None
+
+
+def _qdot_impl(lhs, rhs, state, dn, rec: Recipe, out_dtype):
+  cdt = jnp.dtype(rec.compute_dtype)
+  (lc, rc), _ = dn
+  a, pa, qa = quantize_operand(lhs, rec.x, lc, scale=_scale_of(state, "x", rec), salt="x")
+  b, pb, qb = quantize_operand(rhs, rec.w, rc, scale=_scale_of(state, "w", rec), salt="w")
+  out = _gemm(a, b, dn, cdt, pa, pb).astype(out_dtype)
+  return out, (a, qa, b, qb)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _qdot(lhs, rhs, state, dn, rec, out_dtype):
+  return _qdot_impl(lhs, rhs, state, dn, rec, out_dtype)[0]
+
+
+def _qdot_fwd(lhs, rhs, state, dn, rec, out_dtype):
+  out, (_, qa, _, qb) = _qdot_impl(lhs, rhs, state, dn, rec, out_dtype)
+  new_state = dict(state)
+  for t, x in (("x", lhs), ("w", rhs)):
+    if t in state:
+      new_state[t] = _updated(state[t], fp8_tensor.finite_amax(x), _delayed_spec(rec, t), rec)
+  if rec.telemetry:
+    tel = dict(state["telemetry"])
+    if qa is not None:
+      tel["x"] = telemetry.quant_stats(_flatten_axes(lhs, dn[0][0])[0], qa)
+    if qb is not None:
+      tel["w"] = telemetry.quant_stats(_flatten_axes(rhs, dn[0][1])[0], qb)
+    new_state["telemetry"] = tel
+  return out, (lhs, rhs, state, new_state)
+
+
+def _qdot_bwd(dn, rec, out_dtype, res, g):
+  lhs, rhs, state, new_state = res
+  cdt = jnp.dtype(rec.compute_dtype)
+  g = g.astype(jnp.float32)
+  tel = dict(new_state.get("telemetry", {}))
+
+  def one_side(x, y, x_is_lhs, g_op, y_op):
+    g_c, y_c, g_b, y_b, perm = _grad_dims(dn, x.ndim, y.ndim, x_is_lhs)
+    gq, pg, qg = quantize_operand(g, rec.operands[g_op], g_c, scale=_scale_of(state, g_op, rec), salt=g_op)
+    yq, py, qy = quantize_operand(y, rec.operands[y_op], y_c, scale=_scale_of(state, y_op, rec), salt=y_op)
+    if rec.telemetry:
+      if qg is not None:
+        tel[g_op] = telemetry.quant_stats(_flatten_axes(g, g_c)[0], qg)
+      if qy is not None:
+        tel[y_op] = telemetry.quant_stats(_flatten_axes(y, y_c)[0], qy)
+    out = _gemm(gq, yq, ((g_c, y_c), (g_b, y_b)), cdt, pg, py)
+    return jnp.transpose(out, perm).astype(x.dtype)
+
+  dlhs = one_side(lhs, rhs, True, "g_dgrad", "w_dgrad")
+  drhs = one_side(rhs, lhs, False, "g_wgrad", "x_wgrad")
+  st_bar = dict(new_state)
+  if "g" in state:
+    st_bar["g"] = _updated(state["g"], fp8_tensor.finite_amax(g), _delayed_spec(rec, "g"), rec)
+  if rec.telemetry:
+    st_bar["telemetry"] = tel
+  return dlhs, drhs, st_bar
+
+
+_qdot.defvjp(_qdot_fwd, _qdot_bwd)
+
+
+# ----------------------------------------------------------------------------------------- public
+def _check_dn(dimension_numbers, lhs, rhs):
+  try:
+    (lc, rc), (lb, rb) = dimension_numbers
+    lc, rc, lb, rb = (tuple(int(a) % n for a in t) for t, n in
+                      ((lc, lhs.ndim), (rc, rhs.ndim), (lb, lhs.ndim), (rb, rhs.ndim)))
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"dimension_numbers must be ((lhs_contract, rhs_contract), (lhs_batch, rhs_batch)); "
+                     f"got {dimension_numbers!r}") from e
+  if len(lc) != len(rc) or len(lb) != len(rb):
+    raise ValueError(f"dimension_numbers pair unequal numbers of axes: {dimension_numbers!r}")
+  for a, b in zip(lc, rc):
+    if lhs.shape[a] != rhs.shape[b]:
+      raise ValueError(f"contracting dims differ: lhs axis {a} has {lhs.shape[a]}, rhs axis {b} has "
+                       f"{rhs.shape[b]}")
+  return ((lc, rc), (lb, rb))
+
+
+def quantized_dot_general(lhs, rhs, dimension_numbers, rec: Recipe | str, state: dict | None = None,
+                          precision=None, preferred_element_type=None) -> jax.Array:
+  """``lax.dot_general`` with every training GEMM quantized per ``rec`` (see module docstring).
+
+  ``state`` (from ``init_state``) is needed for delayed scaling / telemetry; its gradient is the new state.
+  """
+  del precision  # the recipe fixes the GEMM's input precision; accumulation is always FP32
+  rec = get_recipe(rec)
+  for name, v in (("lhs", lhs), ("rhs", rhs)):
+    if not jnp.issubdtype(jnp.asarray(v).dtype, jnp.floating):
+      raise TypeError(f"{name} must be a floating-point array; got dtype {jnp.asarray(v).dtype}")
+  lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+  dn = _check_dn(dimension_numbers, lhs, rhs)
+  out_dtype = jnp.dtype(preferred_element_type) if preferred_element_type is not None else \
+      jnp.result_type(lhs.dtype, rhs.dtype)
+  if rec.is_noop:
+    cdt = jnp.dtype(rec.compute_dtype)
+    cdt = jnp.promote_types(cdt, jnp.result_type(lhs.dtype, rhs.dtype)) if rec.name == "fp32" else cdt
+    return lax.dot_general(lhs.astype(cdt), rhs.astype(cdt), dn,
+                           preferred_element_type=jnp.float32).astype(out_dtype)
+  if state is None:
+    if rec.delayed_tensors:
+      raise ValueError(f"recipe {rec.name!r} uses delayed scaling: pass state= (see mx_jax.init_state) or "
+                       "use the Flax layers, which keep it in the '_overwrite_with_gradient' collection")
+    state = init_state(rec) if rec.telemetry else {}
+  return _qdot(lhs, rhs, state, dn, rec, out_dtype)
+
+
+def dot_general(rec: Recipe | str):
+  """A callable with ``jax.lax.dot_general``'s signature running ``rec``'s quantized GEMMs.
+
+  For stateless recipes (current scaling, MX, NVFP4); drop into ``nn.Dense(dot_general=...)``,
+  ``nn.DenseGeneral``, ``nn.Einsum`` or ``jnp.einsum(..., _dot_general=...)``. Delayed-scaling and
+  telemetry recipes need state: use ``mx_jax.flax.MxDotGeneral`` (``dot_general_cls=``) instead.
+  """
+  rec = get_recipe(rec)
+  if rec.delayed_tensors or rec.telemetry:
+    raise ValueError(f"recipe {rec.name!r} keeps state (delayed scaling or telemetry): use "
+                     "mx_jax.flax.MxDotGeneral as dot_general_cls, or quantized_dot_general(..., state=)")
+
+  def dg(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
+    kwargs.pop("out_sharding", None)
+    if kwargs:
+      raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}")
+    return quantized_dot_general(lhs, rhs, dimension_numbers, rec, None, precision, preferred_element_type)
+
+  dg.recipe = rec
+  return dg
