@@ -18,5 +18,18 @@ __version__ = "0.1.0"
 
 from mx_jax.recipes import OperandSpec, Recipe, recipe, PRESETS as RECIPES
 from mx_jax.dot import dot_general, init_state, quantized_dot_general
+from mx_jax.einsum import einsum
+from mx_jax import scaling
 
-__all__ += ["OperandSpec", "Recipe", "recipe", "RECIPES", "dot_general", "init_state", "quantized_dot_general"]
+
+def quantize_model(model, recipe, include=None, exclude=None):
+  """Quantizes an existing linen or nnx model's matmul layers (see mx_jax.flax.linen / .nnx)."""
+  import flax.linen as nn
+  if isinstance(model, nn.Module):
+    from mx_jax.flax.linen import quantize_model as q
+  else:
+    from mx_jax.flax.nnx import quantize_model as q
+  return q(model, recipe, include=include, exclude=exclude)
+
+__all__ += ["OperandSpec", "Recipe", "recipe", "RECIPES", "dot_general", "init_state", "quantized_dot_general",
+            "einsum", "scaling", "quantize_model"]

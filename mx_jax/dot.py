@@ -11,6 +11,7 @@ Delayed scaling and telemetry live in a ``state`` pytree whose cotangent *is* th
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import zlib
@@ -275,11 +276,18 @@ def dot_general(rec: Recipe | str):
     raise ValueError(f"recipe {rec.name!r} keeps state (delayed scaling or telemetry): use "
                      "mx_jax.flax.MxDotGeneral as dot_general_cls, or quantized_dot_general(..., state=)")
 
-  def dg(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
+  return RecipeDotGeneral(rec)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeDotGeneral:
+  """Hashable dot_general callable for a stateless recipe (so jnp.einsum can take it as a static arg)."""
+
+  recipe: Recipe
+
+  def __call__(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
     kwargs.pop("out_sharding", None)
     if kwargs:
       raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}")
-    return quantized_dot_general(lhs, rhs, dimension_numbers, rec, None, precision, preferred_element_type)
-
-  dg.recipe = rec
-  return dg
+    return quantized_dot_general(lhs, rhs, dimension_numbers, self.recipe, None, precision,
+                                 preferred_element_type)

