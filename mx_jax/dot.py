@@ -136,6 +136,8 @@ def _grad_dims(dn, x_ndim, y_ndim, x_is_lhs: bool):
 
 # ------------------------------------------------------------------------------------------ the GEMM
 def _gemm(a, b, dims, cdt, post_a, post_b):
+  if cdt == jnp.bfloat16 and jax.default_backend() == "cpu":
+    cdt = jnp.float32  # XLA:CPU has no bf16 x bf16 -> f32 batched dot; the values are exact either way
   out = lax.dot_general(a.astype(cdt), b.astype(cdt), dims, preferred_element_type=jnp.float32)
   for p in (post_a, post_b):
     if p is not None:
@@ -261,7 +263,10 @@ def quantized_dot_general(lhs, rhs, dimension_numbers, rec: Recipe | str, state:
       raise ValueError(f"recipe {rec.name!r} uses delayed scaling: pass state= (see mx_jax.init_state) or "
                        "use the Flax layers, which keep it in the '_overwrite_with_gradient' collection")
     state = init_state(rec) if rec.telemetry else {}
-  return _qdot(lhs, rhs, state, dn, rec, out_dtype)
+  return _qdot_jit(lhs, rhs, state, dn, rec, out_dtype)
+
+
+_qdot_jit = jax.jit(_qdot, static_argnums=(3, 4, 5))
 
 
 def dot_general(rec: Recipe | str):

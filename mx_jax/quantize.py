@@ -82,41 +82,42 @@ def quantize(x: jax.Array, fmt: str | Format, *, axis: int = -1, block_size: int
   x = _check_array(x)
   f = get_format(fmt)
   bs, gran = _check_options(f, block_size, scale_mode, rounding, key, granularity)
+  if x.ndim == 0 and f.kind != "tensor":
+    raise ValueError(f"x must have rank >= 1 for block format {f.name!r}")
+  if f.kind != "tensor" and scale is not None:
+    raise ValueError(f"scale= applies to per-tensor fp8 formats only, not {f.name!r}")
+  if f.kind == "mx" and amax is not None:
+    raise ValueError(f"amax= applies to nvfp4 and fp8 formats, not {f.name!r}")
+  if gran == "channel" and x.ndim == 0:
+    raise ValueError("granularity='channel' needs x of rank >= 1")
+  ax = _check_axis(axis, x.ndim) if (f.kind != "tensor" or gran == "channel") else None
+  if gran == "tensor" and scale is not None and jnp.ndim(scale) != 0:
+    raise ValueError(f"scale must be a scalar for granularity='tensor'; got shape {jnp.shape(scale)}")
+  for name, v in (("margin", margin),):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v <= 64:
+      raise ValueError(f"{name} must be an int in [0, 64]; got {v!r}")
+  return _quantize_jit(x, key, scale, amax, f.name, ax, bs, gran, scale_mode, rounding, int(margin),
+                       bool(power_of_two), bool(saturate), bool(packed))
+
+
+@functools.partial(jax.jit, static_argnums=tuple(range(4, 14)))
+def _quantize_jit(x, key, scale, amax, fmt, ax, bs, gran, scale_mode, rounding, margin, power_of_two,
+                  saturate, packed):
+  f = get_format(fmt)
   if f.kind == "tensor":
-    if gran == "channel":
-      if x.ndim == 0:
-        raise ValueError("granularity='channel' needs x of rank >= 1")
-      ax = _check_axis(axis, x.ndim)
-      s = compute = None
-      if scale is None:
-        a = fp8_tensor.finite_amax(x, axis=ax, keepdims=True) if amax is None else jnp.asarray(amax)
-        s = fp8_tensor.compute_scale(a, f.elem, margin, power_of_two)
-      else:
-        s = jnp.asarray(scale, jnp.float32)
-      del compute
+    if scale is None:
+      red = dict(axis=ax, keepdims=True) if gran == "channel" else {}
+      a = fp8_tensor.finite_amax(x, **red) if amax is None else jnp.asarray(amax)
+      s = fp8_tensor.compute_scale(a, f.elem, margin, power_of_two)
     else:
-      ax = None
-      if scale is None:
-        a = fp8_tensor.finite_amax(x) if amax is None else jnp.asarray(amax)
-        s = fp8_tensor.compute_scale(a, f.elem, margin, power_of_two)
-      else:
-        s = jnp.asarray(scale, jnp.float32)
-        if s.ndim != 0:
-          raise ValueError(f"scale must be a scalar for granularity='tensor'; got shape {s.shape}")
+      s = jnp.asarray(scale, jnp.float32)
     v, dec = fp8_tensor.fp8_quantize(x, s, f.elem, rounding, key, saturate)
     q = QArray(_bits.to_elem_dtype(v, f.elem), dec, None, f.name, ax, tuple(x.shape), None, False)
     return _pack(q) if packed else q
-  if x.ndim == 0:
-    raise ValueError(f"x must have rank >= 1 for block format {f.name!r}")
-  ax = _check_axis(axis, x.ndim)
-  if scale is not None:
-    raise ValueError(f"scale= applies to per-tensor fp8 formats only, not {f.name!r}")
   if f.kind == "nvfp4":
     v, s, ts = nvfp4.nvfp4_quantize_blocks(x, ax, bs, rounding, key, amax=amax)
     q = QArray(_bits.to_elem_dtype(v, f.elem), s, ts, f.name, ax, tuple(x.shape), bs, False)
   else:
-    if amax is not None:
-      raise ValueError(f"amax= applies to nvfp4 and fp8 formats, not {f.name!r}")
     v, sb = mx_block.mx_quantize_blocks(x, f.elem, ax, bs, scale_mode, rounding, key)
     q = QArray(_bits.to_elem_dtype(v, f.elem), mx_block.scale_bytes_to_e8m0(sb), None, f.name, ax,
                tuple(x.shape), bs, False)
@@ -130,6 +131,11 @@ def dequantize(q: QArray, dtype: Any = jnp.float32) -> jax.Array:
   dtype = jnp.dtype(dtype)
   if not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(f"dtype must be a floating dtype; got {dtype}")
+  return _dequantize_jit(q, dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _dequantize_jit(q, dtype):
   q = _unpack(q)
   f = q.format
   v = _bits.from_elem_dtype(q.data, f.elem)

@@ -2,6 +2,7 @@
 
 mx_jax's eager path compiles op by op for every new shape (seconds on CPU), so the property and specials
 tests call the transforms under one jit per (format, options), which is also how training code uses them.
+Array-valued options (key, scale, amax) are passed as traced arguments; the others are static.
 """
 import functools
 
@@ -11,29 +12,20 @@ import numpy as np
 
 import mx_jax
 
-
-@functools.lru_cache(maxsize=None)
-def _jfake(fmt, items):
-  kw = dict(items)
-  return jax.jit(lambda x: mx_jax.fake_quantize(x, fmt, **kw))
+_DYNAMIC = ("key", "scale", "amax")
 
 
-@functools.lru_cache(maxsize=None)
-def _jquant(fmt, items):
-  kw = dict(items)
-  return jax.jit(lambda x: mx_jax.quantize(x, fmt, **kw))
+def _split(kw):
+  dyn = {k: v for k, v in kw.items() if k in _DYNAMIC and v is not None}
+  static = tuple(sorted((k, v) for k, v in kw.items() if k not in dyn))
+  return static, tuple(sorted(dyn)), tuple(dyn[k] for k in sorted(dyn))
 
 
 @functools.lru_cache(maxsize=None)
-def _jfake_key(fmt, items):
-  kw = dict(items)
-  return jax.jit(lambda x, key: mx_jax.fake_quantize(x, fmt, key=key, **kw))
-
-
-@functools.lru_cache(maxsize=None)
-def _jquant_key(fmt, items):
-  kw = dict(items)
-  return jax.jit(lambda x, key: mx_jax.quantize(x, fmt, key=key, **kw))
+def _jit(kind, fmt, static, dyn_names):
+  fn = {"fake": mx_jax.fake_quantize, "quant": mx_jax.quantize}[kind]
+  skw = dict(static)
+  return jax.jit(lambda x, *dyn: fn(x, fmt, **skw, **dict(zip(dyn_names, dyn))))
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,19 +33,15 @@ def _jdeq(dtype):
   return jax.jit(lambda q: mx_jax.dequantize(q, dtype))
 
 
-def fake(x, fmt, key=None, **kw):
-  """np.asarray(jit(fake_quantize)(x))."""
-  items = tuple(sorted(kw.items()))
-  if key is None:
-    return np.asarray(_jfake(fmt, items)(jnp.asarray(x)))
-  return np.asarray(_jfake_key(fmt, items)(jnp.asarray(x), key))
+def fake(x, fmt, **kw):
+  """np.asarray(jit(fake_quantize)(x, fmt, **kw))."""
+  static, names, vals = _split(kw)
+  return np.asarray(_jit("fake", fmt, static, names)(jnp.asarray(x), *vals))
 
 
-def quant(x, fmt, key=None, **kw):
-  items = tuple(sorted(kw.items()))
-  if key is None:
-    return _jquant(fmt, items)(jnp.asarray(x))
-  return _jquant_key(fmt, items)(jnp.asarray(x), key)
+def quant(x, fmt, **kw):
+  static, names, vals = _split(kw)
+  return _jit("quant", fmt, static, names)(jnp.asarray(x), *vals)
 
 
 def deq(q, dtype=jnp.float32):

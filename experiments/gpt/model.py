@@ -125,6 +125,7 @@ class GPTConfig:
     quantize_head: bool = False      # LM head through the recipe (default: high precision)
     quantize_attention: bool = True  # q·kᵀ and p·v through the recipe
     probes: bool = False             # sow activation amaxes + perturb for activation gradients
+    scan: bool = True                # nn.scan over layers: one block is compiled (params stacked on axis 0)
 
     @property
     def ff(self) -> int:
@@ -213,6 +214,12 @@ class Block(nn.Module):
         return x + self.dense(d, "down", out_std)(m)
 
 
+class _ScanBlock(Block):
+    @nn.compact
+    def __call__(self, x, _):
+        return super().__call__(x), None
+
+
 class GPT(nn.Module):
     cfg: GPTConfig
     quant: Quant = Quant()
@@ -223,8 +230,14 @@ class GPT(nn.Module):
         emb = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.dtype, param_dtype=jnp.float32,
                        embedding_init=nn.initializers.normal(0.02), name="embed")
         x = emb(tokens)
-        for i in range(cfg.n_layers):
-            x = Block(cfg, self.quant, name=f"block_{i}")(x)
+        if cfg.scan:
+            cols = ("params", OWG, "probes", "perturbations")
+            blocks = nn.scan(_ScanBlock, variable_axes={c: 0 for c in cols}, split_rngs={"params": True},
+                             length=cfg.n_layers)
+            x, _ = blocks(cfg, self.quant, name="blocks")(x, None)
+        else:
+            for i in range(cfg.n_layers):
+                x = Block(cfg, self.quant, name=f"block_{i}")(x)
         x = _make_norm(cfg, "final_norm")(x)
         hq = self.quant if cfg.quantize_head else Quant(compute_dtype=cfg.dtype)
         logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.dtype, param_dtype=jnp.float32,

@@ -1,0 +1,386 @@
+"""Train the Llama-style GPT (experiments/gpt/model.py) on Shakespeare with one quantization recipe.
+
+    python -m experiments.gpt.train --recipe mxfp8 --config tiny --out_dir runs/gpt/mxfp8
+    python -m experiments.gpt.train --recipe fp8_delayed --config gpu --steps 2000 --norm mx
+    python -m experiments.gpt.train --out_dir runs/gpt/mxfp8 --resume     # continue from the last checkpoint
+
+Step: AdamW (warm-up + cosine, clip 1.0, decay on matrices only), fp32 master weights, bf16 compute (fp32 for
+the fp32 recipe), ``jax.jit`` with the state donated. Collections other than "params" are threaded
+generically: "_overwrite_with_gradient" (delayed-scaling state, recipe telemetry; Flax fp8 convention) is
+differentiated and its gradient replaces it; any other collection is applied as mutable and merged back.
+
+Outputs in --out_dir: metrics.csv (step, train_loss, val_loss, tokens_per_s, lr, grad_norm), summary.json,
+telemetry.jsonl (per-tensor log2 amax of weights / activations / their gradients, plus the recipe's own
+quantization telemetry when it keeps one) and ckpt/ (orbax). Batches depend only on (seed, step), so a
+resumed run repeats the uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from experiments.gpt.model import GPT, OWG, GPTConfig, count_params, quant_for_recipe
+
+TRANSIENT = ("probes", "perturbations", "intermediates")  # rebuilt every step, never stored
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    recipe: str = "bf16"
+    steps: int = 200
+    batch: int = 16
+    seq: int = 64
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    lr: float = 3e-3
+    warmup: int = 20
+    min_lr_frac: float = 0.1
+    weight_decay: float = 0.1
+    clip: float = 1.0
+    seed: int = 0
+    norm: str = "rms"
+    tokenizer: str = "char"
+    out_dir: str | None = None
+    eval_every: int = 50
+    eval_batches: int = 4
+    ckpt_every: int = 0          # 0: no checkpoints (one is still written at the end when out_dir is set)
+    resume: bool = False
+    log_every: int = 10          # host fetch / CSV / progress-bar interval
+    telemetry_every: int = 0     # 0: off; else probes each N steps (and at the last step)
+    recipe_telemetry: bool = False  # ask the recipe for its quantization telemetry (scale histograms etc.)
+    quantize_head: bool = False
+    progress: bool = True
+    stop_after: int | None = None  # stop (checkpointing) after this many steps: simulates an interruption
+
+
+CONFIGS = {
+    # ≈ 110k params, char vocab: every recipe (and its compile) in ~20 s on 2 CPU cores.
+    "tiny": dict(steps=150, batch=16, seq=64, d_model=64, n_layers=2, n_heads=2, lr=3e-3, warmup=15,
+                 eval_every=50, eval_batches=4, telemetry_every=25),
+    # ≈ 25M params (8 × 512, SwiGLU 1376), for one H100; each recipe ≤ 8 min.
+    "gpu": dict(steps=2000, batch=32, seq=256, d_model=512, n_layers=8, n_heads=8, lr=1e-3, warmup=100,
+                eval_every=250, eval_batches=16, telemetry_every=100, log_every=50),
+}
+
+
+def make_config(config: str = "tiny", **overrides) -> TrainConfig:
+    kw = dict(CONFIGS[config])
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**kw)
+
+
+# ----------------------------------------------------------------------------------------- pieces
+def build_model(cfg: TrainConfig, vocab: int, probes: bool):
+    quant = quant_for_recipe(cfg.recipe, telemetry=cfg.recipe_telemetry)
+    mcfg = GPTConfig(vocab_size=vocab, d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                     norm=cfg.norm, norm_fmt=quant.norm_fmt, dtype=quant.compute_dtype,
+                     quantize_head=cfg.quantize_head, probes=probes)
+    return GPT(mcfg, quant), quant
+
+
+def make_optimizer(cfg: TrainConfig):
+    sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup, max(cfg.steps, cfg.warmup + 1),
+                                               end_value=cfg.lr * cfg.min_lr_frac)
+    decay = lambda p: jax.tree_util.tree_map_with_path(  # noqa: E731  matrices and embeddings only
+        lambda path, _: getattr(path[-1], "key", "") in ("kernel", "embedding"), p)
+    tx = optax.chain(optax.clip_by_global_norm(cfg.clip),
+                     optax.adamw(sched, b1=0.9, b2=0.95, weight_decay=cfg.weight_decay, mask=decay))
+    return tx, sched
+
+
+def _split(variables) -> tuple[Any, dict]:
+    colls = {k: v for k, v in variables.items() if k != "params" and k not in TRANSIENT}
+    return variables["params"], colls
+
+
+def _log2_amax(x, lead_axes: int = 0):
+    """log2 of max|x| (per leading index for scanned, layer-stacked tensors); -inf-safe."""
+    a = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=tuple(range(lead_axes, x.ndim)))
+    return jnp.log2(jnp.maximum(a, 1e-38))
+
+
+def _stats(tree, stacked: bool):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: _log2_amax(x, 1 if stacked and "blocks" in jax.tree_util.keystr(path) else 0), tree)
+
+
+def xent(logits, y):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def make_steps(model: GPT, tx, sched, pert_shapes):
+    """(train_step, eval_step), both pure; train_step donates its state."""
+    probes = pert_shapes is not None
+    stacked = model.cfg.scan
+
+    def train_step(state, x, y):
+        params, colls = state["params"], state["colls"]
+        owg = {OWG: colls[OWG]} if OWG in colls else {}
+        other = {k: v for k, v in colls.items() if k != OWG}
+        mutable = list(other) + (["probes"] if probes else [])
+        diff = {"params": params, "owg": owg}
+        if probes:
+            diff["pert"] = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), pert_shapes)
+
+        def loss_fn(d):
+            variables = {"params": d["params"], **d["owg"], **other}
+            if probes:
+                variables["perturbations"] = d["pert"]
+            logits, mut = model.apply(variables, x, mutable=mutable)
+            return xent(logits, y), mut
+
+        (loss, mut), g = jax.value_and_grad(loss_fn, has_aux=True)(diff)
+        updates, opt_state = tx.update(g["params"], state["opt_state"], params)
+        new_colls = {**colls, **{k: v for k, v in mut.items() if k in other}, **g["owg"]}
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(g["params"]), "lr": sched(state["step"])}
+        if probes:
+            metrics["probe"] = {"w": _stats(params, stacked), "gw": _stats(g["params"], stacked),
+                                "a": jax.tree.map(lambda a: jnp.log2(jnp.maximum(a, 1e-38)), mut["probes"]),
+                                "ga": _stats(g["pert"], stacked)}
+        new = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
+               "opt_state": opt_state, "colls": new_colls}
+        return new, metrics
+
+    def eval_step(params, colls, x, y):
+        return xent(model.apply({"params": params, **colls}, x), y)
+
+    return jax.jit(train_step, donate_argnums=(0,)), jax.jit(eval_step)
+
+
+def val_windows(ids: np.ndarray, n_batches: int, batch: int, seq: int):
+    """n_batches fixed batches of windows spread evenly over the validation text (same for every recipe)."""
+    n = n_batches * batch
+    starts = np.linspace(0, len(ids) - seq - 2, n).astype(np.int64)
+    w = np.asarray(ids, np.int32)[starts[:, None] + np.arange(seq + 1)]
+    return [(w[i:i + batch, :-1], w[i:i + batch, 1:]) for i in range(0, n, batch)]
+
+
+def _flat(tree, prefix: str) -> dict[str, float]:
+    out = {}
+    for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = prefix + "/".join(str(p.key) for p in path if hasattr(p, "key"))  # drops sow's tuple index
+        v = np.asarray(v, np.float64).reshape(-1)
+        if v.size == 1:
+            out[name] = float(v[0])
+        else:
+            out.update({f"{name}[{i}]": float(x) for i, x in enumerate(v)})
+    return out
+
+
+def recipe_telemetry(colls) -> dict[str, dict]:
+    """Recipe telemetry vectors (mx_jax.telemetry: saturated, flushed, 256-bin scale-exponent histogram) kept
+    in the state collection, as {path: {"sat", "flush", "hist": {exponent: fraction}}} (layers split out)."""
+    out = {}
+    for path, v in jax.tree_util.tree_flatten_with_path(colls.get(OWG, {}))[0]:
+        name = "/".join(str(getattr(p, "key", p)) for p in path)
+        if "telemetry" not in name:
+            continue
+        v = np.asarray(v, np.float64)
+        rows = v.reshape(-1, v.shape[-1])
+        for i, r in enumerate(rows):
+            nz = np.nonzero(r[2:])[0]
+            out[f"{name}[{i}]" if len(rows) > 1 else name] = {
+                "sat": r[0], "flush": r[1], "hist": {int(k) - 127: round(float(r[2 + k]), 6) for k in nz}}
+    return out
+
+
+# ----------------------------------------------------------------------------------------- train
+def train(cfg: TrainConfig, ds=None) -> dict:
+    """Runs (or resumes) one training run; returns the summary dict (also written to out_dir)."""
+    from experiments.data import get_batch, load_shakespeare
+
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    t_start = time.time()
+    ds = ds or load_shakespeare(cfg.tokenizer)
+    vocab = ds.tokenizer.vocab_size
+    probes = cfg.telemetry_every > 0
+    model, quant = build_model(cfg, vocab, probes)
+    tx, sched = make_optimizer(cfg)
+    x0 = np.zeros((cfg.batch, cfg.seq), np.int32)
+    variables = model.init(jax.random.key(cfg.seed), x0)
+    params, colls = _split(variables)
+    pert_shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                               variables["perturbations"]) if probes else None
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "colls": colls}
+    train_step, eval_step = make_steps(model, tx, sched, pert_shapes)
+    out = Path(cfg.out_dir) if cfg.out_dir else None
+    mgr = _ckpt_manager(out, cfg) if out else None
+    start = 0
+    if cfg.resume and mgr is not None and mgr.latest_step() is not None:
+        state = _restore(mgr, state)
+        start = int(state["step"])
+    rows = _read_rows(out / "metrics.csv", start) if out and cfg.resume else []
+    tele = _read_jsonl(out / "telemetry.jsonl", start) if out and cfg.resume else []
+    val = val_windows(ds.val, cfg.eval_batches, cfg.batch, cfg.seq)
+
+    def evaluate(st):
+        return float(np.mean([float(eval_step(st["params"], st["colls"], x, y)) for x, y in val]))
+
+    end = min(cfg.steps, start + cfg.stop_after) if cfg.stop_after else cfg.steps
+    pbar = _pbar(cfg, start)
+    pending, t_int, n_int, compile_s, steady = [], time.time(), 0, None, []
+    for step in range(start, end):
+        x, y = get_batch(ds.train, cfg.seed, step, cfg.batch, cfg.seq)
+        state, m = train_step(state, x, y)
+        pending.append((step, m))
+        n_int += 1
+        last = step == end - 1
+        if compile_s is None:
+            jax.block_until_ready(m["loss"])
+            compile_s, t_int, n_int = time.time() - t_int, time.time(), 0
+        tele_now = probes and ((step + 1) % cfg.telemetry_every == 0 or step + 1 == cfg.steps or step == 0)
+        if tele_now:
+            rec = {"step": step + 1, **{k: _flat(v, "") for k, v in jax.device_get(m["probe"]).items()}}
+            rt = recipe_telemetry(jax.device_get(state["colls"]))
+            tele.append({**rec, "recipe": rt} if rt else rec)
+        if (step + 1) % cfg.log_every == 0 or last or (step + 1) % cfg.eval_every == 0:
+            fetched = jax.device_get([(s, {k: mm[k] for k in ("loss", "grad_norm", "lr")}) for s, mm in pending])
+            dt = time.time() - t_int
+            tps = n_int * cfg.batch * cfg.seq / dt if n_int and dt > 0 else float("nan")
+            if n_int:
+                steady.append(tps)
+            for s, mm in fetched:
+                rows.append({"step": s + 1, "train_loss": float(mm["loss"]), "val_loss": "",
+                             "tokens_per_s": round(tps, 1), "lr": float(mm["lr"]),
+                             "grad_norm": float(mm["grad_norm"])})
+            pending, t_int, n_int = [], time.time(), 0
+            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+                rows[-1]["val_loss"] = evaluate(state)
+                t_int = time.time()
+            if pbar is not None:
+                pbar.set_postfix(loss=f"{rows[-1]['train_loss']:.3f}", tok_s=f"{tps:,.0f}")
+        if pbar is not None:
+            pbar.update(1)
+        if mgr is not None and cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0 and not last:
+            mgr.save(step + 1, args=_save_args(state))
+    if pbar is not None:
+        pbar.close()
+    if mgr is not None and end > start:
+        mgr.save(end, args=_save_args(state), force=True)
+        mgr.wait_until_finished()
+    vals = [r["val_loss"] for r in rows if r["val_loss"] != ""]
+    summary = {
+        "recipe": cfg.recipe, "norm": cfg.norm, "steps_done": end, "params": count_params(state["params"]),
+        "final_train_loss": float(np.mean([r["train_loss"] for r in rows[-max(1, len(rows) // 10):]]))
+        if rows else None,
+        "final_val_loss": vals[-1] if vals else None, "compile_s": compile_s,
+        "tokens_per_s": float(np.median(steady)) if steady else None, "wall_s": time.time() - t_start,
+        "dot_source": quant.source, "norm_impl": _norm_impl(cfg), "backend": jax.default_backend(),
+        "config": dataclasses.asdict(cfg),
+    }
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_rows(out / "metrics.csv", rows)
+        (out / "telemetry.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tele))
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    summary["rows"] = rows
+    summary["telemetry"] = tele
+    return summary
+
+
+def _norm_impl(cfg: TrainConfig) -> str:
+    from experiments.gpt.model import mxnorm_class
+
+    return "rms" if cfg.norm == "rms" else ("mx" if mxnorm_class() is not None else "rms (MXNorm missing)")
+
+
+def _pbar(cfg: TrainConfig, start: int):
+    if not cfg.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.steps, initial=start, desc=f"{cfg.recipe}/{cfg.norm}", dynamic_ncols=True,
+                mininterval=1.0)
+
+
+# ---------------------------------------------------------------------------------- checkpoint / io
+def _ckpt_manager(out: Path, cfg: TrainConfig):
+    import orbax.checkpoint as ocp
+
+    opts = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
+    return ocp.CheckpointManager((out / "ckpt").absolute(), options=opts)
+
+
+def _save_args(state):
+    import orbax.checkpoint as ocp
+
+    return ocp.args.StandardSave(state)
+
+
+def _restore(mgr, like):
+    import orbax.checkpoint as ocp
+
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    return mgr.restore(mgr.latest_step(), args=ocp.args.StandardRestore(abstract))
+
+
+FIELDS = ["step", "train_loss", "val_loss", "tokens_per_s", "lr", "grad_norm"]
+
+
+def _write_rows(path: Path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_metrics(path) -> list[dict]:
+    with open(path) as f:
+        return [{k: (float(v) if v not in ("", None) else "") for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _read_rows(path: Path, upto: int):
+    if not path.is_file():
+        return []
+    return [dict(r, step=int(r["step"])) for r in read_metrics(path) if int(r["step"]) <= upto]
+
+
+def _read_jsonl(path: Path, upto: int):
+    if not path.is_file():
+        return []
+    return [t for t in map(json.loads, path.read_text().splitlines()) if t["step"] <= upto]
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def main(argv):
+    del argv
+    f = FLAGS
+    over = {k: getattr(f, k) for k in TrainConfig.__dataclass_fields__ if k in f}
+    cfg = make_config(f.config, **over)
+    if cfg.out_dir is None:
+        cfg.out_dir = f"runs/gpt/{cfg.recipe}_{cfg.norm}"
+    s = train(cfg)
+    print(json.dumps({k: v for k, v in s.items() if k not in ("rows", "telemetry", "config")}, default=str))
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_enum("config", "tiny", list(CONFIGS), "size preset; other flags override it")
+    flags.DEFINE_string("recipe", None, "fp32 | bf16 | fp8_current | fp8_delayed | mxfp8 | mxfp6 | ...")
+    for name in ("steps", "batch", "seq", "d_model", "n_layers", "n_heads", "warmup", "seed", "eval_every",
+                 "eval_batches", "ckpt_every", "log_every", "telemetry_every", "stop_after"):
+        flags.DEFINE_integer(name, None, f"override the preset's {name}")
+    flags.DEFINE_float("lr", None, "peak learning rate")
+    flags.DEFINE_enum("norm", None, ["rms", "mx"], "RMSNorm or MXNorm")
+    flags.DEFINE_string("out_dir", None, "output folder (default runs/gpt/<recipe>_<norm>)")
+    flags.DEFINE_bool("resume", None, "continue from the latest checkpoint in out_dir")
+    flags.DEFINE_bool("recipe_telemetry", None, "record the recipe's quantization telemetry")
+    flags.DEFINE_bool("quantize_head", None, "LM head through the recipe too")
+    flags.DEFINE_bool("progress", None, "tqdm progress bar (default on)")
+    flags.DEFINE_enum("tokenizer", None, ["char", "bpe"], "tokenizer")
+    FLAGS = flags.FLAGS
+    app.run(main)

@@ -1,0 +1,245 @@
+"""Pallas kernels: RMSNorm / MXNorm fused with the MX cast, plain RMSNorm forward, and RMSNorm backward.
+
+One program owns ``TR`` whole rows, viewed as a (TR, nb_pow2, bs) tile (blocks of the cast on the last axis,
+the block count padded to a power of two and masked to zero); it computes the row statistic with the shared
+tile math of ``mx_jax.norms`` (pairwise tree sums, IEEE div/sqrt: ``kernels._dispatch.TritonArith`` when
+compiled), normalizes, and either stores the float result or quantizes it with ``kernels.mx_quantize.mx_tile``
+and stores codes + scale bytes. Every program also writes its rows' inverse RMS (the backward's residual).
+
+Backward: dx = inv * (h - x * (inv^2 * mean(h * x))), h = gain * dy, one program per TR rows; each program
+writes the tree sum over its rows of dy * x * inv, and the wrapper finishes the gain gradient's row tree.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from kernels import _dispatch
+from kernels.mx_quantize import (codes_to_storage, mx_quantize, mx_tile, next_pow2, scale_bytes_to_storage,
+                                 stochastic_bits)
+from mx_jax import norms
+from mx_jax.formats import get_format
+from mx_jax.qarray import QArray
+
+# Longest row (elements, after padding to a power-of-two number of blocks) a compiled program holds.
+MAX_ROW_TRITON = 32768
+
+
+def _row_tiles(r: int, row_len: int, block_rows):
+  if block_rows:
+    return int(block_rows)
+  if _dispatch.interpret():
+    return min(next_pow2(r), 16)
+  return min(next_pow2(r), max(1, 8192 // row_len))
+
+
+def _warps(elems: int, num_warps):
+  if num_warps is not None or _dispatch.interpret():
+    return num_warps
+  return 4 if elems <= 2048 else (8 if elems <= 16384 else 16)
+
+
+def supported(n: int, bs: int) -> bool:
+  """Whether the fused kernels take rows of n elements with blocks of bs (else the XLA path is used)."""
+  return _dispatch.interpret() or next_pow2(-(-n // bs)) * bs <= MAX_ROW_TRITON
+
+
+def _prep(x, bs):
+  """x (..., n) -> (R, nb, bs) in x's dtype, zero-padded along the row; (R, n, nb, nbp)."""
+  n = x.shape[-1]
+  r = math.prod(x.shape[:-1])
+  nb = -(-n // bs)
+  x2 = x.reshape(r, n)
+  if nb * bs != n:
+    x2 = jnp.pad(x2, ((0, 0), (0, nb * bs - n)))
+  return x2.reshape(r, nb, bs), r, n, nb, next_pow2(nb)
+
+
+def _norm_kernel(*refs, kind, n, nb, nbp, r, tr, bs, eps, p, c, exact_sq, has_gain, quant, out_dtype,
+                 intermediate_dtype, has_rbits):
+  refs = list(refs)
+  x_ref = refs.pop(0)
+  g_ref = refs.pop(0) if has_gain else None
+  rb_ref = refs.pop(0) if has_rbits else None
+  rows = pl.program_id(0) * tr + lax.broadcasted_iota(jnp.int32, (tr, 1, 1), 0)
+  blks = lax.broadcasted_iota(jnp.int32, (1, nbp, 1), 1)
+  mask = (rows < r) & (blks < nb)
+  arith = _dispatch.kernel_arith()
+  x = _dispatch.load(x_ref, mask).astype(jnp.float32)
+  g = _dispatch.load(g_ref, blks < nb).astype(jnp.float32) if has_gain else None
+  if kind == "rms":
+    inv = norms.rms_inv_from_tile(x, n, eps, arith, exact_sq)
+  else:
+    inv = norms.mx_inv_from_tile(x, nb, eps, p, c, arith)
+  y = norms.normalize_tile(x, inv, g)
+  if quant is None:
+    y_ref, inv_ref = refs
+    _dispatch.store(y_ref, y.astype(out_dtype), mask)
+  else:
+    codes_ref, scales_ref, inv_ref = refs
+    elem, scale_mode, rounding, fast = quant
+    if intermediate_dtype is not None:
+      y = y.astype(intermediate_dtype).astype(jnp.float32)
+    rbits = _dispatch.load(rb_ref, mask) if has_rbits else None
+    codes, sb = mx_tile(y, elem, scale_mode, rounding, rbits, fast)
+    _dispatch.store(codes_ref, codes, mask)
+    _dispatch.store(scales_ref, sb, mask.reshape(tr, nbp))
+  _dispatch.store(inv_ref, inv, rows.reshape(tr) < r)
+
+
+def _norm_call(x, gain, *, kind, eps, p, bs, quant=None, out_dtype=jnp.float32, intermediate_dtype=None,
+               rbits3=None, block_rows=None, num_warps=None):
+  x3, r, n, nb, nbp = _prep(x, bs)
+  row_len = nbp * bs
+  tr = _row_tiles(r, row_len, block_rows)
+  c = norms.mxnorm_constant(p, bs) if kind == "mx" else 0.0
+  exact_sq = norms._exact_squares(x.dtype)
+  blk = pl.BlockSpec((tr, nbp, bs), lambda i: (i, 0, 0))
+  in_specs, args = [blk], [x3]
+  if gain is not None:
+    g3 = jnp.pad(gain.reshape(-1), (0, nb * bs - n)).reshape(1, nb, bs) if nb * bs != n else gain.reshape(1, nb, bs)
+    in_specs.append(pl.BlockSpec((1, nbp, bs), lambda i: (0, 0, 0)))
+    args.append(g3)
+  if rbits3 is not None:
+    in_specs.append(blk)
+    args.append(rbits3)
+  inv_spec = pl.BlockSpec((tr,), lambda i: (i,))
+  inv_shape = jax.ShapeDtypeStruct((r,), jnp.float32)
+  if quant is None:
+    out_shape = (jax.ShapeDtypeStruct((r, nb, bs), out_dtype), inv_shape)
+    out_specs = (blk, inv_spec)
+  else:
+    out_shape = (jax.ShapeDtypeStruct((r, nb, bs), jnp.uint8), jax.ShapeDtypeStruct((r, nb), jnp.uint8),
+                 inv_shape)
+    out_specs = (blk, pl.BlockSpec((tr, nbp), lambda i: (i, 0)), inv_spec)
+  kernel = lambda *refs: _norm_kernel(
+      *refs, kind=kind, n=n, nb=nb, nbp=nbp, r=r, tr=tr, bs=bs, eps=eps, p=p, c=c, exact_sq=exact_sq,
+      has_gain=gain is not None, quant=quant, out_dtype=out_dtype, intermediate_dtype=intermediate_dtype,
+      has_rbits=rbits3 is not None)
+  outs = pl.pallas_call(
+      kernel, out_shape=out_shape, grid=(pl.cdiv(r, tr),), in_specs=in_specs, out_specs=out_specs,
+      interpret=_dispatch.interpret(),
+      compiler_params=_dispatch.compiler_params(num_warps=_warps(tr * row_len, num_warps)),
+      name=f"{kind}_norm" + ("" if quant is None else "_quantize"),
+  )(*args)
+  return outs, r, n, nb
+
+
+def norm_pallas(x, gain, *, eps, kind, p, block_size, out_dtype=jnp.float32, block_rows=None, num_warps=None):
+  """Normalized x (x's shape, ``out_dtype``) and per-row inverse RMS (R,) float32 by the Pallas kernel."""
+  if x.size == 0 or not supported(x.shape[-1], block_size):
+    y, inv = norms._xla_norm_f32(x, gain, eps, kind, p, block_size)
+    return y.reshape(x.shape).astype(out_dtype), inv
+  (y, inv), r, n, nb = _norm_call(x, gain, kind=kind, eps=eps, p=p, bs=block_size, out_dtype=out_dtype,
+                                  block_rows=block_rows, num_warps=num_warps)
+  y = y.reshape(r, nb * block_size)
+  if nb * block_size != n:
+    y = y[:, :n]
+  return y.reshape(x.shape), inv
+
+
+def norm_quantize_pallas(x, gain, fmt, *, eps, kind, p, norm_block, block_size, scale_mode="floor",
+                         rounding="nearest_even", key=None, rbits=None, intermediate_dtype=None,
+                         block_rows=None, num_warps=None, fast=True, return_inv=False):
+  """Fused norm + cast -> QArray (and the per-row inverse RMS when ``return_inv``).
+
+  MX formats run fully fused. nvfp4 (its tensor scale needs the whole normalized tensor first) runs the norm
+  kernel to float32 and then the quantize kernel.
+  """
+  f = get_format(fmt)
+  n = x.shape[-1]
+  if f.kind == "nvfp4" or x.size == 0 or not supported(n, block_size) or (kind == "rms"
+                                                                         and norm_block != block_size):
+    y, inv = norm_pallas(x, gain, eps=eps, kind=kind, p=p, block_size=norm_block, out_dtype=jnp.float32)
+    if intermediate_dtype is not None:
+      y = y.astype(intermediate_dtype).astype(jnp.float32)
+    q = mx_quantize(y, f.name, block_size=block_size, scale_mode=scale_mode, rounding=rounding, key=key,
+                    rbits=rbits, impl="pallas")
+    return (q, inv) if return_inv else q
+  lead = tuple(x.shape[:-1])
+  nb = -(-n // block_size)
+  rb3 = None
+  if rounding == "stochastic":
+    rb3 = stochastic_bits(key, rbits, lead, nb, block_size).reshape(-1, nb, block_size)
+  (codes, sb, inv), r, n, nb = _norm_call(
+      x, gain, kind=kind, eps=eps, p=p, bs=block_size, quant=(f.elem, scale_mode, rounding, fast),
+      intermediate_dtype=intermediate_dtype, rbits3=rb3, block_rows=block_rows, num_warps=num_warps)
+  data = codes_to_storage(codes.reshape(lead + (nb * block_size,)), f.elem)
+  scales = scale_bytes_to_storage(sb.reshape(lead + (nb,)), "mx")
+  q = QArray(data, scales, None, f.name, len(lead), tuple(x.shape), block_size, False)
+  return (q, inv) if return_inv else q
+
+
+# ----------------------------------------------------------------------------------------------------------
+# RMSNorm backward
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _tree_sum_rows(v):
+  """Adjacent-pair tree over the first axis (length a power of two) -> v.shape[1:]."""
+  while v.shape[0] > 1:
+    t = v.shape[0]
+    a, b = jnp.split(v.reshape((t // 2, 2) + v.shape[1:]), 2, axis=1)
+    v = (a + b).reshape((t // 2,) + v.shape[1:])
+  return v.reshape(v.shape[1:])
+
+
+def _bwd_kernel(*refs, n, nb, nbp, r, tr, bs, has_gain):
+  refs = list(refs)
+  x_ref = refs.pop(0)
+  g_ref = refs.pop(0) if has_gain else None
+  dy_ref, inv_ref, dx_ref, dg_ref = refs
+  rows = pl.program_id(0) * tr + lax.broadcasted_iota(jnp.int32, (tr, 1, 1), 0)
+  blks = lax.broadcasted_iota(jnp.int32, (1, nbp, 1), 1)
+  mask = (rows < r) & (blks < nb)
+  arith = _dispatch.kernel_arith()
+  x = _dispatch.load(x_ref, mask).astype(jnp.float32)
+  dy = _dispatch.load(dy_ref, mask).astype(jnp.float32)
+  g = _dispatch.load(g_ref, blks < nb).astype(jnp.float32) if has_gain else None
+  inv = _dispatch.load(inv_ref, rows.reshape(tr) < r)
+  dx, dg = norms.rms_bwd_tile(x, g, dy, inv, n, arith)
+  _dispatch.store(dx_ref, dx.astype(dx_ref.dtype), mask)
+  _dispatch.store(dg_ref, _tree_sum_rows(dg).reshape(1, nbp, bs), blks < nb)
+
+
+def rms_norm_bwd_pallas(x, gain, inv, dy, *, block_rows=None, num_warps=None):
+  """(dx in x.dtype, dgain float32 (n,)) for y = rms_norm(x, gain); equals norms.rms_norm_bwd's XLA path."""
+  bs = norms._TREE_BLOCK
+  n = x.shape[-1]
+  if x.size == 0 or not supported(n, bs):
+    return norms.rms_norm_bwd(x, gain, inv, dy, impl="xla")
+  x3, r, n, nb, nbp = _prep(x, bs)
+  dy3, *_ = _prep(dy, bs)
+  row_len = nbp * bs
+  tr = _row_tiles(r, row_len, block_rows)
+  g = pl.cdiv(r, tr)
+  blk = pl.BlockSpec((tr, nbp, bs), lambda i: (i, 0, 0))
+  in_specs, args = [blk], [x3]
+  if gain is not None:
+    g3 = gain.reshape(-1)
+    g3 = (jnp.pad(g3, (0, nb * bs - n)) if nb * bs != n else g3).reshape(1, nb, bs)
+    in_specs.append(pl.BlockSpec((1, nbp, bs), lambda i: (0, 0, 0)))
+    args.append(g3)
+  in_specs += [blk, pl.BlockSpec((tr,), lambda i: (i,))]
+  args += [dy3, inv.reshape(r).astype(jnp.float32)]
+  kernel = lambda *refs: _bwd_kernel(*refs, n=n, nb=nb, nbp=nbp, r=r, tr=tr, bs=bs, has_gain=gain is not None)
+  dx3, dgp = pl.pallas_call(
+      kernel,
+      out_shape=(jax.ShapeDtypeStruct((r, nb, bs), x.dtype), jax.ShapeDtypeStruct((g, nb, bs), jnp.float32)),
+      grid=(g,), in_specs=in_specs,
+      out_specs=(blk, pl.BlockSpec((1, nbp, bs), lambda i: (i, 0, 0))),
+      interpret=_dispatch.interpret(),
+      compiler_params=_dispatch.compiler_params(num_warps=_warps(tr * row_len, num_warps)),
+      name="rms_norm_bwd",
+  )(*args)
+  dx = dx3.reshape(r, nb * bs)[:, :n].reshape(x.shape)
+  dgp = dgp.reshape(g, nb * bs)[:, :n]
+  gp = next_pow2(g)
+  if gp != g:
+    dgp = jnp.pad(dgp, ((0, gp - g), (0, 0)))
+  dg = _tree_sum_rows(dgp)
+  return dx, dg
