@@ -100,7 +100,7 @@ def kernel_arith():
   if compiled_triton():
     return TritonArith()
   from mx_jax.norms import _Arith
-  return _Arith(barrier=False)
+  return _Arith(barrier=True)
 
 
 def load(ref, mask=None):

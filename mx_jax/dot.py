@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mx_jax import _bits, fp8_tensor, scaling, telemetry
+from mx_jax import _bits, fp8_tensor, mx_block, nvfp4, scaling, telemetry
+from mx_jax._blocks import from_blocks, to_blocks
 from mx_jax.formats import get_format
-from mx_jax.mx_block import e8m0_to_bytes, mx_dequantize_blocks
 from mx_jax.quantize import quantize
 from mx_jax.recipes import OperandSpec, Recipe, recipe as get_recipe
 
@@ -55,7 +55,7 @@ def _content_key(x: jax.Array, salt: str) -> jax.Array:
   """A PRNG key derived from the tensor's bits and a stable salt (stochastic rounding without RNG
   plumbing: deterministic for a given tensor, so a resumed run repeats itself exactly)."""
   h = jnp.sum(_bits.f32_bits(x) * jnp.uint32(2654435761), dtype=jnp.uint32)
-  return jax.random.fold_in(jax.random.key(zlib.crc32(salt.encode())), h)
+  return jax.random.fold_in(jax.random.key(zlib.crc32(salt.encode()), impl="unsafe_rbg"), h)
 
 
 def _flatten_axes(x: jax.Array, axes: Sequence[int]):
@@ -76,31 +76,41 @@ def _flatten_axes(x: jax.Array, axes: Sequence[int]):
 
 
 def quantize_operand(x: jax.Array, spec: OperandSpec | None, axes: Sequence[int], *, scale=None,
-                     key=None, salt: str = ""):
+                     key=None, salt: str = "", want_qarray: bool = False):
   """Quantizes ``x`` along ``axes`` (its contraction axes in this GEMM).
 
   Returns (values exact in float32 without per-tensor factors, per-tensor factor or None, QArray or None).
+  Works on the exact float32 element values directly (no code packing); the QArray is built only when
+  ``want_qarray`` (telemetry).
   """
   if spec is None or len(axes) == 0:
     return x.astype(jnp.float32), None, None
   f = get_format(spec.fmt)
   flat, unflatten = _flatten_axes(x, axes)
+  n = flat.shape[-1]
   if spec.rounding == "stochastic" and key is None:
     key = _content_key(flat, salt + spec.fmt)
+  q = None
   if f.kind == "tensor":
-    q = quantize(flat, f, scale=scale, rounding=spec.rounding, key=key, margin=spec.margin)
-    return unflatten(_bits.from_elem_dtype(q.data, f.elem)), q.scales, q
-  q = quantize(flat, f, axis=-1, block_size=spec.block_size, scale_mode=spec.scale_mode,
-               rounding=spec.rounding, key=key)
-  v = _bits.from_elem_dtype(q.data, f.elem)
+    s = scale if scale is not None else fp8_tensor.compute_scale(fp8_tensor.finite_amax(flat), f.elem,
+                                                                  spec.margin)
+    v, post = fp8_tensor.fp8_quantize(flat, s, f.elem, spec.rounding, key, saturate=True)
+    if want_qarray:
+      q = quantize(flat, f, scale=s, rounding=spec.rounding, key=key)
+    return unflatten(v), post, q
+  bs = spec.block_size or f.block_size
+  ax = flat.ndim - 1
   if f.kind == "nvfp4":
-    from mx_jax._blocks import from_blocks, to_blocks
-    vb = to_blocks(v, v.ndim - 1, q.block_size) * q.scales.astype(jnp.float32)[..., None]
-    v, post = from_blocks(vb, v.ndim - 1), q.tensor_scale
+    v, sc, ts = nvfp4.nvfp4_quantize_blocks(flat, ax, bs, spec.rounding, key)
+    vb = to_blocks(v, ax, bs) * sc.astype(jnp.float32)[..., None]
+    v, post = from_blocks(vb, ax), ts
   else:
-    v, post = mx_dequantize_blocks(v, e8m0_to_bytes(q.scales), v.ndim - 1, q.block_size), None
-  v = v[..., :flat.shape[-1]]
-  return unflatten(v), post, q
+    v, sb = mx_block.mx_quantize_blocks(flat, f.elem, ax, bs, spec.scale_mode, spec.rounding, key)
+    v, post = mx_block.mx_dequantize_blocks(v, sb, ax, bs), None
+  if want_qarray:
+    q = quantize(flat, f, axis=-1, block_size=spec.block_size, scale_mode=spec.scale_mode,
+                 rounding=spec.rounding, key=key)
+  return unflatten(v[..., :n]), post, q
 
 
 # --------------------------------------------------------------------------------------- dimensions
@@ -162,8 +172,9 @@ def _scale_of(state, op, rec):
 def _qdot_impl(lhs, rhs, state, dn, rec: Recipe, out_dtype):
   cdt = jnp.dtype(rec.compute_dtype)
   (lc, rc), _ = dn
-  a, pa, qa = quantize_operand(lhs, rec.x, lc, scale=_scale_of(state, "x", rec), salt="x")
-  b, pb, qb = quantize_operand(rhs, rec.w, rc, scale=_scale_of(state, "w", rec), salt="w")
+  tel = rec.telemetry
+  a, pa, qa = quantize_operand(lhs, rec.x, lc, scale=_scale_of(state, "x", rec), salt="x", want_qarray=tel)
+  b, pb, qb = quantize_operand(rhs, rec.w, rc, scale=_scale_of(state, "w", rec), salt="w", want_qarray=tel)
   out = _gemm(a, b, dn, cdt, pa, pb).astype(out_dtype)
   return out, (a, qa, b, qb)
 
@@ -197,8 +208,11 @@ def _qdot_bwd(dn, rec, out_dtype, res, g):
 
   def one_side(x, y, x_is_lhs, g_op, y_op):
     g_c, y_c, g_b, y_b, perm = _grad_dims(dn, x.ndim, y.ndim, x_is_lhs)
-    gq, pg, qg = quantize_operand(g, rec.operands[g_op], g_c, scale=_scale_of(state, g_op, rec), salt=g_op)
-    yq, py, qy = quantize_operand(y, rec.operands[y_op], y_c, scale=_scale_of(state, y_op, rec), salt=y_op)
+    tl = rec.telemetry
+    gq, pg, qg = quantize_operand(g, rec.operands[g_op], g_c, scale=_scale_of(state, g_op, rec), salt=g_op,
+                                  want_qarray=tl)
+    yq, py, qy = quantize_operand(y, rec.operands[y_op], y_c, scale=_scale_of(state, y_op, rec), salt=y_op,
+                                  want_qarray=tl)
     if rec.telemetry:
       if qg is not None:
         tel[g_op] = telemetry.quant_stats(_flatten_axes(g, g_c)[0], qg)

@@ -103,12 +103,15 @@ def mxnorm_constant(p: int, block_size: int) -> float:
 class _Arith:
   """The float operations whose rounding must not depend on the backend's code generator.
 
-  ``mul``: a product that feeds an addition (the GPU kernels use ``mul.rn.f32``, which ptxas never fuses into
-  an FMA; on an XLA GPU the product is put behind an optimization barrier for the same reason).
-  ``div`` / ``sqrt``: IEEE round-to-nearest (Triton's own ``/`` and ``sqrt`` are approximate).
+  ``mul``: a product that feeds an addition. XLA (CPU and GPU) contracts ``a * b + c`` inside a fusion into an
+  FMA, so the same jnp code gives different bits eagerly, jitted, or fused differently; the product is put
+  behind ``lax.optimization_barrier`` (the GPU kernels use ``mul.rn.f32``, which ptxas never contracts).
+  ``div`` / ``sqrt``: IEEE round-to-nearest (Triton's own ``/`` and ``sqrt`` are approximate). XLA rewrites
+  ``1 / sqrt(v)`` into its approximate ``rsqrt`` and ``a / broadcast(b)`` into ``a * (1 / b)``, so the
+  divisor is made full-shape and goes behind the barrier too.
   """
 
-  def __init__(self, barrier: bool = False):
+  def __init__(self, barrier: bool = True):
     self.barrier = barrier
 
   def mul(self, a, b):
@@ -116,14 +119,17 @@ class _Arith:
     return lax.optimization_barrier(out) if self.barrier else out
 
   def div(self, a, b):
-    return a / b
+    # The divisor is made full-shape: XLA rewrites ``a / broadcast(b)`` into ``a * (1 / b)``.
+    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    b = jnp.broadcast_to(b, jnp.broadcast_shapes(a.shape, b.shape))
+    return a / (lax.optimization_barrier(b) if self.barrier else b)
 
   def sqrt(self, a):
     return lax.sqrt(a)
 
 
 def _xla_arith() -> _Arith:
-  return _Arith(barrier=jax.default_backend() == "gpu")
+  return _Arith(barrier=True)
 
 
 def next_pow2(n: int) -> int:
@@ -196,7 +202,7 @@ def rms_bwd_tile(xb, gain, dyb, inv, n: int, arith: _Arith):
   c = arith.div(tile_sum(arith.mul(h, xb)), jnp.float32(n))
   k = arith.mul(inv * inv, c)[..., None, None]
   dx = inv[..., None, None] * (h - arith.mul(xb, jnp.broadcast_to(k, xb.shape)))
-  dg = dyb * (xb * inv[..., None, None])
+  dg = arith.mul(dyb, xb * inv[..., None, None])  # summed over rows afterwards
   return dx, dg
 
 

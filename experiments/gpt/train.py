@@ -56,6 +56,7 @@ class TrainConfig:
     eval_batches: int = 4
     ckpt_every: int = 0          # 0: no checkpoints (one is still written at the end when out_dir is set)
     resume: bool = False
+    overwrite: bool = False      # without resume: delete out_dir's old checkpoints instead of refusing
     log_every: int = 10          # host fetch / CSV / progress-bar interval
     telemetry_every: int = 0     # 0: off; else probes each N steps (and at the last step)
     recipe_telemetry: bool = False  # ask the recipe for its quantization telemetry (scale histograms etc.)
@@ -97,6 +98,13 @@ def make_optimizer(cfg: TrainConfig):
     tx = optax.chain(optax.clip_by_global_norm(cfg.clip),
                      optax.adamw(sched, b1=0.9, b2=0.95, weight_decay=cfg.weight_decay, mask=decay))
     return tx, sched
+
+
+def init_variables(model: GPT, seed: int, x0):
+    """``model.init`` under jit, returning no forward-dependent output ("probes"), so XLA drops the forward
+    pass: initialisation costs a fraction of a train-step compile instead of an op-by-op forward."""
+    init = jax.jit(lambda k, x: {c: v for c, v in model.init(k, x).items() if c != "probes"})
+    return init(jax.random.key(seed), x0)
 
 
 def _split(variables) -> tuple[Any, dict]:
@@ -210,13 +218,19 @@ def train(cfg: TrainConfig, ds=None) -> dict:
     model, quant = build_model(cfg, vocab, probes)
     tx, sched = make_optimizer(cfg)
     x0 = np.zeros((cfg.batch, cfg.seq), np.int32)
-    variables = model.init(jax.random.key(cfg.seed), x0)
+    variables = init_variables(model, cfg.seed, x0)
     params, colls = _split(variables)
     pert_shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                                variables["perturbations"]) if probes else None
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "colls": colls}
     train_step, eval_step = make_steps(model, tx, sched, pert_shapes)
     out = Path(cfg.out_dir) if cfg.out_dir else None
+    if out and not cfg.resume and (out / "ckpt").exists():
+        if not cfg.overwrite:
+            raise FileExistsError(f"{out / 'ckpt'} exists: pass --resume to continue or --overwrite to restart")
+        import shutil
+
+        shutil.rmtree(out / "ckpt")
     mgr = _ckpt_manager(out, cfg) if out else None
     start = 0
     if cfg.resume and mgr is not None and mgr.latest_step() is not None:
@@ -378,6 +392,7 @@ if __name__ == "__main__":
     flags.DEFINE_enum("norm", None, ["rms", "mx"], "RMSNorm or MXNorm")
     flags.DEFINE_string("out_dir", None, "output folder (default runs/gpt/<recipe>_<norm>)")
     flags.DEFINE_bool("resume", None, "continue from the latest checkpoint in out_dir")
+    flags.DEFINE_bool("overwrite", None, "restart from scratch even if out_dir has checkpoints")
     flags.DEFINE_bool("recipe_telemetry", None, "record the recipe's quantization telemetry")
     flags.DEFINE_bool("quantize_head", None, "LM head through the recipe too")
     flags.DEFINE_bool("progress", None, "tqdm progress bar (default on)")
