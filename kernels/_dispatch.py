@@ -104,11 +104,21 @@ def kernel_arith():
 
 
 def load(ref, mask=None):
-  """Block load; masked (zeros outside) when ``mask`` is given. Works compiled and interpreted."""
+  """Block load with zeros where ``mask`` is False. Compiled: a masked load (no out-of-bounds access).
+  Interpreted: a plain load (out-of-bounds reads are NaN-padded there) and a select on the *bits*: XLA:CPU
+  computes bf16 selects in float32 with denormals flushed, which would zero bf16 subnormals."""
   if mask is None:
     return ref[...]
+  mask = jnp.broadcast_to(mask, ref.shape)
+  if interpret():
+    v = ref[...]
+    if jnp.issubdtype(v.dtype, jnp.floating):
+      ut = jnp.dtype(f"uint{v.dtype.itemsize * 8}")
+      bits = jax.lax.bitcast_convert_type(v, ut)
+      return jax.lax.bitcast_convert_type(jnp.where(mask, bits, jnp.zeros_like(bits)), v.dtype)
+    return jnp.where(mask, v, jnp.zeros_like(v))
   from jax.experimental.pallas import triton as pltriton
-  return pltriton.load(ref, mask=jnp.broadcast_to(mask, ref.shape), other=0)
+  return pltriton.load(ref, mask=mask, other=0)
 
 
 def store(ref, val, mask=None):

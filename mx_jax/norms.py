@@ -198,7 +198,7 @@ def rms_bwd_tile(xb, gain, dyb, inv, n: int, arith: _Arith):
   y = x * inv * g with inv = (mean(x^2) + eps)^(-1/2):  dx = inv * (h - x * (inv^2 * c)),
   h = g * dy, c = mean(h * x).
   """
-  h = dyb if gain is None else gain * dyb
+  h = dyb if gain is None else arith.mul(gain, dyb)
   c = arith.div(tile_sum(arith.mul(h, xb)), jnp.float32(n))
   k = arith.mul(inv * inv, c)[..., None, None]
   dx = inv[..., None, None] * (h - arith.mul(xb, jnp.broadcast_to(k, xb.shape)))

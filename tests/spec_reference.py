@@ -251,7 +251,8 @@ def cast_out(v64: np.ndarray, dtype) -> np.ndarray:
 
 def ref_mx_fake(x, fmt: str, axis: int = -1, block_size: int = 32, scale_mode: str = "floor",
                 rounding: str = "nearest_even", out_dtype=None) -> np.ndarray:
-  """dequantize(quantize(x)): elements * 2^e, NaN for NaN-scale blocks, in out_dtype (default x.dtype)."""
+  """dequantize(quantize(x)): elements * 2^e, NaN for NaN-scale blocks, rounded once to out_dtype (default:
+  x.dtype, as fake_quantize returns; pass out_dtype=np.float64 for the exact float64 values)."""
   x = np.asarray(x)
   elems, e, byte = ref_mx_quantize(x, fmt, axis, block_size, scale_mode, rounding)
   axis = axis % x.ndim

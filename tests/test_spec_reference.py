@@ -186,3 +186,86 @@ def test_fp8_reference_matches_ml_dtypes_nonsaturating():
     r = R.ref_fp8_tensor(x, name, saturate=False, scale=1.0)
     with np.errstate(invalid="ignore", over="ignore"):
       R.assert_same(r["elems"], x.astype(dt).astype(np.float64), name, inputs=x)
+
+
+# ---------------------------------------------------------------------------------------------------- mutants
+# The comparisons used by the mx_jax tests must be able to fail: each known pitfall, implemented on purpose
+# in numpy, is caught by the same helpers on the same kind of inputs.
+def _bf16_pairs(partner):
+  v = np.arange(65536, dtype=np.uint16).view(ml_dtypes.bfloat16).astype(np.float32)
+  return np.stack([v, np.full_like(v, partner)], axis=-1)
+
+
+def test_helpers_detect_sign_nan_and_byte_differences():
+  with pytest.raises(AssertionError):
+    R.assert_same(np.array([0.0]), np.array([-0.0]))
+  R.assert_same(np.array([0.0]), np.array([-0.0]), signed_zeros=False)
+  with pytest.raises(AssertionError):
+    R.assert_same(np.array([np.nan]), np.array([1.0]))
+  R.assert_same(np.array([np.nan, 1.0]), np.array([np.nan, 1.0]))
+  with pytest.raises(AssertionError):
+    R.assert_bytes(np.array([126], np.uint8), np.array([127], np.uint8))
+  # ftz_ok accepts exactly a signed flush of a subnormal, nothing else
+  R.assert_same(np.float32([-0.0]), np.array([-(2.0**-130)]), ftz_ok=True)
+  with pytest.raises(AssertionError):
+    R.assert_same(np.float32([0.0]), np.array([-(2.0**-130)]), ftz_ok=True)
+  with pytest.raises(AssertionError):
+    R.assert_same(np.float32([0.0]), np.array([2.0**-125]), ftz_ok=True)
+
+
+def test_mutant_e8m0_astype_is_caught():
+  x = _bf16_pairs(1.0)
+  amax = np.abs(x).max(-1).astype(np.float64)
+  ok = np.isfinite(amax) & (amax > 2.0**-100) & (amax < 2.0**100)
+  mutant = (amax[ok] / 2.0**8).astype(np.float32).astype(ml_dtypes.float8_e8m0fnu).view(np.uint8)
+  ref = R.ref_mx_scale_exp(amax[ok], "e4m3", "floor")[1]
+  assert (mutant != ref).sum() > 1000
+  assert np.isnan(np.float32([0.0]).astype(ml_dtypes.float8_e8m0fnu).astype(np.float32)[0])  # 0 -> NaN
+
+
+def test_mutant_e4m3_astype_without_clip_is_caught():
+  x = np.array([[500.0, 470.0, 464.0, 1.0]], np.float32)
+  with np.errstate(invalid="ignore"):
+    mutant = x.astype(ml_dtypes.float8_e4m3fn).astype(np.float64)  # scale is 1 here (floor)
+  ref = R.ref_mx_fake(x, "mxfp8_e4m3", -1, 4, "floor")
+  assert R.mismatch_mask(mutant, ref).any() and not np.isnan(ref).any()
+
+
+def test_mutant_nan_hidden_by_fp4_cast_is_caught():
+  with np.errstate(invalid="ignore"):
+    mutant = np.float32([np.nan, np.inf]).astype(ml_dtypes.float4_e2m1fn).astype(np.float64)
+  ref = R.ref_mx_fake(np.float32([[np.nan, 1.0], [np.inf, 1.0]]), "mxfp4_e2m1", -1, 2)
+  assert np.isnan(ref).all() and not np.isnan(mutant).any()
+
+
+def test_mutant_nan_amax_ignored_is_caught():
+  x = np.float32([[np.nan, 1.0, 100.0, 3.0]])
+  _, _, byte = R.ref_mx_quantize(x, "mxfp8_e4m3", -1, 4)
+  mutant_amax = np.nanmax(np.abs(x))
+  assert byte[0, 0] == 255 and R.ref_mx_scale_exp(np.array([mutant_amax]), "e4m3")[1][0] != 255
+
+
+def test_mutant_ties_away_is_caught_on_bf16_sweep():
+  for fmt in R.MX_FORMATS:
+    x = _bf16_pairs(R.elem_spec(fmt)["max"])
+    a = R.ref_mx_fake(x, fmt, -1, 2, "floor", "nearest_even")
+    b = R.ref_mx_fake(x, fmt, -1, 2, "floor", "nearest_away")
+    assert R.mismatch_mask(a, b).sum() > 100, fmt
+
+
+def test_mutant_fp32_division_rceil_agrees_for_fp32_inputs():
+  """The NVIDIA hardware formula (biased_exp(amax / max) + (mantissa != 0), amax/max in float32) equals the
+  exact-math oracle for every float32 amax: checked on all bf16 values and random float32."""
+  rng = np.random.default_rng(5)
+  a = np.concatenate([np.abs(np.arange(65536, dtype=np.uint16).view(ml_dtypes.bfloat16).astype(np.float32)),
+                      np.abs(rng.integers(0, 2**32, 1 << 18, dtype=np.uint64).astype(np.uint32)
+                             .view(np.float32))])
+  a = a[np.isfinite(a) & (a >= 2.0**-100)]
+  for name, s in R.ELEM.items():
+    with np.errstate(over="ignore"):
+      r = (a / np.float32(s["max"])).astype(np.float32)
+    bits = r.view(np.uint32)
+    hw = ((bits >> 23) & 0xFF).astype(np.int64) - 127 + ((bits & 0x7FFFFF) != 0)
+    e = R.ref_mx_scale_exp(a.astype(np.float64), name, "rceil")[0]
+    keep = (hw > -127) & (hw < 127)
+    np.testing.assert_array_equal(np.clip(hw, -127, 127)[keep], e[keep])

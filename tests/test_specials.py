@@ -92,6 +92,11 @@ def planted_blocks(fmt: str) -> np.ndarray:
   row([2.0**127, 1.5 * 2.0**127])
   row([-1.9375 * 2.0**127, 2.0**120])
   row([2.0**-149])  # tiny amax: scale clamps at 2^-127
+  # fp32-subnormal amaxes where exact math matters (MXINT8: "even" bumps iff significand >= 2 - 2^-7, a
+  # bit trick on the subnormal encoding would bump already at 2 - 2^-6; ceil of 2^-127 (1 + 2^-22) -> -126)
+  row([127 * 2.0**-133, 2.0**-140])
+  row([255 * 2.0**-134, -(2.0**-135)])
+  row([2.0**-127 + 2.0**-149])
   row([150.0, -1.0, 3.0])  # RCEIL example
   for k in (-30, -3, 0, 5, 40):
     row([1.5 * 2.0**k, 2.0**k, -0.75 * 2.0**k])  # E8M0 astype pitfall

@@ -1,0 +1,120 @@
+"""Train-step cost of every recipe vs bf16 on a ~100M-parameter GPT (seq 1024), pure-XLA path.
+
+A stock Flax pre-norm decoder (nn.Dense / nn.MultiHeadDotProductAttention, bf16 compute, fp32 master
+weights) is made quantized with ``mx_jax.quantize_model`` (embedding and LM head kept in bf16), and the
+jitted AdamW step is timed: median of ``--iters`` steps after ``--warmup``, ``jax.block_until_ready``.
+Every ratio is against the bf16 step measured in the same process.
+
+    python -m benchmarks.bench_train_step --recipes bf16,mxfp8,... --out results.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+import mx_jax
+from mx_jax.flax import OVERWRITE_WITH_GRADIENT
+
+
+class Block(nn.Module):
+  d: int
+  heads: int
+
+  @nn.compact
+  def __call__(self, h, mask):
+    a = nn.MultiHeadDotProductAttention(self.heads, dtype=jnp.bfloat16, name="attn")(
+        nn.RMSNorm(dtype=jnp.bfloat16)(h), mask=mask)
+    h = h + a
+    x = nn.RMSNorm(dtype=jnp.bfloat16)(h)
+    up = nn.Dense(4 * self.d, dtype=jnp.bfloat16, use_bias=False, name="mlp_in")(x)
+    return h + nn.Dense(self.d, dtype=jnp.bfloat16, use_bias=False, name="mlp_out")(nn.gelu(up))
+
+
+class GPT(nn.Module):
+  vocab: int = 32768
+  d: int = 768
+  layers: int = 12
+  heads: int = 12
+
+  @nn.compact
+  def __call__(self, tok):
+    h = nn.Embed(self.vocab, self.d, dtype=jnp.bfloat16, name="embed")(tok)
+    mask = nn.make_causal_mask(tok)
+    for i in range(self.layers):
+      h = Block(self.d, self.heads, name=f"block{i}")(h, mask)
+    return nn.Dense(self.vocab, dtype=jnp.bfloat16, use_bias=False, name="head")(nn.RMSNorm(dtype=jnp.bfloat16)(h))
+
+
+def time_recipe(name, model, tok, warmup, iters, exclude):
+  m = model if name == "bf16" else mx_jax.quantize_model(model, name, exclude=exclude)
+  v = m.init(jax.random.key(0), tok[:1, :16])
+  params = {"params": v["params"]}
+  if OVERWRITE_WITH_GRADIENT in v:
+    params[OVERWRITE_WITH_GRADIENT] = v[OVERWRITE_WITH_GRADIENT]
+  st = train_state.TrainState.create(apply_fn=m.apply, params=params, tx=optax.adamw(1e-4))
+
+  @jax.jit
+  def step(st, tok):
+    def loss_fn(p):
+      logits = st.apply_fn(p, tok[:, :-1]).astype(jnp.float32)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, tok[:, 1:]).mean()
+    loss, g = jax.value_and_grad(loss_fn)(st.params)
+    return st.apply_gradients(grads=g), loss
+
+  t0 = time.perf_counter()
+  st, loss = step(st, tok)
+  jax.block_until_ready(loss)
+  compile_s = time.perf_counter() - t0
+  for _ in range(warmup):
+    st, loss = step(st, tok)
+  jax.block_until_ready(loss)
+  times = []
+  for _ in range(iters):
+    t = time.perf_counter()
+    st, loss = step(st, tok)
+    jax.block_until_ready(loss)
+    times.append(time.perf_counter() - t)
+  nparams = sum(x.size for x in jax.tree.leaves(v["params"]))
+  return dict(recipe=name, median_ms=1e3 * statistics.median(times), min_ms=1e3 * min(times),
+              compile_s=compile_s, loss=float(loss), params=nparams)
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--recipes", default="bf16,fp8_current,fp8_delayed,mxfp8,mxfp8_e5m2grad,mxfp6,mxfp4_weights,nvfp4")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--seq", type=int, default=1024)
+  p.add_argument("--layers", type=int, default=12)
+  p.add_argument("--d", type=int, default=768)
+  p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--iters", type=int, default=10)
+  p.add_argument("--exclude_attn", action="store_true", help="keep attention's q.k and p.v in bf16")
+  p.add_argument("--out", default=None)
+  a = p.parse_args()
+  model = GPT(d=a.d, layers=a.layers, heads=a.d // 64)
+  tok = jax.random.randint(jax.random.key(1), (a.batch, a.seq + 1), 0, model.vocab)
+  exclude = ["embed", "head"] + (["*attn"] if a.exclude_attn else [])
+  rows = []
+  print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}", flush=True)
+  for name in a.recipes.split(","):
+    r = time_recipe(name, model, tok, a.warmup, a.iters, exclude)
+    r["exclude_attn"] = a.exclude_attn
+    rows.append(r)
+    base = rows[0]["median_ms"]
+    print(f"{name:16s} {r['median_ms']:8.2f} ms  x{r['median_ms'] / base:5.2f} vs {rows[0]['recipe']}  "
+          f"compile {r['compile_s']:.0f}s  loss {r['loss']:.3f}  params {r['params'] / 1e6:.1f}M", flush=True)
+  if a.out:
+    with open(a.out, "w") as f:
+      json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,170 @@
+"""Train the GPT once per recipe (same seed, same data order) and compare them.
+
+    python -m experiments.gpt.recipes_run                         # tiny: all recipes, 2 CPU workers, ≤ 5 min
+    python -m experiments.gpt.recipes_run --config gpu --workers 1  # ~25M params on one H100
+    python -m experiments.gpt.recipes_run --recipes bf16,mxfp8 --no_mxnorm --steps 50
+
+Runs fp32, bf16, fp8_current, fp8_delayed, mxfp8, mxfp6, mxfp4_weights, nvfp4, and each MX recipe
+(mxfp8, mxfp6, mxfp4_weights, nvfp4) again with MXNorm. Run folders (metrics, telemetry, checkpoints) go
+to runs/gpt_<config>/<recipe>_<norm>; the comparison goes to results/gpt_<config>/:
+  summary.csv, all_metrics.csv (long format), results.md (final val loss, gap to fp32 in %),
+  loss_curves.png, scales_<run>.png (per-tensor log2 amax of weights / activations / gradients over
+  training) and recipe_scales_<run>.png (the recipe's block-scale exponent histograms, when recorded).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+RECIPES = ("fp32", "bf16", "fp8_current", "fp8_delayed", "mxfp8", "mxfp6", "mxfp4_weights", "nvfp4")
+MX_RECIPES = ("mxfp8", "mxfp6", "mxfp4_weights", "nvfp4")
+SCALE_PLOTS = ("fp32", "bf16", "fp8_delayed", "mxfp8", "nvfp4")
+
+
+def run_list(recipes, mxnorm: bool) -> list[tuple[str, str]]:
+    runs = [(r, "rms") for r in recipes]
+    return runs + ([(r, "mx") for r in recipes if r in MX_RECIPES] if mxnorm else [])
+
+
+def label(recipe: str, norm: str) -> str:
+    return recipe + ("+MXNorm" if norm == "mx" else "")
+
+
+_DS = None
+
+
+def _worker(kw: dict) -> dict:
+    """Runs one recipe (in a worker process); returns its summary without rows/telemetry."""
+    global _DS
+    from experiments.data import load_shakespeare
+    from experiments.gpt.train import make_config, train
+
+    cfg = make_config(**kw)
+    if _DS is None:
+        _DS = load_shakespeare(cfg.tokenizer)
+    s = train(cfg, _DS)
+    return {k: v for k, v in s.items() if k not in ("rows", "telemetry")}
+
+
+def run_all(config: str = "tiny", recipes=RECIPES, mxnorm: bool = True, workers: int = 2,
+            runs_dir=None, results_dir=None, telemetry_recipes=("mxfp8",), cache_dir=None, **overrides) -> dict:
+    """Trains every (recipe, norm) pair and writes the comparison; returns {label: summary}."""
+    t0 = time.time()
+    runs_dir = Path(runs_dir or f"runs/gpt_{config}")
+    results_dir = Path(results_dir or f"results/gpt_{config}")
+    results_dir.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for r, n in run_list(recipes, mxnorm):
+        jobs.append(dict(config=config, recipe=r, norm=n, out_dir=str(runs_dir / f"{r}_{n}"), overwrite=True,
+                         progress=workers <= 1, recipe_telemetry=r in telemetry_recipes, **overrides))
+    if cache_dir:  # persistent XLA cache: re-runs skip compilation (the first run is what the budget counts)
+        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(cache_dir).absolute()))
+    summaries = {}
+    if workers <= 1:
+        for j in jobs:
+            summaries[label(j["recipe"], j["norm"])] = _worker(j)
+    else:
+        # Longest first (MX recipes compile slowest) so the two workers finish together.
+        order = sorted(jobs, key=lambda j: (j["recipe"] in ("fp32", "bf16"), j["recipe"] != "nvfp4"))
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
+            futs = {label(j["recipe"], j["norm"]): ex.submit(_worker, j) for j in order}
+            for k, f in futs.items():
+                summaries[k] = f.result()
+                s = summaries[k]
+                print(f"{k:24s} val {s['final_val_loss']:.4f}  wall {s['wall_s']:.0f}s  "
+                      f"compile {s['compile_s']:.0f}s", flush=True)
+    summaries = {label(r, n): summaries[label(r, n)] for r, n in run_list(recipes, mxnorm)}
+    write_results(summaries, runs_dir, results_dir, config, time.time() - t0)
+    return summaries
+
+
+def write_results(summaries: dict, runs_dir: Path, results_dir: Path, config: str, total_s: float) -> None:
+    from experiments.gpt import plots
+    from experiments.gpt.train import read_metrics
+
+    metrics, teles = {}, {}
+    for k, s in summaries.items():
+        d = Path(s["config"]["out_dir"])
+        metrics[k] = read_metrics(d / "metrics.csv")
+        teles[k] = [json.loads(x) for x in (d / "telemetry.jsonl").read_text().splitlines()] \
+            if (d / "telemetry.jsonl").is_file() else []
+    ref = summaries.get("fp32", {}).get("final_val_loss")
+    cols = ["run", "recipe", "norm", "final_val_loss", "gap_to_fp32_pct", "final_train_loss", "tokens_per_s",
+            "compile_s", "wall_s", "params", "dot_source", "norm_impl"]
+    table = []
+    for k, s in summaries.items():
+        v = s["final_val_loss"]
+        table.append({"run": k, "recipe": s["recipe"], "norm": s["norm"], "final_val_loss": round(v, 4),
+                      "gap_to_fp32_pct": round(100 * (v - ref) / ref, 2) if ref else "",
+                      "final_train_loss": round(s["final_train_loss"], 4),
+                      "tokens_per_s": round(s["tokens_per_s"] or 0), "compile_s": round(s["compile_s"], 1),
+                      "wall_s": round(s["wall_s"], 1), "params": s["params"], "dot_source": s["dot_source"],
+                      "norm_impl": s["norm_impl"]})
+    with open(results_dir / "summary.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, cols)
+        w.writeheader()
+        w.writerows(table)
+    with open(results_dir / "all_metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "step", "train_loss", "val_loss", "tokens_per_s", "lr", "grad_norm"])
+        for k, rows in metrics.items():
+            for r in rows:
+                w.writerow([k, int(r["step"]), r["train_loss"], r["val_loss"], r["tokens_per_s"], r["lr"],
+                            r["grad_norm"]])
+    any_cfg = next(iter(summaries.values()))["config"]
+    md = [f"# GPT on Shakespeare: recipe comparison ({config} config)", "",
+          f"{any_cfg['n_layers']} layers × d_model {any_cfg['d_model']}, {any_cfg['n_heads']} heads, "
+          f"{next(iter(summaries.values()))['params']:,} params, {any_cfg['steps']} steps of "
+          f"{any_cfg['batch']}×{any_cfg['seq']} tokens ({any_cfg['tokenizer']}), seed {any_cfg['seed']}, "
+          f"backend {next(iter(summaries.values()))['backend']}; total wall {total_s:.0f} s.", "",
+          "| run | final val loss | gap to fp32 | final train loss | tokens/s | compile s | wall s |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
+    for t in table:
+        gap = f"{t['gap_to_fp32_pct']:+.2f}%" if t["gap_to_fp32_pct"] != "" else "–"
+        note = "" if t["norm_impl"] in ("rms", "mx") else " (MXNorm missing: RMSNorm)"
+        md.append(f"| {t['run']}{note} | {t['final_val_loss']:.4f} | {gap} | {t['final_train_loss']:.4f} | "
+                  f"{t['tokens_per_s']:,} | {t['compile_s']} | {t['wall_s']} |")
+    md += ["", "Val loss: mean cross-entropy (nats/char) on fixed windows spread over the held-out plays; "
+           "train loss: mean of the last 10% of logged steps. ![loss curves](loss_curves.png)", ""]
+    plots.loss_curves(metrics, results_dir / "loss_curves.png", f"GPT/{config}: loss by recipe")
+    for k, tele in teles.items():
+        if k.split("+")[0] in SCALE_PLOTS and "+" not in k and tele:
+            plots.scale_trajectories(tele, results_dir / f"scales_{k}.png", f"{k}: per-tensor log2 amax")
+            md.append(f"![{k} scales](scales_{k}.png)")
+        if tele and plots.scale_histograms(tele, results_dir / f"recipe_scales_{k}.png",
+                                           f"{k}: scale exponents per GEMM operand"):
+            md.append(f"![{k} recipe scales](recipe_scales_{k}.png)")
+    (results_dir / "results.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md[:len(table) + 6]))
+
+
+def main(argv):
+    del argv
+    f = FLAGS
+    recipes = tuple(r for r in f.recipes.split(",") if r) if f.recipes else RECIPES
+    over = {k: getattr(f, k) for k in ("steps", "seed") if getattr(f, k) is not None}
+    tel = () if f.telemetry == "none" else (recipes if f.telemetry == "all" else tuple(f.telemetry.split(",")))
+    run_all(f.config, recipes, mxnorm=f.mxnorm, workers=f.workers, runs_dir=f.runs_dir,
+            results_dir=f.results_dir, telemetry_recipes=tel, cache_dir=f.cache_dir, **over)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_enum("config", "tiny", ["tiny", "gpu"], "size preset (see train.CONFIGS)")
+    flags.DEFINE_string("recipes", None, "comma-separated recipes (default: all eight)")
+    flags.DEFINE_bool("mxnorm", True, "also run each MX recipe with MXNorm")
+    flags.DEFINE_integer("workers", 2, "parallel worker processes (CPU: 2; GPU: 1)")
+    flags.DEFINE_integer("steps", None, "override the preset's steps")
+    flags.DEFINE_integer("seed", None, "override the seed")
+    flags.DEFINE_string("telemetry", "mxfp8", "recipes recording the recipe's own telemetry: none | all | list")
+    flags.DEFINE_string("runs_dir", None, "run folders (default runs/gpt_<config>)")
+    flags.DEFINE_string("results_dir", None, "comparison outputs (default results/gpt_<config>)")
+    flags.DEFINE_string("cache_dir", None, "persistent XLA compilation cache (speeds up re-runs)")
+    FLAGS = flags.FLAGS
+    app.run(main)
