@@ -103,22 +103,63 @@ def kernel_arith():
   return _Arith(barrier=True)
 
 
-def load(ref, mask=None):
-  """Block load with zeros where ``mask`` is False. Compiled: a masked load (no out-of-bounds access).
-  Interpreted: a plain load (out-of-bounds reads are NaN-padded there) and a select on the *bits*: XLA:CPU
-  computes bf16 selects in float32 with denormals flushed, which would zero bf16 subnormals."""
-  if mask is None:
-    return ref[...]
-  mask = jnp.broadcast_to(mask, ref.shape)
+def _uint_of(dtype):
+  return jnp.dtype(f"uint{jnp.dtype(dtype).itemsize * 8}")
+
+
+def kernel_in(x: jax.Array) -> jax.Array:
+  """What a wrapper passes to pallas_call for a float input: the array itself when compiled, its bits
+  (same-width uint) when interpreted. XLA:CPU moves bf16 through float32 with denormals flushed in pads,
+  selects and converts, and the interpreter pads inputs; integer bits travel unchanged."""
+  if interpret() and jnp.issubdtype(x.dtype, jnp.floating):
+    return jax.lax.bitcast_convert_type(x, _uint_of(x.dtype))
+  return x
+
+
+def kernel_out_dtype(dtype):
+  """dtype a kernel stores for a float output of ``dtype`` (bits when interpreted, see ``kernel_in``)."""
+  dtype = jnp.dtype(dtype)
+  return _uint_of(dtype) if interpret() and jnp.issubdtype(dtype, jnp.floating) else dtype
+
+
+def kernel_out(y: jax.Array, dtype) -> jax.Array:
+  """A wrapper's view of a float output written through ``store_float``."""
+  dtype = jnp.dtype(dtype)
+  return jax.lax.bitcast_convert_type(y, dtype) if y.dtype != dtype else y
+
+
+def _bits_to_f32(bits: jax.Array, src_dtype) -> jax.Array:
+  src_dtype = jnp.dtype(src_dtype)
+  if src_dtype == jnp.bfloat16:
+    return jax.lax.bitcast_convert_type(bits.astype(jnp.uint32) << 16, jnp.float32)
+  return jax.lax.bitcast_convert_type(bits, src_dtype).astype(jnp.float32)
+
+
+def load(ref, mask=None, src_dtype=None):
+  """Block load with zeros where ``mask`` is False; float inputs (``src_dtype``: their dtype) come back
+  as float32. Compiled: a masked load (no out-of-bounds access). Interpreted: the ref holds the bits
+  (``kernel_in``), selected on as integers and converted to float32 with integer ops."""
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, ref.shape)
   if interpret():
     v = ref[...]
-    if jnp.issubdtype(v.dtype, jnp.floating):
-      ut = jnp.dtype(f"uint{v.dtype.itemsize * 8}")
-      bits = jax.lax.bitcast_convert_type(v, ut)
-      return jax.lax.bitcast_convert_type(jnp.where(mask, bits, jnp.zeros_like(bits)), v.dtype)
-    return jnp.where(mask, v, jnp.zeros_like(v))
-  from jax.experimental.pallas import triton as pltriton
-  return pltriton.load(ref, mask=mask, other=0)
+    if mask is not None:
+      v = jnp.where(mask, v, jnp.zeros_like(v))
+    return v if src_dtype is None else _bits_to_f32(v, src_dtype)
+  if mask is None:
+    v = ref[...]
+  else:
+    from jax.experimental.pallas import triton as pltriton
+    v = pltriton.load(ref, mask=mask, other=0)
+  return v if src_dtype is None else v.astype(jnp.float32)
+
+
+def store_float(ref, y: jax.Array, dtype, mask=None):
+  """Stores float32 ``y`` as ``dtype`` (as its bits when interpreted, see ``kernel_out_dtype``)."""
+  y = y.astype(dtype)
+  if interpret():
+    y = jax.lax.bitcast_convert_type(y, _uint_of(dtype))
+  store(ref, y, mask)
 
 
 def store(ref, val, mask=None):

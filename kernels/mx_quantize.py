@@ -36,6 +36,7 @@ from mx_jax.formats import E2M1, E4M3, E8M0_BIAS, E8M0_NAN, ElemFormat, get_form
 from mx_jax.qarray import QArray
 
 _EXP = 0x7F800000
+_RECIP_ELEM_MAX = np.float32(1.0) / np.float32(E2M1.max_normal)
 
 
 def _f32_bits_const(v: float) -> int:
@@ -131,17 +132,20 @@ def nvfp4_tile(x: jax.Array, s_enc: jax.Array, s_dec: jax.Array, rounding: str, 
   ab = _bits.abs_bits(x)
   bad = jnp.max(ab, axis=-1, keepdims=True) >= _EXP
   amax_b = lax.bitcast_convert_type(jnp.max(jnp.where(bad, 0, ab), axis=-1, keepdims=True), jnp.float32)
-  d = jnp.minimum(arith.div(amax_b, jnp.float32(E2M1.max_normal)) * s_enc, jnp.float32(E4M3.max_normal))
+  # nvfp4.py writes amax_b / 6; XLA rewrites a division by a broadcast scalar into a multiplication by its
+  # reciprocal (RN(1/6) in float32), and that is what the reference computes on XLA.
+  d = jnp.minimum(amax_b * _RECIP_ELEM_MAX * s_enc, jnp.float32(E4M3.max_normal))
   d8 = d.astype(jnp.float8_e4m3fn)
   d32 = d8.astype(jnp.float32)
   zero = d32 == 0
   enc = arith.div(jnp.float32(1.0), jnp.where(zero, jnp.float32(1.0), d32 * s_dec))
   xe = x * enc
-  if rounding == "nearest_even":
-    codes = int_codes(jnp.where(zero | bad, 0.0, xe), E2M1)
-  else:
-    v = _bits.round_to_elem(xe, jnp.int32(0), E2M1, rounding, rbits=rbits, saturate=True)
-    codes = int_codes(jnp.where(zero | bad, 0.0, v), E2M1)
+  # zero-scale and non-finite blocks store zeros carrying x's sign (nvfp4.py: copysign(0, x))
+  signed_zero = lax.bitcast_convert_type(lax.bitcast_convert_type(x, jnp.uint32) & jnp.uint32(0x80000000),
+                                         jnp.float32)
+  if rounding != "nearest_even":
+    xe = _bits.round_to_elem(xe, jnp.int32(0), E2M1, rounding, rbits=rbits, saturate=True)
+  codes = int_codes(jnp.where(zero | bad, signed_zero, xe), E2M1)
   nan_byte = int(np.array(np.nan, jnp.float8_e4m3fn).view(np.uint8))
   sb = jnp.where(bad, nan_byte, lax.bitcast_convert_type(d8, jnp.uint8).astype(jnp.int32)).astype(jnp.uint8)
   return codes, sb.reshape(sb.shape[:-1])
@@ -167,6 +171,18 @@ def codes_to_storage(codes: jax.Array, elem: ElemFormat) -> jax.Array:
 
 def scale_bytes_to_storage(sb: jax.Array, kind: str) -> jax.Array:
   return lax.bitcast_convert_type(sb, jnp.float8_e8m0fnu if kind == "mx" else jnp.float8_e4m3fn)
+
+
+def pad_last(x2: jax.Array, extra: int) -> jax.Array:
+  """Zero-pads the last axis by ``extra`` on the bits (XLA:CPU pads bf16 through float32 with denormals
+  flushed, which would zero bf16 subnormals)."""
+  if extra == 0:
+    return x2
+  widths = [(0, 0)] * (x2.ndim - 1) + [(0, extra)]
+  if not jnp.issubdtype(x2.dtype, jnp.floating):
+    return jnp.pad(x2, widths)
+  ut = jnp.dtype(f"uint{x2.dtype.itemsize * 8}")
+  return lax.bitcast_convert_type(jnp.pad(lax.bitcast_convert_type(x2, ut), widths), x2.dtype)
 
 
 def stochastic_bits(key, rbits, lead: tuple[int, ...], nb: int, bs: int) -> jax.Array:
@@ -196,7 +212,7 @@ def _tiles(r: int, nb: int, bs: int, block_rows, block_blocks):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _quant_kernel(*refs, kind, elem, scale_mode, rounding, fast, r, nb, tr, tb, masked, has_rbits):
+def _quant_kernel(*refs, kind, elem, scale_mode, rounding, fast, r, nb, tr, tb, masked, has_rbits, src_dtype):
   refs = list(refs)
   x_ref = refs.pop(0)
   rb_ref = refs.pop(0) if has_rbits else None
@@ -208,11 +224,11 @@ def _quant_kernel(*refs, kind, elem, scale_mode, rounding, fast, r, nb, tr, tb, 
     rows = pl.program_id(0) * tr + lax.broadcasted_iota(jnp.int32, (tr, tb, 1), 0)
     blks = pl.program_id(1) * tb + lax.broadcasted_iota(jnp.int32, (tr, tb, 1), 1)
     mask = (rows < r) & (blks < nb)
-  x = _dispatch.load(x_ref, mask).astype(jnp.float32)
+  x = _dispatch.load(x_ref, mask, src_dtype=src_dtype)
   rbits = _dispatch.load(rb_ref, mask) if has_rbits else None
   if kind == "nvfp4":
-    s_enc = se_ref[...].reshape(1, 1, 1)
-    s_dec = sd_ref[...].reshape(1, 1, 1)
+    s_enc = _dispatch.load(se_ref, src_dtype=jnp.float32).reshape(1, 1, 1)
+    s_dec = _dispatch.load(sd_ref, src_dtype=jnp.float32).reshape(1, 1, 1)
     codes, sb = nvfp4_tile(x, s_enc, s_dec, rounding, rbits, _dispatch.kernel_arith())
   else:
     codes, sb = mx_tile(x, elem, scale_mode, rounding, rbits, fast)
@@ -231,19 +247,19 @@ def quantize_blocks_pallas(x3: jax.Array, fmt: str, *, scale_mode="floor", round
   grid = (pl.cdiv(r, tr), pl.cdiv(nb, tb))
   blk3 = pl.BlockSpec((tr, tb, bs), lambda i, j: (i, j, 0))
   in_specs = [blk3]
-  args = [x3]
+  args = [_dispatch.kernel_in(x3)]
   if rbits3 is not None:
     in_specs.append(blk3)
     args.append(rbits3)
   if f.kind == "nvfp4":
     scal = pl.BlockSpec((1, 1), lambda i, j: (0, 0))
     in_specs += [scal, scal]
-    args += [jnp.reshape(s_enc, (1, 1)).astype(jnp.float32), jnp.reshape(s_dec, (1, 1)).astype(jnp.float32)]
+    args += [_dispatch.kernel_in(jnp.reshape(s, (1, 1)).astype(jnp.float32)) for s in (s_enc, s_dec)]
   if num_warps is None and not _dispatch.interpret():
     num_warps = 8 if tr * tb * bs >= 8192 else 4
   kernel = lambda *refs: _quant_kernel(
       *refs, kind=f.kind, elem=f.elem, scale_mode=scale_mode, rounding=rounding, fast=fast, r=r, nb=nb,
-      tr=tr, tb=tb, masked=masked, has_rbits=rbits3 is not None)
+      tr=tr, tb=tb, masked=masked, has_rbits=rbits3 is not None, src_dtype=x3.dtype)
   return pl.pallas_call(
       kernel,
       out_shape=(jax.ShapeDtypeStruct((r, nb, bs), jnp.uint8), jax.ShapeDtypeStruct((r, nb), jnp.uint8)),
@@ -318,9 +334,7 @@ def mx_quantize(x: jax.Array, fmt: str, *, block_size: int | None = None, scale_
                     amax=amax)
   r = math.prod(lead)
   x2 = x.reshape(r, n)
-  if nb * bs != n:
-    x2 = jnp.pad(x2, ((0, 0), (0, nb * bs - n)))
-  x3 = x2.reshape(r, nb, bs)
+  x3 = pad_last(x2, nb * bs - n).reshape(r, nb, bs)
   rb3 = None
   if rounding == "stochastic":
     rb3 = stochastic_bits(key, rbits, lead, nb, bs).reshape(r, nb, bs)

@@ -19,8 +19,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from kernels import _dispatch
-from kernels.mx_quantize import (codes_to_storage, mx_quantize, mx_tile, next_pow2, scale_bytes_to_storage,
-                                 stochastic_bits)
+from kernels.mx_quantize import (codes_to_storage, mx_quantize, mx_tile, next_pow2, pad_last,
+                                 scale_bytes_to_storage, stochastic_bits)
 from mx_jax import norms
 from mx_jax.formats import get_format
 from mx_jax.qarray import QArray
@@ -53,14 +53,11 @@ def _prep(x, bs):
   n = x.shape[-1]
   r = math.prod(x.shape[:-1])
   nb = -(-n // bs)
-  x2 = x.reshape(r, n)
-  if nb * bs != n:
-    x2 = jnp.pad(x2, ((0, 0), (0, nb * bs - n)))
-  return x2.reshape(r, nb, bs), r, n, nb, next_pow2(nb)
+  return pad_last(x.reshape(r, n), nb * bs - n).reshape(r, nb, bs), r, n, nb, next_pow2(nb)
 
 
 def _norm_kernel(*refs, kind, n, nb, nbp, r, tr, bs, eps, p, c, exact_sq, has_gain, quant, out_dtype,
-                 intermediate_dtype, has_rbits):
+                 intermediate_dtype, has_rbits, x_dtype, g_dtype):
   refs = list(refs)
   x_ref = refs.pop(0)
   g_ref = refs.pop(0) if has_gain else None
@@ -69,8 +66,8 @@ def _norm_kernel(*refs, kind, n, nb, nbp, r, tr, bs, eps, p, c, exact_sq, has_ga
   blks = lax.broadcasted_iota(jnp.int32, (1, nbp, 1), 1)
   mask = (rows < r) & (blks < nb)
   arith = _dispatch.kernel_arith()
-  x = _dispatch.load(x_ref, mask).astype(jnp.float32)
-  g = _dispatch.load(g_ref, blks < nb).astype(jnp.float32) if has_gain else None
+  x = _dispatch.load(x_ref, mask, src_dtype=x_dtype)
+  g = _dispatch.load(g_ref, blks < nb, src_dtype=g_dtype) if has_gain else None
   if kind == "rms":
     inv = norms.rms_inv_from_tile(x, n, eps, arith, exact_sq)
   else:
@@ -78,7 +75,7 @@ def _norm_kernel(*refs, kind, n, nb, nbp, r, tr, bs, eps, p, c, exact_sq, has_ga
   y = norms.normalize_tile(x, inv, g)
   if quant is None:
     y_ref, inv_ref = refs
-    _dispatch.store(y_ref, y.astype(out_dtype), mask)
+    _dispatch.store_float(y_ref, y, out_dtype, mask)
   else:
     codes_ref, scales_ref, inv_ref = refs
     elem, scale_mode, rounding, fast = quant
@@ -88,7 +85,7 @@ def _norm_kernel(*refs, kind, n, nb, nbp, r, tr, bs, eps, p, c, exact_sq, has_ga
     codes, sb = mx_tile(y, elem, scale_mode, rounding, rbits, fast)
     _dispatch.store(codes_ref, codes, mask)
     _dispatch.store(scales_ref, sb, mask.reshape(tr, nbp))
-  _dispatch.store(inv_ref, inv, rows.reshape(tr) < r)
+  _dispatch.store_float(inv_ref, inv, jnp.float32, rows.reshape(tr) < r)
 
 
 def _norm_call(x, gain, *, kind, eps, p, bs, quant=None, out_dtype=jnp.float32, intermediate_dtype=None,
@@ -99,18 +96,18 @@ def _norm_call(x, gain, *, kind, eps, p, bs, quant=None, out_dtype=jnp.float32, 
   c = norms.mxnorm_constant(p, bs) if kind == "mx" else 0.0
   exact_sq = norms._exact_squares(x.dtype)
   blk = pl.BlockSpec((tr, nbp, bs), lambda i: (i, 0, 0))
-  in_specs, args = [blk], [x3]
+  in_specs, args = [blk], [_dispatch.kernel_in(x3)]
   if gain is not None:
-    g3 = jnp.pad(gain.reshape(-1), (0, nb * bs - n)).reshape(1, nb, bs) if nb * bs != n else gain.reshape(1, nb, bs)
+    g3 = pad_last(gain.reshape(1, n), nb * bs - n).reshape(1, nb, bs)
     in_specs.append(pl.BlockSpec((1, nbp, bs), lambda i: (0, 0, 0)))
-    args.append(g3)
+    args.append(_dispatch.kernel_in(g3))
   if rbits3 is not None:
     in_specs.append(blk)
     args.append(rbits3)
   inv_spec = pl.BlockSpec((tr,), lambda i: (i,))
-  inv_shape = jax.ShapeDtypeStruct((r,), jnp.float32)
+  inv_shape = jax.ShapeDtypeStruct((r,), _dispatch.kernel_out_dtype(jnp.float32))
   if quant is None:
-    out_shape = (jax.ShapeDtypeStruct((r, nb, bs), out_dtype), inv_shape)
+    out_shape = (jax.ShapeDtypeStruct((r, nb, bs), _dispatch.kernel_out_dtype(out_dtype)), inv_shape)
     out_specs = (blk, inv_spec)
   else:
     out_shape = (jax.ShapeDtypeStruct((r, nb, bs), jnp.uint8), jax.ShapeDtypeStruct((r, nb), jnp.uint8),
@@ -119,13 +116,17 @@ def _norm_call(x, gain, *, kind, eps, p, bs, quant=None, out_dtype=jnp.float32, 
   kernel = lambda *refs: _norm_kernel(
       *refs, kind=kind, n=n, nb=nb, nbp=nbp, r=r, tr=tr, bs=bs, eps=eps, p=p, c=c, exact_sq=exact_sq,
       has_gain=gain is not None, quant=quant, out_dtype=out_dtype, intermediate_dtype=intermediate_dtype,
-      has_rbits=rbits3 is not None)
+      has_rbits=rbits3 is not None, x_dtype=x3.dtype, g_dtype=None if gain is None else gain.dtype)
   outs = pl.pallas_call(
       kernel, out_shape=out_shape, grid=(pl.cdiv(r, tr),), in_specs=in_specs, out_specs=out_specs,
       interpret=_dispatch.interpret(),
       compiler_params=_dispatch.compiler_params(num_warps=_warps(tr * row_len, num_warps)),
       name=f"{kind}_norm" + ("" if quant is None else "_quantize"),
   )(*args)
+  if quant is None:
+    outs = (_dispatch.kernel_out(outs[0], out_dtype), _dispatch.kernel_out(outs[1], jnp.float32))
+  else:
+    outs = outs[:2] + (_dispatch.kernel_out(outs[2], jnp.float32),)
   return outs, r, n, nb
 
 
@@ -188,7 +189,7 @@ def _tree_sum_rows(v):
   return v.reshape(v.shape[1:])
 
 
-def _bwd_kernel(*refs, n, nb, nbp, r, tr, bs, has_gain):
+def _bwd_kernel(*refs, n, nb, nbp, r, tr, bs, has_gain, x_dtype, g_dtype, dy_dtype):
   refs = list(refs)
   x_ref = refs.pop(0)
   g_ref = refs.pop(0) if has_gain else None
@@ -197,13 +198,13 @@ def _bwd_kernel(*refs, n, nb, nbp, r, tr, bs, has_gain):
   blks = lax.broadcasted_iota(jnp.int32, (1, nbp, 1), 1)
   mask = (rows < r) & (blks < nb)
   arith = _dispatch.kernel_arith()
-  x = _dispatch.load(x_ref, mask).astype(jnp.float32)
-  dy = _dispatch.load(dy_ref, mask).astype(jnp.float32)
-  g = _dispatch.load(g_ref, blks < nb).astype(jnp.float32) if has_gain else None
-  inv = _dispatch.load(inv_ref, rows.reshape(tr) < r)
+  x = _dispatch.load(x_ref, mask, src_dtype=x_dtype)
+  dy = _dispatch.load(dy_ref, mask, src_dtype=dy_dtype)
+  g = _dispatch.load(g_ref, blks < nb, src_dtype=g_dtype) if has_gain else None
+  inv = _dispatch.load(inv_ref, rows.reshape(tr) < r, src_dtype=jnp.float32)
   dx, dg = norms.rms_bwd_tile(x, g, dy, inv, n, arith)
-  _dispatch.store(dx_ref, dx.astype(dx_ref.dtype), mask)
-  _dispatch.store(dg_ref, _tree_sum_rows(dg).reshape(1, nbp, bs), blks < nb)
+  _dispatch.store_float(dx_ref, dx, x_dtype, mask)
+  _dispatch.store_float(dg_ref, _tree_sum_rows(dg).reshape(1, nbp, bs), jnp.float32, blks < nb)
 
 
 def rms_norm_bwd_pallas(x, gain, inv, dy, *, block_rows=None, num_warps=None):
@@ -218,24 +219,27 @@ def rms_norm_bwd_pallas(x, gain, inv, dy, *, block_rows=None, num_warps=None):
   tr = _row_tiles(r, row_len, block_rows)
   g = pl.cdiv(r, tr)
   blk = pl.BlockSpec((tr, nbp, bs), lambda i: (i, 0, 0))
-  in_specs, args = [blk], [x3]
+  in_specs, args = [blk], [_dispatch.kernel_in(x3)]
   if gain is not None:
-    g3 = gain.reshape(-1)
-    g3 = (jnp.pad(g3, (0, nb * bs - n)) if nb * bs != n else g3).reshape(1, nb, bs)
+    g3 = pad_last(gain.reshape(1, n), nb * bs - n).reshape(1, nb, bs)
     in_specs.append(pl.BlockSpec((1, nbp, bs), lambda i: (0, 0, 0)))
-    args.append(g3)
+    args.append(_dispatch.kernel_in(g3))
   in_specs += [blk, pl.BlockSpec((tr,), lambda i: (i,))]
-  args += [dy3, inv.reshape(r).astype(jnp.float32)]
-  kernel = lambda *refs: _bwd_kernel(*refs, n=n, nb=nb, nbp=nbp, r=r, tr=tr, bs=bs, has_gain=gain is not None)
+  args += [_dispatch.kernel_in(dy3), _dispatch.kernel_in(inv.reshape(r).astype(jnp.float32))]
+  kernel = lambda *refs: _bwd_kernel(*refs, n=n, nb=nb, nbp=nbp, r=r, tr=tr, bs=bs, has_gain=gain is not None,
+                                     x_dtype=x.dtype, g_dtype=None if gain is None else gain.dtype,
+                                     dy_dtype=dy.dtype)
   dx3, dgp = pl.pallas_call(
       kernel,
-      out_shape=(jax.ShapeDtypeStruct((r, nb, bs), x.dtype), jax.ShapeDtypeStruct((g, nb, bs), jnp.float32)),
+      out_shape=(jax.ShapeDtypeStruct((r, nb, bs), _dispatch.kernel_out_dtype(x.dtype)),
+                 jax.ShapeDtypeStruct((g, nb, bs), _dispatch.kernel_out_dtype(jnp.float32))),
       grid=(g,), in_specs=in_specs,
       out_specs=(blk, pl.BlockSpec((1, nbp, bs), lambda i: (i, 0, 0))),
       interpret=_dispatch.interpret(),
       compiler_params=_dispatch.compiler_params(num_warps=_warps(tr * row_len, num_warps)),
       name="rms_norm_bwd",
   )(*args)
+  dx3, dgp = _dispatch.kernel_out(dx3, x.dtype), _dispatch.kernel_out(dgp, jnp.float32)
   dx = dx3.reshape(r, nb * bs)[:, :n].reshape(x.shape)
   dgp = dgp.reshape(g, nb * bs)[:, :n]
   gp = next_pow2(g)

@@ -28,6 +28,11 @@ from mx_jax.formats import get_format
 from mx_jax.quantize import quantize
 from mx_jax.recipes import OperandSpec, Recipe, recipe as get_recipe
 
+# GEMM operands use the float-scaling / FPU-rounding MX path (mx_block.mx_fake_quantize_fast): same bits
+# as the exact integer path except for FP32-subnormal inputs on flushing backends. Set False to force the
+# integer path everywhere.
+FAST_OPERANDS = True
+
 _TENSOR_OF = {"x": "x", "x_wgrad": "x", "w": "w", "w_dgrad": "w", "g_dgrad": "g", "g_wgrad": "g"}
 
 
@@ -94,16 +99,18 @@ def quantize_operand(x: jax.Array, spec: OperandSpec | None, axes: Sequence[int]
   if f.kind == "tensor":
     s = scale if scale is not None else fp8_tensor.compute_scale(fp8_tensor.finite_amax(flat), f.elem,
                                                                   spec.margin)
-    v, post = fp8_tensor.fp8_quantize(flat, s, f.elem, spec.rounding, key, saturate=True)
+    v, post = fp8_tensor.fp8_quantize(flat, s, f.elem, spec.rounding, key, saturate=True, fast=FAST_OPERANDS)
     if want_qarray:
       q = quantize(flat, f, scale=s, rounding=spec.rounding, key=key)
     return unflatten(v), post, q
   bs = spec.block_size or f.block_size
   ax = flat.ndim - 1
   if f.kind == "nvfp4":
-    v, sc, ts = nvfp4.nvfp4_quantize_blocks(flat, ax, bs, spec.rounding, key)
+    v, sc, ts = nvfp4.nvfp4_quantize_blocks(flat, ax, bs, spec.rounding, key, fast=FAST_OPERANDS)
     vb = to_blocks(v, ax, bs) * sc.astype(jnp.float32)[..., None]
     v, post = from_blocks(vb, ax), ts
+  elif spec.rounding == "nearest_even" and FAST_OPERANDS:
+    v, post = mx_block.mx_fake_quantize_fast(flat, f.elem, ax, bs, spec.scale_mode), None
   else:
     v, sb = mx_block.mx_quantize_blocks(flat, f.elem, ax, bs, spec.scale_mode, spec.rounding, key)
     v, post = mx_block.mx_dequantize_blocks(v, sb, ax, bs), None

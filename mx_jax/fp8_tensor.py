@@ -3,8 +3,9 @@
   scale = (max_elem / amax) / 2^margin      (float32; optionally rounded down to a power of two)
   q     = fp8( x * scale )                  float32 product, then RNE onto the FP8 grid
   x^    = q * (1 / scale)                   (the stored decode scale, TE's ``scale_inv``)
-amax = 0 or non-finite -> scale 1 (current scaling; delayed scaling keeps its previous scale, see
-scaling.py). Saturating (default): |q| capped at max_elem, ±Inf -> ±max, NaN stays NaN. Non-saturating:
+amax is taken over the finite elements (a NaN/Inf element stays NaN / saturates by itself and does not
+poison the others' scale); amax = 0 -> scale 1 (current scaling; delayed scaling keeps its previous
+scale, see scaling.py). Saturating (default): |q| capped at max_elem, ±Inf -> ±max, NaN stays NaN. Non-saturating:
 overflow -> Inf (E5M2) / NaN (E4M3), as a plain cast.
 """
 from __future__ import annotations
@@ -36,10 +37,16 @@ def compute_scale(amax: jax.Array, elem: ElemFormat, margin: int = 0, power_of_t
 
 
 def fp8_quantize(x: jax.Array, scale: jax.Array, elem: ElemFormat, rounding: str,
-                 key: jax.Array | None, saturate: bool) -> tuple[jax.Array, jax.Array]:
-  """Returns (FP8 values as float32, decode scale 1/scale). ``scale`` broadcasts against x."""
+                 key: jax.Array | None, saturate: bool, fast: bool = False) -> tuple[jax.Array, jax.Array]:
+  """Returns (FP8 values as float32, decode scale 1/scale). ``scale`` broadcasts against x.
+
+  ``fast`` (RNE, saturating only): FPU rounding, bit-identical for normal inputs (the GEMM-operand path).
+  """
   scale = jnp.asarray(scale, jnp.float32)
   y = x.astype(jnp.float32) * scale
+  if fast and rounding == "nearest_even" and saturate:
+    v = jnp.where(jnp.isnan(y), jnp.nan, _bits.round_to_elem_rne_fast(y, elem))
+    return v, jnp.float32(1.0) / scale
   rbits = jax.random.bits(key, y.shape, jnp.uint32) if rounding == "stochastic" else None
   v = _bits.round_to_elem(y, jnp.int32(0), elem, rounding, rbits=rbits, saturate=saturate)
   if saturate:  # NaN stays NaN for per-tensor FP8 (the element format carries it)

@@ -53,6 +53,23 @@ def e8m0_to_bytes(s: jax.Array) -> jax.Array:
   return lax.bitcast_convert_type(s, jnp.uint8)
 
 
+def mx_fake_quantize_fast(x: jax.Array, elem: ElemFormat, axis: int, bs: int, scale_mode: str) -> jax.Array:
+  """Dequantized MX values (float32, padded along axis) via float scaling and FPU rounding (RNE only).
+
+  The GEMM-operand path: ~4x fewer ALU ops than the integer path. Same bits as
+  ``mx_dequantize_blocks(*mx_quantize_blocks(...))`` for inputs without FP32 subnormals; with them, a
+  backend that flushes subnormals (XLA:CPU) may give zeros where the exact path gives tiny values.
+  """
+  xb = to_blocks(x.astype(jnp.float32), axis, bs)
+  ab = _bits.abs_bits(xb)
+  amax = jnp.max(ab, axis=axis + 1, keepdims=True)
+  bad = _bits.is_nonfinite_bits(amax)
+  e = shared_exponent(jnp.where(bad, 0, amax), elem, scale_mode)
+  v = _bits.round_to_elem_rne_fast(_bits.mul_pow2(xb, -e), elem)
+  out = jnp.where(bad, jnp.nan, _bits.mul_pow2(v, e))
+  return from_blocks(out, axis)
+
+
 def mx_quantize_blocks(x: jax.Array, elem: ElemFormat, axis: int, bs: int, scale_mode: str,
                        rounding: str, key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
   """Returns (element values as exact float32, padded along axis; scale bytes uint8)."""
@@ -71,9 +88,12 @@ def mx_quantize_blocks(x: jax.Array, elem: ElemFormat, axis: int, bs: int, scale
 
 
 def mx_dequantize_blocks(v: jax.Array, scale_b: jax.Array, axis: int, bs: int) -> jax.Array:
-  """Exact float32 elem * 2^(b - 127) (NaN where b = 0xFF), still padded along axis."""
+  """Exact float32 elem * 2^(b - 127) (NaN where b = 0xFF), still padded along axis.
+
+  Built from exponent bits, so FP32-subnormal results are exact even where the backend flushes them.
+  """
   vb = to_blocks(v, axis, bs)
   b = jnp.expand_dims(scale_b.astype(jnp.int32), axis + 1)
-  out = _bits.mul_pow2(vb, b - E8M0_BIAS)
+  out = _bits.mul_pow2_bits(vb, jnp.broadcast_to(b - E8M0_BIAS, vb.shape))
   out = jnp.where(b == E8M0_NAN, jnp.nan, out)
   return from_blocks(out, axis)

@@ -132,6 +132,12 @@ def _xla_arith() -> _Arith:
   return _Arith(barrier=True)
 
 
+def _recip(n: int):
+  """RN(1/n) in float32: means are ``sum * RN(1/n)`` (what XLA computes for jnp.mean too: it rewrites a
+  division by a broadcast scalar into a multiplication by its reciprocal, also under vmap)."""
+  return jnp.float32(np.float32(1.0) / np.float32(n))
+
+
 def next_pow2(n: int) -> int:
   return 1 << max(0, int(n) - 1).bit_length()
 
@@ -165,7 +171,7 @@ def block_amax(xb: jax.Array) -> jax.Array:
 def rms_inv_from_tile(xb: jax.Array, n: int, eps: float, arith: _Arith, exact_squares: bool) -> jax.Array:
   """1 / sqrt(mean(x^2) + eps) per row of a blocked float32 tile (zeros in the padding); shape (...,)."""
   sq = xb * xb if exact_squares else arith.mul(xb, xb)
-  ms = arith.div(tile_sum(sq), jnp.float32(n))
+  ms = arith.mul(tile_sum(sq), _recip(n))
   return arith.div(jnp.float32(1.0), arith.sqrt(ms + jnp.float32(eps)))
 
 
@@ -173,10 +179,10 @@ def mx_inv_from_tile(xb: jax.Array, nb: int, eps: float, p: int, c: float, arith
   """MXNorm: 1 / sqrt(rms_est^2 + eps) per row from the block absmax of a blocked float32 tile."""
   amax = block_amax(xb)  # (..., nb_pow2); padding blocks are 0
   if p == 2:
-    m = arith.div(tree_sum_last(arith.mul(amax, amax)), jnp.float32(nb))
+    m = arith.mul(tree_sum_last(arith.mul(amax, amax)), _recip(nb))
     ms = arith.mul(jnp.float32(c * c), m)
   elif p == 1:
-    m = arith.div(tree_sum_last(amax), jnp.float32(nb))
+    m = arith.mul(tree_sum_last(amax), _recip(nb))
     t = m * jnp.float32(c)
     ms = arith.mul(t, t)
   else:
@@ -199,7 +205,7 @@ def rms_bwd_tile(xb, gain, dyb, inv, n: int, arith: _Arith):
   h = g * dy, c = mean(h * x).
   """
   h = dyb if gain is None else arith.mul(gain, dyb)
-  c = arith.div(tile_sum(arith.mul(h, xb)), jnp.float32(n))
+  c = arith.mul(tile_sum(arith.mul(h, xb)), _recip(n))
   k = arith.mul(inv * inv, c)[..., None, None]
   dx = inv[..., None, None] * (h - arith.mul(xb, jnp.broadcast_to(k, xb.shape)))
   dg = arith.mul(dyb, xb * inv[..., None, None])  # summed over rows afterwards

@@ -1,11 +1,12 @@
 """NVFP4: E2M1 elements, one E4M3 decode scale per 16 elements, one FP32 tensor scale (NVIDIA's recipe).
 
 All steps are float32, in this order (as TransformerEngine's reference quantizer):
-  S_enc = 6 * 448 / amax(x)              (1 if amax is 0 or non-finite; capped at FP32 max)
+  S_enc = 6 * 448 / amax(x)              amax over the finite elements (1 if 0; capped at FP32 max)
   d_b   = e4m3( min(amax_b / 6 * S_enc, 448) )    RNE cast of the block decode scale
   q     = e2m1( x * (1 / (d_b * (1 / S_enc))) )   RNE (or stochastic), saturated to ±6; 0 where d_b = 0
   x^    = q * d_b * (1 / S_enc)
-A block holding NaN/Inf gets a NaN block scale and decodes to NaN.
+A block holding NaN/Inf gets a NaN block scale and decodes to NaN; other blocks keep their scales (a
+NaN does not poison the tensor scale: it is carried by its own block).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def tensor_encode_scale(amax: jax.Array) -> jax.Array:
 
 
 def nvfp4_quantize_blocks(x: jax.Array, axis: int, bs: int, rounding: str, key: jax.Array | None,
-                          amax: jax.Array | None = None):
+                          amax: jax.Array | None = None, fast: bool = False):
   """Returns (E2M1 values as float32 padded along axis, E4M3 block scales, FP32 tensor decode scale)."""
   x = x.astype(jnp.float32)
   if amax is None:
@@ -43,9 +44,12 @@ def nvfp4_quantize_blocks(x: jax.Array, axis: int, bs: int, rounding: str, key: 
   d32 = d_e4m3.astype(jnp.float32)
   zero = d32 == 0
   enc = jnp.float32(1.0) / jnp.where(zero, 1.0, d32 * s_dec)
-  rbits = jax.random.bits(key, xb.shape, jnp.uint32) if rounding == "stochastic" else None
-  v = _bits.round_to_elem(xb * enc, jnp.int32(0), E2M1, rounding, rbits=rbits, saturate=True)
-  v = jnp.where(zero | bad, 0.0, v)
+  if fast and rounding == "nearest_even":  # FPU rounding: same bits for normal inputs (GEMM operands)
+    v = _bits.round_to_elem_rne_fast(xb * enc, E2M1)
+  else:
+    rbits = jax.random.bits(key, xb.shape, jnp.uint32) if rounding == "stochastic" else None
+    v = _bits.round_to_elem(xb * enc, jnp.int32(0), E2M1, rounding, rbits=rbits, saturate=True)
+  v = jnp.where(zero | bad, jnp.copysign(jnp.float32(0.0), xb), v)
   d_e4m3 = jnp.where(bad, jnp.array(jnp.nan, jnp.float8_e4m3fn), d_e4m3)
   return from_blocks(v, axis), jnp.squeeze(d_e4m3, axis + 1), s_dec
 

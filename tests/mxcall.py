@@ -1,7 +1,7 @@
 """Thin, cached jax.jit wrappers around the public mx_jax transforms, for the oracle tests.
 
-mx_jax's eager path compiles op by op for every new shape (seconds on CPU), so the property and specials
-tests call the transforms under one jit per (format, options), which is also how training code uses them.
+The property and specials tests call the transforms inside one jax.jit per (format, options) -- how training
+code uses them, and cheap to compile once per shape; the exhaustive tests call the public functions directly.
 Array-valued options (key, scale, amax) are passed as traced arguments; the others are static.
 """
 import functools

@@ -280,7 +280,10 @@ def ref_nvfp4(x, axis: int = -1, block_size: int = 16) -> dict:
   x32 = np.asarray(x).astype(np.float32)
   axis = axis % x32.ndim
   with np.errstate(all="ignore"):
-    A = np.max(np.abs(x32)) if x32.size else F32(0)  # NaN propagates
+    # mx_jax's documented choice: the tensor amax is taken over the finite elements, so one NaN/Inf
+    # does not poison the other blocks (it is carried by its own block's NaN scale).
+    ax32 = np.where(np.isfinite(x32), np.abs(x32), F32(0))
+    A = np.max(ax32) if x32.size else F32(0)
     if A == 0 or not np.isfinite(A):
       S = F32(1.0)
     else:
@@ -322,7 +325,7 @@ def ref_fp8_tensor(x, fmt: str, margin: int = 0, power_of_two: bool = False, sat
   """Reference per-tensor (or per-channel: amax reduced along `axis`) FP8 quantization.
 
   scale = float32(max / amax) / 2**margin (float32; power_of_two rounds it down to a power of two);
-  amax == 0 or non-finite -> scale 1. y = float32(x * scale), RNE to the fp8 grid. saturate: clamp to
+  amax (over the finite elements) == 0 -> scale 1. y = float32(x * scale), RNE to the fp8 grid. saturate: clamp to
   +-max (+-Inf -> +-max, NaN stays NaN); else overflow -> Inf (E5M2) / NaN (E4M3).
   Returns dict(elems (float64), scale (float32, keepdims), inv_scale (float32), deq (float32)).
   """
@@ -331,10 +334,11 @@ def ref_fp8_tensor(x, fmt: str, margin: int = 0, power_of_two: bool = False, sat
   x32 = np.asarray(x).astype(np.float32)
   with np.errstate(all="ignore"):
     if scale is None:
+      fa = np.where(np.isfinite(x32), np.abs(x32), F32(0))  # amax over finite elements (documented)
       if granularity == "tensor":
-        amax = np.max(np.abs(x32), keepdims=True) if x32.size else np.zeros([1] * x32.ndim, np.float32)
+        amax = np.max(fa, keepdims=True) if x32.size else np.zeros([1] * x32.ndim, np.float32)
       elif granularity == "channel":
-        amax = np.max(np.abs(x32), axis=axis, keepdims=True)
+        amax = np.max(fa, axis=axis, keepdims=True)
       else:
         raise ValueError(granularity)
       sc = (F32(s["max"]) / amax).astype(np.float32)

@@ -4,26 +4,26 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+import sys
 
 import mx_jax
 from kernels import _dispatch, mx_quantize
-from kernels import mx_quantize as kq
 from mx_jax import _bits
 from mx_jax.formats import FORMATS
+
+kq = sys.modules["kernels.mx_quantize"]  # the module (kernels.mx_quantize is the function)
 
 BLOCK_FORMATS = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1", "mxint8", "nvfp4"]
 
 
+def _bytes(a):
+  a = np.asarray(a)
+  return a.shape, np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
 def qbytes(q):
-  """(data bytes, scale bytes, tensor scale) of a QArray as numpy, for exact comparison."""
-  d = q.data
-  if d.dtype == jnp.float4_e2m1fn:
-    d = np.asarray(d).view(np.uint8)
-  else:
-    d = np.asarray(d).view(np.uint8)
-  s = np.asarray(q.scales).view(np.uint8)
-  t = None if q.tensor_scale is None else np.asarray(q.tensor_scale).view(np.uint32)
-  return d, s, t
+  """(data, scales, tensor scale) of a QArray as (shape, raw bytes) pairs, for exact comparison."""
+  return _bytes(q.data), _bytes(q.scales), None if q.tensor_scale is None else _bytes(q.tensor_scale)
 
 
 def assert_same(q1, q2):
@@ -31,13 +31,12 @@ def assert_same(q1, q2):
                                                                    q2.packed)
   assert q1.data.dtype == q2.data.dtype and q1.scales.dtype == q2.scales.dtype
   a, b = qbytes(q1), qbytes(q2)
-  assert a[0].shape == b[0].shape and a[1].shape == b[1].shape
-  np.testing.assert_array_equal(a[0], b[0], err_msg="element codes differ")
-  np.testing.assert_array_equal(a[1], b[1], err_msg="scales differ")
-  if a[2] is None:
-    assert b[2] is None
-  else:
-    np.testing.assert_array_equal(a[2], b[2])
+  for what, u, v in (("element codes", a[0], b[0]), ("scales", a[1], b[1])):
+    assert u[0] == v[0], f"{what}: shapes {u[0]} vs {v[0]}"
+    np.testing.assert_array_equal(u[1], v[1], err_msg=f"{what} differ")
+  assert (a[2] is None) == (b[2] is None)
+  if a[2] is not None:
+    np.testing.assert_array_equal(a[2][1], b[2][1], err_msg="tensor scales differ")
 
 
 def planted(shape, dtype, seed=0):

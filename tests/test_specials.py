@@ -114,7 +114,7 @@ PLANTED = [(f, m, "jit") for f, m in ALL] + [(f, "floor", "eager") for f in R.MX
 @pytest.mark.parametrize("case", PLANTED, ids=_ids)
 def test_planted_blocks_vs_oracle(case):
   """All planted rows vs the oracle: bytes and codes exactly, values exactly up to fp32 flush-to-zero.
-  The eager path (no jit around mx_jax) is run for the floor scale only: it compiles op by op per shape."""
+  The direct call path (no jit of ours around mx_jax) is run for the floor scale only, to bound compile time."""
   fmt, mode, how = case
   jit = how == "jit"
   x = planted_blocks(fmt)
@@ -404,6 +404,8 @@ def test_qarray_layout_and_dtypes(fmt):
   assert q.scales.dtype == ml_dtypes.float8_e8m0fnu and q.scales.shape == (3, 3, 2)
   assert q.data.shape == (3, 48, 2)
   want = R.ELEM_DTYPE[R.elem_name(fmt)]
+  if "mxfp6" in fmt:  # documented: XLA:CPU cannot convert float6 types, so FP6 data are uint8 codes
+    want = np.uint8
   assert q.data.dtype == np.dtype(want), f"{fmt}: data dtype {q.data.dtype}, contract says {np.dtype(want)}"
   q = C.quant(x, fmt, axis=-2, block_size=16)
   assert q.axis == 1

@@ -103,8 +103,12 @@ def make_optimizer(cfg: TrainConfig):
 def init_variables(model: GPT, seed: int, x0):
     """``model.init`` under jit, returning no forward-dependent output ("probes"), so XLA drops the forward
     pass: initialisation costs a fraction of a train-step compile instead of an op-by-op forward."""
-    init = jax.jit(lambda k, x: {c: v for c, v in model.init(k, x).items() if c != "probes"})
-    return init(jax.random.key(seed), x0)
+    if model not in _INITS:
+        _INITS[model] = jax.jit(lambda k, x: {c: v for c, v in model.init(k, x).items() if c != "probes"})
+    return _INITS[model](jax.random.key(seed), x0)
+
+
+_INITS: dict = {}
 
 
 def _split(variables) -> tuple[Any, dict]:
@@ -166,6 +170,10 @@ def make_steps(model: GPT, tx, sched, pert_shapes):
     return jax.jit(train_step, donate_argnums=(0,)), jax.jit(eval_step)
 
 
+_STEPS: dict = {}
+_STEP_KEYS = ("steps", "lr", "warmup", "min_lr_frac", "weight_decay", "clip")
+
+
 def val_windows(ids: np.ndarray, n_batches: int, batch: int, seq: int):
     """n_batches fixed batches of windows spread evenly over the validation text (same for every recipe)."""
     n = n_batches * batch
@@ -223,7 +231,11 @@ def train(cfg: TrainConfig, ds=None) -> dict:
     pert_shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                                variables["perturbations"]) if probes else None
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "colls": colls}
-    train_step, eval_step = make_steps(model, tx, sched, pert_shapes)
+    key = (model, tuple(getattr(cfg, k) for k in _STEP_KEYS), jax.tree.structure(pert_shapes),
+           tuple(jax.tree.leaves(pert_shapes)))
+    if key not in _STEPS:  # reuse jitted (and compiled) steps across train() calls in one process
+        _STEPS[key] = make_steps(model, tx, sched, pert_shapes)
+    train_step, eval_step = _STEPS[key]
     out = Path(cfg.out_dir) if cfg.out_dir else None
     if out and not cfg.resume and (out / "ckpt").exists():
         if not cfg.overwrite:
@@ -241,6 +253,8 @@ def train(cfg: TrainConfig, ds=None) -> dict:
     val = val_windows(ds.val, cfg.eval_batches, cfg.batch, cfg.seq)
 
     def evaluate(st):
+        if not val:
+            return float("nan")
         return float(np.mean([float(eval_step(st["params"], st["colls"], x, y)) for x, y in val]))
 
     end = min(cfg.steps, start + cfg.stop_after) if cfg.stop_after else cfg.steps

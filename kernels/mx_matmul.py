@@ -1,0 +1,247 @@
+"""Glue between ``mx_jax.QArray`` operands and the Pallas block-scaled matmul kernels.
+
+* ``gemm_operand``: a (rows, K) MX QArray quantized along K -> (element data, (K/32, rows) float32 scales,
+  element kind) in a kernel's layout, zero-padded to the tile grid.
+* ``mx_gemm``: pads, picks a kernel design + tile config for the shape, runs it, crops.
+* ``PreparedWeight`` / ``prepare_weight``: a weight QArray (N, K) re-laid out once for the weight-only
+  kernel (FP4/FP6 packed in the kernel's byte order, scales transposed to float32); inference stores this.
+* ``weight_only_matmul``: bf16 activations (M, K) x prepared weight -> (M, N).
+
+The Hopper kernels themselves live in ``kernels/mx_matmul_mgpu.py``. Element handling:
+  - MXFP8 (e4m3/e5m2, mixed allowed): used as stored by both designs.
+  - MXFP6 / MXFP4: the bf16 design and the weight-only kernel unpack them inside the kernel (integer ops);
+    the FP8-wgmma design takes them widened to e4m3 by one exact XLA pass (every FP6/FP4 value is an e4m3).
+  - MXINT8: bf16 design / weight-only only (k/64 needs 7 significant bits, e4m3 has 4); its 2^-6 is folded
+    into the float32 scales.
+  - NVFP4 (weight-only only): E2M1 with 16-wide E4M3 scales times the FP32 tensor scale, folded to float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from kernels import mx_matmul_mgpu as mgpu
+from mx_jax import _bits
+from mx_jax.packing import unpack
+from mx_jax.qarray import QArray
+
+BLOCK = mgpu.BLOCK
+GemmConfig = mgpu.GemmConfig
+WeightOnlyConfig = mgpu.WeightOnlyConfig
+
+_MX_ELEM = {"mxfp8_e4m3": "fp8", "mxfp8_e5m2": "fp8", "mxint8": "int8", "mxfp4_e2m1": "e2m1",
+            "mxfp6_e3m2": "e3m2", "mxfp6_e2m3": "e2m3", "nvfp4": "e2m1"}
+
+
+def on_hopper() -> bool:
+  """True when the default backend is an NVIDIA GPU of compute capability 9.x (H100 / H200)."""
+  try:
+    d = jax.devices()[0]
+  except Exception:  # pragma: no cover
+    return False
+  cc = getattr(d, "compute_capability", None)
+  return d.platform == "gpu" and isinstance(cc, str) and cc.split(".")[0] == "9"
+
+
+def kernel_supports(a: QArray, b: QArray | None = None) -> str | None:
+  """None when the kernels take these operands, else the reason they don't."""
+  for q in (a, b):
+    if q is None:
+      continue
+    if q.fmt not in _MX_ELEM or q.fmt == "nvfp4" and b is not None:
+      return f"format {q.fmt!r} (kernels take MX formats; NVFP4 in the weight-only kernel only)"
+    if q.block_size != (16 if q.fmt == "nvfp4" else BLOCK):
+      return f"block_size {q.block_size} (kernels take 32, NVFP4 16)"
+  return None
+
+
+def e8m0_to_f32(s: jax.Array) -> jax.Array:
+  """E8M0 scales -> exact float32 2^(b-127) (NaN for 0xFF; 2^-127 is an FP32 subnormal)."""
+  b = lax.bitcast_convert_type(s, jnp.uint8).astype(jnp.int32)
+  normal = lax.bitcast_convert_type(jnp.maximum(b, 1) << 23, jnp.float32)
+  v = jnp.where(b == 0, jnp.float32(2.0 ** -127), normal)
+  return jnp.where(b == 255, jnp.float32(jnp.nan), v)
+
+
+def _codes(q: QArray) -> jax.Array:
+  """uint8 element codes (rows, Kd) of an unpacked 2D QArray (FP6 already holds codes)."""
+  elem = q.format.elem
+  return _bits.elem_to_code(_bits.from_elem_dtype(q.data, elem), elem)
+
+
+def _pad2(x, rows, cols, value=0):
+  pr, pc = rows - x.shape[0], cols - x.shape[1]
+  if pr == 0 and pc == 0:
+    return x
+  return jnp.pad(x, ((0, pr), (0, pc)), constant_values=jnp.asarray(value, x.dtype))
+
+
+def _round_up(x, m):
+  return -(-x // m) * m
+
+
+def gemm_operand(q: QArray, rows_p: int, k_p: int, *, widen_to_fp8: bool):
+  """(data, scales (k_p/32, rows_p) float32, elem kind) for the GEMM kernels, zero-padded."""
+  q = unpack(q)
+  kind = _MX_ELEM[q.fmt]
+  scales = e8m0_to_f32(q.scales)
+  if kind == "int8":
+    if widen_to_fp8:
+      raise ValueError("MXINT8 elements are not exact in e4m3; use the bf16 design")
+    scales = scales * jnp.float32(2.0 ** -6)
+  scales = _pad2(scales, rows_p, k_p // BLOCK, 1.0).T
+  if kind == "fp8":
+    data = _pad2(q.data, rows_p, k_p)
+  elif kind == "int8":
+    data = _pad2(q.data, rows_p, k_p)
+  elif widen_to_fp8:
+    vals = _bits.from_elem_dtype(q.data, q.format.elem)
+    data = _pad2(vals.astype(jnp.float8_e4m3fn), rows_p, k_p)
+    kind = "fp8"
+  else:
+    codes = _pad2(_codes(q), rows_p, k_p)
+    data = mgpu.pack_fp4_kernel(codes) if kind == "e2m1" else mgpu.pack_fp6_kernel(codes)
+  return data, scales, kind
+
+
+def default_gemm_config(m: int, n: int, k: int, a_fmt: str, b_fmt: str, variant: str | None = None) -> GemmConfig:
+  """Tile config for a problem size (from the H100 sweeps recorded in BENCHMARKS.md)."""
+  fp8_ok = all(_MX_ELEM[f] != "int8" for f in (a_fmt, b_fmt))
+  if variant is None:
+    variant = DEFAULT_VARIANT if fp8_ok else "bf16"
+  if variant == "fp8":
+    if not fp8_ok:
+      raise ValueError("the FP8-wgmma design cannot take MXINT8 operands")
+    return DEFAULT_FP8
+  packed = {_MX_ELEM[f] for f in (a_fmt, b_fmt)}
+  cfg = DEFAULT_BF16
+  if packed & {"e3m2", "e2m3"} and cfg.tile_k % 128:
+    cfg = dataclasses.replace(cfg, tile_k=128)
+  elif "e2m1" in packed and cfg.tile_k % 64:
+    cfg = dataclasses.replace(cfg, tile_k=64)
+  return cfg
+
+
+# Defaults, set from the H100 runs (see BENCHMARKS.md, "Pallas kernels II").
+DEFAULT_VARIANT = "fp8"
+DEFAULT_FP8 = GemmConfig("fp8", tile_m=64, tile_n=128, tile_k=128, wg_dim="M", max_concurrent_steps=4)
+DEFAULT_BF16 = GemmConfig("bf16", tile_m=128, tile_n=128, tile_k=64, wg_dim="N", max_concurrent_steps=4)
+
+
+def mx_gemm(a: QArray, b: QArray, *, out_dtype=jnp.bfloat16, variant: str | None = None,
+            config: GemmConfig | None = None, interpret=False, num_sms: int | None = None) -> jax.Array:
+  """(M, N) = a (M, K) @ b (N, K)^T through the Hopper kernels; both quantized along K (axis 1)."""
+  m, k = a.shape
+  n = b.shape[0]
+  cfg = config or default_gemm_config(m, n, k, a.fmt, b.fmt, variant)
+  k_p = _round_up(max(k, 1), cfg.tile_k)  # tile_k is a multiple of 32 and of the packing group
+  m_p, n_p = _round_up(m, cfg.cta_m), _round_up(n, cfg.cta_n)
+  widen = cfg.variant == "fp8"
+  ad, sa, ak = gemm_operand(a, m_p, k_p, widen_to_fp8=widen)
+  bd, sb, bk = gemm_operand(b, n_p, k_p, widen_to_fp8=widen)
+  out = mgpu.gemm(ad, bd, sa, sb, a_elem=ak, b_elem=bk, out_dtype=out_dtype, config=cfg, interpret=interpret,
+                  num_sms=num_sms)
+  if (m_p, n_p) != (m, n):
+    out = out[:m, :n]
+  return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Weight-only
+# ----------------------------------------------------------------------------------------------------------
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PreparedWeight:
+  """A (N, K) weight laid out for the weight-only kernel: element data (kernel packing), float32 scales
+  (K_p/block, N_p). ``n``, ``k``: the logical shape; ``elem``: kernel element kind; ``block``: 32 or 16."""
+  data: jax.Array
+  scales: jax.Array
+  elem: str = dataclasses.field(metadata=dict(static=True))
+  block: int = dataclasses.field(metadata=dict(static=True))
+  n: int = dataclasses.field(metadata=dict(static=True))
+  k: int = dataclasses.field(metadata=dict(static=True))
+  fmt: str = dataclasses.field(metadata=dict(static=True))
+
+  @property
+  def shape(self):
+    return (self.n, self.k)
+
+  @property
+  def nbytes(self) -> int:
+    return int(self.data.size * self.data.dtype.itemsize + self.scales.size * self.scales.dtype.itemsize)
+
+
+WO_N_ALIGN = 128
+WO_K_ALIGN = 256
+
+
+def prepare_weight(w: QArray, *, n_align: int = WO_N_ALIGN, k_align: int = WO_K_ALIGN) -> PreparedWeight:
+  """Lays out a (N, K) weight QArray (quantized along K) for ``weight_only_matmul`` (do it once)."""
+  if w.ndim != 2 or w.axis != 1:
+    raise ValueError(f"the weight must be a (N, K) QArray quantized along axis 1; got {w!r}")
+  why = kernel_supports(w)
+  if why:
+    raise ValueError(f"weight-only kernel does not take {why}")
+  n, k = w.shape
+  w = unpack(w)
+  kind = _MX_ELEM[w.fmt]
+  n_p, k_p = _round_up(n, n_align), _round_up(max(w.data.shape[1], 1), k_align)
+  if w.fmt == "nvfp4":
+    block = 16
+    scales = w.scales.astype(jnp.float32) * w.tensor_scale.astype(jnp.float32)
+  else:
+    block = BLOCK
+    scales = e8m0_to_f32(w.scales)
+    if kind == "int8":
+      scales = scales * jnp.float32(2.0 ** -6)
+  scales = _pad2(scales, n_p, k_p // block, 1.0).T
+  if kind in ("fp8", "int8"):
+    data = _pad2(w.data, n_p, k_p)
+  else:
+    codes = _pad2(_codes(w), n_p, k_p)
+    data = mgpu.pack_fp4_kernel(codes) if kind == "e2m1" else mgpu.pack_fp6_kernel(codes)
+  return PreparedWeight(data, scales, kind, block, n, k, w.fmt)
+
+
+def default_weight_only_config(m: int, pw: PreparedWeight) -> WeightOnlyConfig:
+  n_p, k_p = pw.scales.shape[1], pw.scales.shape[0] * pw.block
+  cfg = DEFAULT_WO
+  while k_p % (cfg.tile_k * cfg.split_k) and cfg.split_k > 1:
+    cfg = dataclasses.replace(cfg, split_k=cfg.split_k // 2)
+  if k_p % cfg.tile_k:
+    cfg = dataclasses.replace(cfg, tile_k=math.gcd(k_p, cfg.tile_k))
+  if n_p % cfg.tile_n:
+    cfg = dataclasses.replace(cfg, tile_n=64)
+  return cfg
+
+
+DEFAULT_WO = WeightOnlyConfig(tile_n=64, tile_k=256, split_k=1, max_concurrent_steps=4)
+WO_MAX_ROWS = 256
+
+
+def weight_only_matmul(x: jax.Array, pw: PreparedWeight, *, out_dtype=jnp.bfloat16,
+                       config: WeightOnlyConfig | None = None, interpret=False) -> jax.Array:
+  """(M, N) = x (M, K) @ W^T for a prepared weight; x is cast to bf16 (the kernel's MMA input)."""
+  m, k = x.shape
+  if k != pw.k:
+    raise ValueError(f"x has K={k} but the weight has K={pw.k}")
+  k_p = pw.scales.shape[0] * pw.block
+  outs = []
+  for r0 in range(0, max(m, 1), WO_MAX_ROWS):
+    xr = x[r0:r0 + WO_MAX_ROWS]
+    mr = xr.shape[0]
+    mp = _round_up(max(mr, 8), 8)
+    cfg = config or default_weight_only_config(mp, pw)
+    xp = _pad2(xr.astype(jnp.bfloat16), mp, k_p)
+    part = mgpu.weight_only(xp, pw.data, pw.scales, elem=pw.elem, block=pw.block, config=cfg,
+                            out_dtype=jnp.float32, interpret=interpret)
+    acc = part[0] if part.shape[0] == 1 else jnp.sum(part, axis=0)
+    outs.append(acc[:pw.n, :mr].T.astype(out_dtype))
+  return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
