@@ -1,0 +1,364 @@
+"""Pallas kernels I (issue 8): MX quantize and norm+cast vs XLA, timed and checked in one process.
+
+Run on a GPU (H100) from the repository root:
+    PYTHONPATH=. python3 benchmarks/bench_quantize_norm.py [--out DIR] [--quick] [--no-sweep]
+
+What it does, in order:
+  1. bit-exactness on this GPU: every kernel against the XLA path (mx_jax.quantize / mx_jax.norms impl="xla")
+     on random data with planted NaN/Inf/zero/subnormal/tiny/huge blocks and odd shapes, plus the benchmark
+     inputs themselves;
+  2. a small tile sweep (rows x blocks per program, warps) for the quantize and fused-norm kernels;
+  3. timings, median of R repetitions of K back-to-back calls (async dispatch, one block_until_ready per
+     repetition) after warm-up: MX quantize bf16 8192x8192 and 16384x8192 for every block format; RMSNorm +
+     MXFP8 fused vs XLA's RMSNorm then quantize; MXNorm + cast vs RMSNorm + cast; skinny shapes 4096x1024 and
+     1x8192; RMSNorm backward; a bf16 copy (x * 2) as the bandwidth ceiling measured in the same process.
+Effective TB/s = (bytes read once + bytes written once) / time, the minimum traffic of the operation.
+Prints a table at the end; writes DIR/bench_quantize_norm.json when --out (or $OUT) is given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import mx_jax  # noqa: E402
+from kernels import mx_quantize  # noqa: E402
+from kernels import norm_quantize as kn  # noqa: E402
+from mx_jax import norms  # noqa: E402
+
+SMOKE = False  # --smoke: tiny shapes, to check the script itself on a CPU (interpret mode)
+FORMATS = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1", "mxint8", "nvfp4"]
+RESULTS: dict = {"device": None, "exact": [], "sweep": [], "timing": [], "errors": []}
+
+
+def log(*a):
+  print(*a, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+def qbytes(q):
+  out = []
+  for a in (q.data, q.scales) + ((q.tensor_scale,) if q.tensor_scale is not None else ()):
+    a = np.asarray(a)
+    out.append(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+  return out
+
+
+def n_mismatch(q1, q2) -> int:
+  a, b = qbytes(q1), qbytes(q2)
+  if len(a) != len(b) or any(u.shape != v.shape for u, v in zip(a, b)):
+    return -1
+  return int(sum(int((u != v).sum()) for u, v in zip(a, b)))
+
+
+def planted(shape, dtype, seed=0):
+  rng = np.random.default_rng(seed)
+  x = (rng.standard_normal(shape) * np.exp2(rng.integers(-20, 20, shape[:-1] + (1,)))).astype(np.float32)
+  f = x.reshape(-1, shape[-1])
+  n = f.shape[1]
+  f[0, :5] = [np.nan, np.inf, -np.inf, 0.0, -0.0]
+  f[1, :32] = 0.0
+  f[2, :32] = 9.2e-41 * rng.integers(-3, 4, 32)  # bf16/f32 subnormals
+  f[3, :32] = rng.standard_normal(32) * 1e-37
+  f[4, :32] = rng.standard_normal(32) * 1e37
+  f[5, :64] = np.resize([1.0, 1.0625, 1.125, 1.1875, 3.0, 5.0, -0.75, 0.25], 64)
+  f[6, 1::7] = 9.2e-41
+  del n
+  return jnp.asarray(x, dtype)
+
+
+def normal(shape, dtype, seed=0):
+  k1, k2 = jax.random.split(jax.random.key(seed))
+  sig = jnp.exp(jax.random.normal(k2, shape[:-1] + (1,)))
+  return (jax.random.normal(k1, shape, jnp.float32) * sig).astype(dtype)
+
+
+def record_exact(name, mism, total, extra=""):
+  ok = mism == 0
+  RESULTS["exact"].append(dict(name=name, mismatches=mism, total=total, ok=ok, extra=extra))
+  log(f"[exact] {'OK  ' if ok else 'FAIL'} {name}: {mism} / {total} differ {extra}")
+
+
+def guarded(name, fn):
+  try:
+    return fn()
+  except Exception as e:  # keep going: report every failure in one run
+    msg = f"{type(e).__name__}: {str(e)[:1500]}"
+    RESULTS["errors"].append(dict(name=name, error=msg, tb=traceback.format_exc()[-4000:]))
+    log(f"[error] {name}: {msg}")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+def check_exactness(quick: bool):
+  shapes = [((1000, 4000), jnp.bfloat16), ((37, 200), jnp.bfloat16), ((129, 1000), jnp.float32),
+            ((3, 5, 96), jnp.float16)]
+  if quick or SMOKE:
+    shapes = shapes[1:3]
+  for (shape, dt) in shapes:
+    x = planted(shape, dt, seed=sum(shape))
+    for fmt in FORMATS:
+      def one():
+        q_ref = jax.jit(lambda x: mx_jax.quantize(x, fmt))(x)
+        q = jax.jit(lambda x: mx_quantize(x, fmt, impl="pallas"))(x)
+        record_exact(f"quantize {fmt} {dt.__name__}{shape}", n_mismatch(q_ref, q), x.size)
+      guarded(f"exact quantize {fmt} {shape}", one)
+  # scale modes / roundings on one shape
+  x = planted((37, 100) if SMOKE else (257, 1000), jnp.bfloat16, seed=5)
+  key = jax.random.key(0)
+  for fmt, kw in [("mxfp8_e4m3", dict(scale_mode="rceil")), ("mxfp4_e2m1", dict(scale_mode="ceil")),
+                  ("mxint8", dict(scale_mode="even")), ("mxfp6_e2m3", dict(rounding="nearest_away")),
+                  ("mxfp8_e4m3", dict(rounding="stochastic", key=key)),
+                  ("nvfp4", dict(rounding="stochastic", key=key))]:
+    def one():
+      q_ref = mx_jax.quantize(x, fmt, **kw)
+      q = mx_quantize(x, fmt, impl="pallas", **kw)
+      record_exact(f"quantize {fmt} {kw.get('scale_mode', '')}{kw.get('rounding', '')}", n_mismatch(q_ref, q),
+                   x.size)
+    guarded(f"exact quantize {fmt} {kw}", one)
+  # fused norms
+  nshapes = [((257, 1000), jnp.bfloat16), ((64, 8192), jnp.bfloat16), ((129, 700), jnp.float32)]
+  if SMOKE:
+    nshapes = [((37, 100), jnp.bfloat16), ((9, 70), jnp.float32)]
+  for shape, dt in nshapes:
+    x = planted(shape, dt, seed=11) if shape[0] > 30 else normal(shape, dt, seed=12)
+    g = jnp.asarray(1 + 0.2 * np.random.default_rng(0).standard_normal(shape[-1]), jnp.float32)
+    for kind, p, fmt in [("rms", 2, "mxfp8_e4m3"), ("mx", 2, "mxfp8_e4m3"), ("mx", 1, "mxfp4_e2m1"),
+                         ("rms", 2, "nvfp4")]:
+      fn = norms.rms_norm_quantize if kind == "rms" else norms.mx_norm_quantize
+      kw = {} if kind == "rms" else dict(p=p)
+
+      def one():
+        q_ref = fn(x, g, fmt, impl="xla", **kw)
+        q = fn(x, g, fmt, impl="pallas", **kw)
+        _, inv_ref = jax.jit(lambda x, g: norms._xla_norm_f32(x, g, 1e-6, kind, p, 32))(x, g)
+        _, inv = jax.jit(lambda x, g: kn.norm_pallas(x, g, eps=1e-6, kind=kind, p=p, block_size=32))(x, g)
+        di = int((np.asarray(inv_ref).view(np.uint32) != np.asarray(inv).view(np.uint32)).sum())
+        record_exact(f"{kind}norm(p={p})+{fmt} {dt.__name__}{shape}", n_mismatch(q_ref, q), x.size,
+                     f"(rows whose inverse RMS differs: {di}/{inv.size})")
+      guarded(f"exact norm {kind} {fmt} {shape}", one)
+    # forward float output and backward
+    def fb():
+      y_ref = norms.rms_norm(x, g, impl="xla")
+      y = norms.rms_norm(x, g, impl="pallas")
+      record_exact(f"rms_norm fwd {dt.__name__}{shape}", int((np.asarray(y_ref).view(np.uint8) !=
+                                                               np.asarray(y).view(np.uint8)).sum()), y.size)
+      w = normal(shape, jnp.float32, seed=3)
+      gr = jax.grad(lambda x, g: jnp.sum(norms.rms_norm(x, g, impl="xla").astype(jnp.float32) * w), (0, 1))(x, g)
+      gk = jax.grad(lambda x, g: jnp.sum(norms.rms_norm(x, g, impl="pallas").astype(jnp.float32) * w),
+                    (0, 1))(x, g)
+      d0 = int((np.asarray(gr[0]).view(np.uint8) != np.asarray(gk[0]).view(np.uint8)).sum())
+      d1 = int((np.asarray(gr[1]).view(np.uint8) != np.asarray(gk[1]).view(np.uint8)).sum())
+      record_exact(f"rms_norm bwd dx {dt.__name__}{shape}", d0, x.size)
+      record_exact(f"rms_norm bwd dgain {dt.__name__}{shape}", d1, g.size)
+    if shape[0] < 200 and shape[0] != 37:
+      guarded(f"exact rms fwd/bwd {shape}", fb)
+
+
+# ---------------------------------------------------------------------------------------------------------
+def bench(fn, args, reps=15, inner=10, warm=3, rotate=None):
+  """Median and min seconds per call. ``rotate``: extra argument tuples cycled through (inputs that fit in
+  L2 would otherwise be timed from the cache)."""
+  if SMOKE:
+    reps, inner, warm = 2, 1, 1
+  sets = [args] + list(rotate or [])
+  for a in sets:
+    for _ in range(warm):
+      jax.block_until_ready(fn(*a))
+  ts = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    out = None
+    for i in range(inner):
+      out = fn(*sets[i % len(sets)])
+    jax.block_until_ready(out)
+    ts.append((time.perf_counter() - t0) / inner)
+  return statistics.median(ts), min(ts)
+
+
+def nbytes_tree(t):
+  return int(sum(np.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(t)))
+
+
+def record_time(group, name, t, nbytes, ref_t=None, extra=None):
+  row = dict(group=group, name=name, ms=t * 1e3, tbps=nbytes / t / 1e12, bytes=nbytes,
+             vs_xla=(ref_t / t) if ref_t else None)
+  if extra:
+    row.update(extra)
+  RESULTS["timing"].append(row)
+  rat = f"  x{ref_t / t:5.2f} vs XLA" if ref_t else ""
+  log(f"[time] {group:28s} {name:46s} {t * 1e3:8.4f} ms {row['tbps']:6.3f} TB/s{rat}")
+  return row
+
+
+def sweep(quick: bool):
+  best = {}
+  x = normal((256, 1024) if SMOKE else (16384, 8192), jnp.bfloat16, seed=1)
+  cfgs = [(16, 32, 8), (8, 32, 4), (32, 32, 8), (16, 64, 8), (8, 64, 8), (32, 16, 8)]
+  if quick:
+    cfgs = cfgs[:3]
+  res = []
+  for br, bb, nw in cfgs:
+    f = jax.jit(lambda x, br=br, bb=bb, nw=nw: mx_quantize(x, "mxfp8_e4m3", impl="pallas", block_rows=br,
+                                                           block_blocks=bb, num_warps=nw))
+    r = guarded(f"sweep quantize {br},{bb},{nw}", lambda: bench(f, (x,), reps=7, inner=5))
+    if r:
+      nb = x.size * 2 + nbytes_tree(f(x))
+      res.append((r[0], (br, bb, nw)))
+      RESULTS["sweep"].append(dict(kernel="quantize mxfp8_e4m3 16384x8192", cfg=(br, bb, nw), ms=r[0] * 1e3,
+                                   tbps=nb / r[0] / 1e12))
+      log(f"[sweep] quantize rows={br} blocks={bb} warps={nw}: {r[0] * 1e3:.4f} ms {nb / r[0] / 1e12:.3f} TB/s")
+  best["quantize"] = min(res)[1] if res else (None, None, None)
+  g = jnp.ones((x.shape[-1],), jnp.float32)
+  res = []
+  ncfgs = [(1, 8), (2, 8), (1, 4), (2, 16), (4, 16)]
+  if quick:
+    ncfgs = ncfgs[:3]
+  for br, nw in ncfgs:
+    f = jax.jit(lambda x, g, br=br, nw=nw: kn.norm_quantize_pallas(
+        x, g, "mxfp8_e4m3", eps=1e-6, kind="rms", p=2, norm_block=32, block_size=32, block_rows=br,
+        num_warps=nw))
+    r = guarded(f"sweep norm {br},{nw}", lambda: bench(f, (x, g), reps=7, inner=5))
+    if r:
+      nb = x.size * 2 + g.size * 4 + nbytes_tree(f(x, g))
+      res.append((r[0], (br, nw)))
+      RESULTS["sweep"].append(dict(kernel="rmsnorm+mxfp8 16384x8192", cfg=(br, nw), ms=r[0] * 1e3,
+                                   tbps=nb / r[0] / 1e12))
+      log(f"[sweep] rmsnorm+cast rows={br} warps={nw}: {r[0] * 1e3:.4f} ms {nb / r[0] / 1e12:.3f} TB/s")
+  best["norm"] = min(res)[1] if res else (None, None)
+  log(f"[sweep] best: {best}")
+  return best
+
+
+def flax_rmsnorm(x, g, eps=1e-6):
+  """flax.linen.RMSNorm's formula (f32 statistics, rsqrt), output in x's dtype."""
+  xf = x.astype(jnp.float32)
+  ms = jnp.mean(jax.lax.square(xf), axis=-1, keepdims=True)
+  return (xf * (jax.lax.rsqrt(ms + eps) * g)).astype(x.dtype)
+
+
+def timings(best, quick: bool):
+  br, bb, nw = best.get("quantize", (None, None, None))
+  nbr, nnw = best.get("norm", (None, None))
+  shapes = [(8192, 8192), (16384, 8192)] + ([] if quick else [(4096, 1024), (1, 8192)])
+  if SMOKE:
+    shapes = [(64, 512), (128, 256), (1, 256)]
+  for shape in shapes:
+    x = normal(shape, jnp.bfloat16, seed=2)
+    # inputs of <= 32 MiB are rotated over 8 copies (the H100's L2 is 50 MB)
+    xs = ([normal(shape, jnp.bfloat16, seed=10 + i) for i in range(7)]
+          if 1 < shape[0] and shape[0] * shape[1] * 2 <= 2 ** 25 else [])
+    # bandwidth ceiling: bf16 copy
+    f = jax.jit(lambda x: x * 2)
+    r = guarded("copy", lambda: bench(f, (x,), rotate=[(a,) for a in xs]))
+    if r:
+      record_time(f"{shape[0]}x{shape[1]}", "bf16 copy (x*2), ceiling", r[0], 2 * x.size * 2)
+    for fmt in FORMATS:
+      fx = jax.jit(lambda x, fmt=fmt: mx_jax.quantize(x, fmt))
+      fk = jax.jit(lambda x, fmt=fmt: mx_quantize(x, fmt, impl="pallas", block_rows=br, block_blocks=bb,
+                                                  num_warps=nw))
+      def one():
+        q = fk(x)
+        nb = x.size * 2 + nbytes_tree(q)
+        tx = bench(fx, (x,), rotate=[(a,) for a in xs])[0]
+        tk = bench(fk, (x,), rotate=[(a,) for a in xs])[0]
+        record_time(f"{shape[0]}x{shape[1]} quantize", f"{fmt} XLA", tx, nb)
+        record_time(f"{shape[0]}x{shape[1]} quantize", f"{fmt} Pallas", tk, nb, tx)
+      guarded(f"time quantize {fmt} {shape}", one)
+    # norms
+    g = jnp.asarray(1 + 0.1 * np.random.default_rng(0).standard_normal(shape[-1]), jnp.float32)
+    nb_norm = x.size * 2 + g.size * 4 + x.size + x.size // 32
+    cases = [
+        ("XLA flax-RMSNorm(bf16) -> quantize", jax.jit(lambda x, g: mx_jax.quantize(flax_rmsnorm(x, g),
+                                                                                   "mxfp8_e4m3"))),
+        ("XLA mx_jax rms_norm_quantize (det.)", jax.jit(lambda x, g: norms.rms_norm_quantize(x, g, impl="xla"))),
+        ("XLA mx_jax mx_norm_quantize (det.)", jax.jit(lambda x, g: norms.mx_norm_quantize(x, g, impl="xla"))),
+        ("Pallas RMSNorm+MXFP8 fused", jax.jit(lambda x, g: kn.norm_quantize_pallas(
+            x, g, "mxfp8_e4m3", eps=1e-6, kind="rms", p=2, norm_block=32, block_size=32, block_rows=nbr,
+            num_warps=nnw))),
+        ("Pallas MXNorm(p=2)+MXFP8 fused", jax.jit(lambda x, g: kn.norm_quantize_pallas(
+            x, g, "mxfp8_e4m3", eps=1e-6, kind="mx", p=2, norm_block=32, block_size=32, block_rows=nbr,
+            num_warps=nnw))),
+        ("Pallas MXNorm(p=1)+MXFP8 fused", jax.jit(lambda x, g: kn.norm_quantize_pallas(
+            x, g, "mxfp8_e4m3", eps=1e-6, kind="mx", p=1, norm_block=32, block_size=32, block_rows=nbr,
+            num_warps=nnw))),
+        ("XLA flax-RMSNorm alone (bf16 out)", jax.jit(flax_rmsnorm)),
+        ("Pallas rms_norm alone (bf16 out)", jax.jit(lambda x, g: norms.rms_norm(x, g, impl="pallas"))),
+    ]
+    ref_t = None
+    for name, fn in cases:
+      def one(name=name, fn=fn):
+        nonlocal ref_t
+        t = bench(fn, (x, g), rotate=[(a, g) for a in xs])[0]
+        nbytes = nb_norm if "alone" not in name else 2 * x.size * 2 + g.size * 4
+        if name.startswith("XLA flax-RMSNorm(bf16)"):
+          ref_t = t
+        record_time(f"{shape[0]}x{shape[1]} norm+cast", name, t, nbytes,
+                    ref_t if name.startswith("Pallas") and "alone" not in name else None)
+      guarded(f"time {name} {shape}", one)
+    # backward
+    dy = normal(shape, jnp.bfloat16, seed=4)
+    _, inv = norms._xla_norm_f32(x, g, 1e-6, "rms", 2, 32)
+    for name, fn in [("XLA rms_norm bwd (det.)", jax.jit(lambda x, g, i, d: norms.rms_norm_bwd(x, g, i, d,
+                                                                                             impl="xla"))),
+                     ("Pallas rms_norm bwd", jax.jit(lambda x, g, i, d: kn.rms_norm_bwd_pallas(x, g, i, d))),
+                     ("XLA autodiff of flax-RMSNorm", jax.jit(lambda x, g, i, d: jax.vjp(flax_rmsnorm, x, g)[1](d)))]:
+      def one(name=name, fn=fn):
+        t = bench(fn, (x, g, inv, dy), rotate=[(a, g, inv, dy) for a in xs])[0]
+        record_time(f"{shape[0]}x{shape[1]} rmsnorm bwd", name, t, 3 * x.size * 2 + 2 * g.size * 4)
+      guarded(f"time {name} {shape}", one)
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--out", default=os.environ.get("OUT"))
+  ap.add_argument("--quick", action="store_true")
+  ap.add_argument("--no-sweep", action="store_true")
+  ap.add_argument("--skip-exact", action="store_true")
+  ap.add_argument("--smoke", action="store_true", help="tiny shapes: check the script on a CPU")
+  args = ap.parse_args()
+  global SMOKE
+  SMOKE = args.smoke
+  dev = jax.devices()[0]
+  RESULTS["device"] = f"{dev.platform} {dev.device_kind}"
+  RESULTS["jax"] = jax.__version__
+  log(f"device: {RESULTS['device']}  jax {jax.__version__}  backend {jax.default_backend()}")
+  t0 = time.time()
+  if not args.skip_exact:
+    check_exactness(args.quick)
+  log(f"exactness checks: {time.time() - t0:.1f} s")
+  best = {"quantize": (None, None, None), "norm": (None, None)} if args.no_sweep else sweep(args.quick)
+  timings(best, args.quick)
+  log(f"total: {time.time() - t0:.1f} s")
+  if args.out:
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench_quantize_norm.json"), "w") as fh:
+      json.dump(RESULTS, fh, indent=1, default=str)
+  # summary table
+  log("\n== bit-exactness (kernel vs XLA path on this device) ==")
+  bad = [r for r in RESULTS["exact"] if not r["ok"]]
+  log(f"{len(RESULTS['exact']) - len(bad)} / {len(RESULTS['exact'])} checks bit-exact")
+  for r in bad:
+    log(f"  FAIL {r['name']}: {r['mismatches']} / {r['total']} {r['extra']}")
+  log("\n== timings (median) ==")
+  log(f"{'group':28s} {'what':46s} {'ms':>9s} {'TB/s':>7s} {'vs XLA':>7s}")
+  for r in RESULTS["timing"]:
+    v = f"{r['vs_xla']:.2f}" if r["vs_xla"] else ""
+    log(f"{r['group']:28s} {r['name']:46s} {r['ms']:9.4f} {r['tbps']:7.3f} {v:>7s}")
+  if RESULTS["errors"]:
+    log(f"\n== {len(RESULTS['errors'])} errors ==")
+    for e in RESULTS["errors"]:
+      log(f"  {e['name']}: {e['error'][:300]}")
+
+
+if __name__ == "__main__":
+  main()
