@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from mx_jax import _bits, fp8_tensor, mx_block, nvfp4
-from mx_jax._blocks import padded_len
 from mx_jax.formats import Format, get_format
 from mx_jax.packing import pack as _pack
 from mx_jax.packing import unpack as _unpack
@@ -150,64 +149,34 @@ def _dequantize_jit(q, dtype):
   return out.astype(dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _fake_quantize_ste(x, key, opts):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _fake_quantize_ste(x, key, arrays, opts):
   kw = dict(opts)
   fmt = kw.pop("fmt")
-  return dequantize(quantize(x, fmt, key=key, **kw), x.dtype)
+  return dequantize(quantize(x, fmt, key=key, **arrays, **kw), x.dtype)
 
 
-def _fq_fwd(x, key, opts):
-  return _fake_quantize_ste(x, key, opts), None
+def _fq_fwd(x, key, arrays, opts):
+  return _fake_quantize_ste(x, key, arrays, opts), arrays
 
 
-def _fq_bwd(opts, _, g):
-  return g, None
+def _fq_bwd(opts, arrays, g):
+  return g, None, jax.tree.map(jnp.zeros_like, arrays)  # straight-through for x; scale/amax get none
 
 
 _fake_quantize_ste.defvjp(_fq_fwd, _fq_bwd)
 
 
 def fake_quantize(x: jax.Array, fmt: str | Format, *, key: jax.Array | None = None, **kwargs) -> jax.Array:
-  """dequantize(quantize(x, fmt, **kwargs)) in x.dtype; gradient is straight-through (identity).
+  """dequantize(quantize(x, fmt, **kwargs)) in x.dtype; gradient is straight-through (identity in x).
 
-  Takes the same keyword arguments as ``quantize`` (``scale``/``amax`` must be passed via
-  ``quantize`` directly when they are traced values needing gradients; here they are not differentiated).
+  Takes the same keyword arguments as ``quantize``; ``scale`` / ``amax`` arrays get zero gradient.
   """
   x = _check_array(x)
   f = get_format(fmt)
   arrays = {k: kwargs.pop(k) for k in ("scale", "amax") if kwargs.get(k) is not None}
-  kwargs.pop("scale", None), kwargs.pop("amax", None)
-  if kwargs.pop("packed", False):
-    pass  # packing does not change values
-  # Validate eagerly so errors name the argument even under custom_vjp.
+  kwargs.pop("scale", None), kwargs.pop("amax", None), kwargs.pop("packed", None)  # packing: same values
+  # Validate eagerly so errors name the argument (inside custom_vjp they would surface at trace time).
   _check_options(f, kwargs.get("block_size"), kwargs.get("scale_mode", "floor"),
                  kwargs.get("rounding", "nearest_even"), key, kwargs.get("granularity"))
-  if arrays:
-    return _fake_quantize_arrays(x, key, arrays, tuple(sorted(dict(kwargs, fmt=f.name).items())))
-  return _fake_quantize_ste(x, key, tuple(sorted(dict(kwargs, fmt=f.name).items())))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _fake_quantize_arrays(x, key, arrays, opts):
-  kw = dict(opts)
-  fmt = kw.pop("fmt")
-  return dequantize(quantize(x, fmt, key=key, **arrays, **kw), x.dtype)
-
-
-def _fqa_fwd(x, key, arrays, opts):
-  return _fake_quantize_arrays(x, key, arrays, opts), arrays
-
-
-def _fqa_bwd(opts, arrays, g):
-  return g, None, jax.tree.map(jnp.zeros_like, arrays)
-
-
-_fake_quantize_arrays.defvjp(_fqa_fwd, _fqa_bwd)
-
-
-def storage_shape(shape: tuple[int, ...], axis: int, block_size: int) -> tuple[int, ...]:
-  """Shape of ``data`` for an unpacked QArray of ``shape`` (axis padded to a block multiple)."""
-  s = list(shape)
-  s[axis] = padded_len(s[axis], block_size)
-  return tuple(s)
+  return _fake_quantize_ste(x, key, arrays, tuple(sorted(dict(kwargs, fmt=f.name).items())))
