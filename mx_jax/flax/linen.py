@@ -62,14 +62,19 @@ def mx_dense(features: int, recipe: Any = "mxfp8", **kwargs) -> nn.Dense:
   return nn.Dense(features, dot_general_cls=_dg_cls(get_recipe(recipe)), **kwargs)
 
 
+def _inject_recipe(layer) -> None:
+  """Sets ``dot_general_cls`` from ``layer.recipe`` unless the user gave a dot_general of their own."""
+  if layer.dot_general is None and layer.dot_general_cls is None:
+    object.__setattr__(layer, "dot_general_cls", _dg_cls(get_recipe(layer.recipe)))
+
+
 class MxDense(nn.Dense):
   """nn.Dense with a ``recipe`` field (default mxfp8); parameters identical to nn.Dense."""
 
   recipe: Any = "mxfp8"
 
   def __post_init__(self):
-    if self.dot_general is None and self.dot_general_cls is None:
-      object.__setattr__(self, "dot_general_cls", _dg_cls(get_recipe(self.recipe)))
+    _inject_recipe(self)
     super().__post_init__()
 
 
@@ -79,8 +84,7 @@ class MxDenseGeneral(nn.DenseGeneral):
   recipe: Any = "mxfp8"
 
   def __post_init__(self):
-    if self.dot_general is None and self.dot_general_cls is None:
-      object.__setattr__(self, "dot_general_cls", _dg_cls(get_recipe(self.recipe)))
+    _inject_recipe(self)
     super().__post_init__()
 
 
