@@ -48,16 +48,33 @@ NT = (((1,), (1,)), ((), ()))
 
 LOG = []
 SMOKE = False
+LOG_PATH = None
+T_START = time.time()
+BUDGET_S = 1e9
+
+
+class OutOfTime(BaseException):  # not caught by the per-config "except Exception"
+  pass
 
 
 def log(*a):
   s = " ".join(str(x) for x in a)
   print(s, flush=True)
   LOG.append(s)
+  if LOG_PATH:
+    with open(LOG_PATH, "a") as f:
+      f.write(s + "\n")
+
+
+def guard():
+  """Stops the run (cleanly, log kept) once the time budget is spent: the device call has a hard limit."""
+  if time.time() - T_START > BUDGET_S:
+    raise OutOfTime(f"time budget of {BUDGET_S:.0f} s spent")
 
 
 def timeit(fn, sets, reps=7, min_time=None):
   """Median seconds per call of fn(*set) over the input sets (jitted together, one dispatch)."""
+  guard()
   multi = jax.jit(lambda ss: [fn(*s) for s in ss])
   out = multi(sets)
   jax.block_until_ready(out)
@@ -136,31 +153,35 @@ def poison():
 
 
 def section_check(args, gemm_cfgs, wo_cfgs):
+  if args.check_wo == "min":
+    wo_cfgs = wo_cfgs[:1] + [c for c in wo_cfgs if c.decode == "denorm"]
   """Every config against an FP32 HIGHEST reference; poisoned output memory; odd shapes; all formats."""
   log("\n## check")
   key = jax.random.key(1)
-  shapes = [(256, 256, 256)] if SMOKE else [(1024, 1024, 1024), (1000, 520, 1000)]
+  cases = [((256, 256, 256), "mxfp8_e4m3", "mxfp8_e5m2", gemm_cfgs)] if SMOKE else [
+      ((1000, 520, 1000), "mxfp8_e4m3", "mxfp8_e5m2", gemm_cfgs),
+      ((1024, 1024, 1024), "mxfp8_e4m3", "mxfp8_e4m3", [glue.DEFAULT_FP8, glue.DEFAULT_BF16])]
   ok_all = True
   ref_fn = jax.jit(lambda a, b: mx_matmul(a, b, out_dtype=jnp.float32, impl="xla"))
-  for (m, n, k) in shapes:
-    for fa, fb in [("mxfp8_e4m3", "mxfp8_e4m3"), ("mxfp8_e4m3", "mxfp8_e5m2")]:
-      a = rand_q(jax.random.fold_in(key, 1), (m, k), fa)
-      b = rand_q(jax.random.fold_in(key, 2), (n, k), fb)
-      ref = np.asarray(ref_fn(a, b), np.float64)
-      for cfg in gemm_cfgs:
-        try:
-          poison()
-          f = jax.jit(lambda a, b, cfg=cfg: mx_matmul(a, b, out_dtype=jnp.float32, impl="mgpu", config=cfg,
-                                                      interpret=SMOKE))
-          out = np.asarray(f(a, b), np.float64)
-          err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
-          fin = bool(np.isfinite(out).all())
-          ok = fin and err < 2e-3
-          ok_all &= ok
-          log(f"  {'OK ' if ok else 'BAD'} {cfg.name():<40s} {fa}x{fb} {m}x{n}x{k}: rel err {err:.2e} all-finite {fin}")
-        except Exception as e:  # keep going: report which configs fail to build
-          ok_all = False
-          log(f"  ERR {cfg.name()} {m}x{n}x{k}: {type(e).__name__}: {str(e)[:600]}")
+  for (m, n, k), fa, fb, cfgs in cases:
+    a = rand_q(jax.random.fold_in(key, 1), (m, k), fa)
+    b = rand_q(jax.random.fold_in(key, 2), (n, k), fb)
+    ref = np.asarray(ref_fn(a, b), np.float64)
+    for cfg in cfgs:
+      guard()
+      try:
+        poison()
+        f = jax.jit(lambda a, b, cfg=cfg: mx_matmul(a, b, out_dtype=jnp.float32, impl="mgpu", config=cfg,
+                                                    interpret=SMOKE))
+        out = np.asarray(f(a, b), np.float64)
+        err = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+        fin = bool(np.isfinite(out).all())
+        ok = fin and err < 2e-3
+        ok_all &= ok
+        log(f"  {'OK ' if ok else 'BAD'} {cfg.name():<40s} {fa}x{fb} {m}x{n}x{k}: rel err {err:.2e} all-finite {fin}")
+      except Exception as e:  # keep going: report which configs fail to build
+        ok_all = False
+        log(f"  ERR {cfg.name()} {m}x{n}x{k}: {type(e).__name__}: {str(e)[:600]}")
   # other formats through the default design choice and the bf16 design (packed FP4/FP6 in-kernel)
   m, n, k = (256, 256, 256) if SMOKE else (512, 384, 1024)
   for fa, fb, pk in [("mxfp4_e2m1", "mxfp6_e3m2", True), ("mxint8", "mxfp4_e2m1", True),
@@ -183,6 +204,7 @@ def section_check(args, gemm_cfgs, wo_cfgs):
   # weight-only, every weight format
   n, k = (128, 512) if SMOKE else (1024, 2048)
   for fmt in ("mxfp8_e4m3", "mxfp4_e2m1", "mxfp6_e2m3", "mxfp6_e3m2", "mxint8", "nvfp4"):
+    guard()
     w = rand_q(jax.random.fold_in(key, 5), (n, k), fmt, packed=fmt == "mxfp4_e2m1")
     pw = prepare_weight_only(w)
     for mrows in (1, 16):
@@ -219,10 +241,16 @@ def section_sweep(args, cfgs):
   flops = 2 * m * n * k
   nbytes = q_bytes(sets[0][0]) + q_bytes(sets[0][1]) + m * n * 2
   best = {}
+  ref = np.asarray(jax.jit(lambda a, b: mx_matmul(a, b, out_dtype=jnp.float32, impl="xla"))(*sets[0]), np.float32)
   for cfg in cfgs:
     try:
       t = timeit(gemm_fn(cfg), sets)
-      log("  " + fmt_row(cfg.name(), t, flops, nbytes, PEAK_FP8))
+      out = np.asarray(jax.jit(gemm_fn(cfg))(*sets[0]), np.float32)
+      err = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+      ok = bool(np.isfinite(out).all()) and err < 1e-2  # bf16 output rounding ~ 2^-9
+      log("  " + fmt_row(cfg.name(), t, flops, nbytes, PEAK_FP8) + f" | vs ref {err:.1e} {'OK' if ok else 'BAD'}")
+      if not ok:
+        continue
       if cfg.variant not in best or t < best[cfg.variant][1]:
         best[cfg.variant] = (cfg, t)
     except Exception as e:
@@ -237,8 +265,7 @@ def section_sizes(args, best):
   if SMOKE:
     shapes = [(256, 256, 256)]
   else:
-    shapes = [(2048, 2048, 2048), (4096, 4096, 4096), (8192, 8192, 8192), (16384, 16384, 16384),
-              (8192, 2048, 2048), (8192, 2048, 8192), (8192, 8192, 2048)]
+    shapes = [tuple(int(v) for v in sh.split("x")) for sh in args.sizes.split(",")]
   results = []
   for (m, n, k) in shapes:
     nsets = 1 if m * n * k >= 16384 ** 3 else (8 if m * n * k <= 2048 ** 3 else 2)
@@ -248,6 +275,8 @@ def section_sizes(args, best):
     log(f"  M={m} N={n} K={k}")
     row = {"m": m, "n": n, "k": k}
     for v, cfg in best.items():
+      if args.sizes_lite and v != "fp8" and (m, n, k) != (8192, 8192, 8192):
+        continue
       try:
         t = timeit(gemm_fn(cfg), sets)
         row[f"mx_{v}"] = t
@@ -261,6 +290,8 @@ def section_sizes(args, best):
         ("bf16 jnp.dot (bf16 out)", bf16_fn,
          lambda s: (mx_jax.dequantize(s[0], jnp.bfloat16), mx_jax.dequantize(s[1], jnp.bfloat16).T),
          2 * (m * k + n * k + m * n), PEAK_BF16)]:
+      if args.sizes_lite and name.startswith("XLA dequant") and (m, n, k) != (8192, 8192, 8192):
+        continue
       try:
         isets = [tuple(mk(s)) for s in sets]
         t = timeit(fn, isets)
@@ -280,7 +311,7 @@ def section_sizes(args, best):
 
 def section_acc(args, best):
   log("\n## accuracy: relative Frobenius error vs an exact float64 sum of the same quantized inputs")
-  ks = [256, 512] if SMOKE else [1024, 2048, 4096, 8192, 16384]
+  ks = [256, 512] if SMOKE else [int(v) for v in args.acc_ks.split(",")]
   m = n = 256
   for dist in ("normal", "uniform"):
     for k in ks:
@@ -308,23 +339,27 @@ def section_acc(args, best):
       res["scaled_dot f32"] = np.linalg.norm(o - exact) / np.linalg.norm(exact)
       o = np.asarray(jax.jit(cublas_fp8_fn)(a, b), np.float64)
       res["cuBLAS FP8 (raw elems)"] = np.linalg.norm(o - exact_raw) / np.linalg.norm(exact_raw)
-      o = np.asarray(jax.jit(lambda a, b: mx_matmul(a, b, out_dtype=jnp.float32, impl="xla"))(a, b), np.float64)
-      res["XLA f32 HIGHEST"] = np.linalg.norm(o - exact) / np.linalg.norm(exact)
+      if not args.sizes_lite:
+        o = np.asarray(jax.jit(lambda a, b: mx_matmul(a, b, out_dtype=jnp.float32, impl="xla"))(a, b), np.float64)
+        res["XLA f32 HIGHEST"] = np.linalg.norm(o - exact) / np.linalg.norm(exact)
       log(f"  {dist:7s} K={k:6d}: " + "  ".join(f"{kk} {vv:.2e}" for kk, vv in res.items()))
 
 
 def section_wo(args):
   log("\n## weight-only: x (M, K) bf16 @ W^T, W (N, K) quantized; K = N = 8192")
   n = k = 512 if SMOKE else 8192
-  ms = [1, 16] if SMOKE else [1, 2, 4, 8, 16, 32, 64, 128, 256]
+  ms = [1, 16] if SMOKE else [int(v) for v in args.wo_ms.split(",")]
   nsets = 2 if SMOKE else 8
   key = jax.random.key(7)
-  fmts = ["mxfp8_e4m3", "mxfp4_e2m1"] if SMOKE else ["mxfp8_e4m3", "mxfp6_e2m3", "mxfp4_e2m1", "mxint8", "nvfp4"]
+  fmts = ["mxfp8_e4m3", "mxfp4_e2m1"] if SMOKE else args.wo_fmts.split(",")
   # mini sweep at M=16 per format
-  cands = [mg.WeightOnlyConfig(64, 256, 1, 4), mg.WeightOnlyConfig(64, 256, 2, 4), mg.WeightOnlyConfig(128, 256, 2, 4),
-           mg.WeightOnlyConfig(64, 512, 1, 3), mg.WeightOnlyConfig(64, 256, 1, 4, decode="denorm")]
+  W = mg.WeightOnlyConfig
+  cands = [W(64, 256, 2, 4, decode="denorm"), W(64, 256, 4, 2, decode="denorm"), W(64, 128, 4, 3, decode="denorm"),
+           W(64, 256, 2, 2, decode="denorm"), W(64, 256, 2, 4), W(64, 256, 1, 4)]
   if SMOKE:
     cands = cands[:2]
+  elif args.wo_cands != "all":
+    cands = cands[:int(args.wo_cands)]
   ws = {}
   for fmt in fmts:
     qs = [rand_q(jax.random.fold_in(key, i), (n, k), fmt, packed=fmt == "mxfp4_e2m1") for i in range(nsets)]
@@ -335,13 +370,22 @@ def section_wo(args):
     pws = ws[fmt][0]
     x = jax.random.normal(key, (16, k), jnp.bfloat16)
     best = None
+    ref = np.asarray(mx_weight_only_matmul(x, ws[fmt][1][0], out_dtype=jnp.float32, impl="xla"), np.float32)
     for cfg in cands:
-      if cfg.decode == "denorm" and fmt in ("mxfp8_e4m3", "mxint8"):
-        continue
+      if cfg.decode == "select" and fmt in ("mxfp8_e4m3", "mxint8") and any(
+          c.decode == "denorm" and dataclasses.replace(c, decode="select") == cfg for c in cands):
+        continue  # decode only matters for FP4/FP6
       try:
         t = timeit(lambda x, pw, cfg=cfg: glue.weight_only_matmul(x, pw, config=cfg, interpret=SMOKE),
                    [(x, pw) for pw in pws])
-        log(f"  sweep {fmt:<11s} M=16 {cfg.name():<30s} {t * 1e6:8.1f} us  {pws[0].nbytes / t / 1e12:5.2f} TB/s")
+        out = np.asarray(jax.jit(lambda x, pw, cfg=cfg: glue.weight_only_matmul(
+            x, pw, out_dtype=jnp.float32, config=cfg, interpret=SMOKE))(x, pws[0]), np.float32)
+        err = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+        ok = bool(np.isfinite(out).all()) and err < 1e-4
+        log(f"  sweep {fmt:<11s} M=16 {cfg.name():<30s} {t * 1e6:8.1f} us  {pws[0].nbytes / t / 1e12:5.2f} TB/s"
+            f" | vs ref {err:.1e} {'OK' if ok else 'BAD'}")
+        if not ok:
+          continue
         if best is None or t < best[1]:
           best = (cfg, t)
       except Exception as e:
@@ -382,17 +426,36 @@ def main():
   p.add_argument("--sections", default="env,check,sweep,sizes,acc,wo")
   p.add_argument("--out", default=None)
   p.add_argument("--smoke", action="store_true", help="tiny shapes in interpret mode (CPU dry run)")
-  p.add_argument("--fp8-configs", default="default")
+  p.add_argument("--sizes", default="2048x2048x2048,4096x4096x4096,8192x8192x8192,16384x16384x16384,"
+                 "8192x2048x2048,8192x2048x8192,8192x8192x2048", help="MxNxK list")
+  p.add_argument("--acc-ks", default="1024,2048,4096,8192,16384")
+  p.add_argument("--sizes-lite", action="store_true", help="fewer impls per size (MX fp8 + baselines)")
+  p.add_argument("--sweep-set", default="all", help="'all' or 'final' (the few configs kept after run 1)")
+  p.add_argument("--wo-ms", default="1,2,4,8,16,32,64,128,256")
+  p.add_argument("--wo-fmts", default="mxfp8_e4m3,mxfp6_e2m3,mxfp4_e2m1,mxint8,nvfp4")
+  p.add_argument("--wo-cands", default="all", help="'all' or a count: first N weight-only sweep configs")
+  p.add_argument("--check-wo", default="all", help="'all' or 'min' (fewer weight-only checks)")
+  p.add_argument("--budget", type=float, default=1e9, help="seconds; stop cleanly after this")
   args = p.parse_args()
   SMOKE = args.smoke
+  global LOG_PATH, BUDGET_S
+  BUDGET_S = args.budget
+  if args.out:
+    os.makedirs(args.out, exist_ok=True)
+    LOG_PATH = os.path.join(args.out, "bench_matmul.log")
+    open(LOG_PATH, "w").close()
   secs = args.sections.split(",")
   G = mg.GemmConfig
   sweep_cfgs = [
-      G("fp8", 64, 128, 128, "M", 4), G("fp8", 64, 128, 128, "M", 4, pair=True), G("fp8", 64, 256, 64, "M", 4),
-      G("fp8", 64, 128, 128, "N", 4), G("fp8", 128, 64, 128, "M", 4), G("fp8", 64, 128, 64, "M", 6),
-      G("bf16", 128, 128, 64, "N", 4), G("bf16", 128, 128, 64, "N", 4, a_regs=False), G("bf16", 128, 64, 64, "N", 4),
-      G("bf16", 64, 128, 64, "N", 4), G("bf16", 128, 128, 128, "N", 3), G("bf16", 128, 256, 64, "N", 2),
+      G("fp8", 64, 128, 128, "M", 4), G("fp8", 64, 128, 128, "M", 4, pair=True), G("fp8", 64, 128, 128, "N", 4),
+      G("fp8", 128, 64, 128, "M", 3), G("fp8", 64, 128, 64, "M", 6), G("fp8", 64, 64, 128, "N", 4),
+      G("fp8", 64, 128, 256, "M", 2),
+      G("bf16", 128, 128, 64, "N", 4), G("bf16", 128, 128, 64, "N", 3, a_regs=False), G("bf16", 128, 64, 64, "N", 4),
+      G("bf16", 64, 128, 64, "N", 4), G("bf16", 64, 128, 128, "N", 2), G("bf16", 128, 128, 64, "N", 3),
   ]
+  if args.sweep_set == "final":
+    sweep_cfgs = [G("fp8", 64, 128, 256, "M", 2), G("fp8", 64, 128, 256, "M", 2, pair=True),
+                  G("bf16", 128, 128, 64, "N", 4)]
   if SMOKE:
     sweep_cfgs = [G("fp8", 64, 64, 64, "M", 2), G("bf16", 64, 64, 64, "N", 2)]
   check_cfgs = sweep_cfgs
@@ -406,25 +469,28 @@ def main():
       section_env(args)
     if "check" in secs:
       section_check(args, check_cfgs, wo_check)
+      log(f"[{time.time() - t0:.0f} s]")
     best = {"fp8": glue.DEFAULT_FP8, "bf16": glue.DEFAULT_BF16}
     if SMOKE:
       best = {"fp8": sweep_cfgs[0], "bf16": sweep_cfgs[1]}
     if "sweep" in secs:
       best.update(section_sweep(args, sweep_cfgs))
-    if "sizes" in secs:
-      section_sizes(args, best)
-    if "acc" in secs:
-      section_acc(args, best)
+      log(f"[{time.time() - t0:.0f} s]")
     if "wo" in secs:
       section_wo(args)
+      log(f"[{time.time() - t0:.0f} s]")
+    if "sizes" in secs:
+      section_sizes(args, best)
+      log(f"[{time.time() - t0:.0f} s]")
+    if "acc" in secs:
+      section_acc(args, best)
+      log(f"[{time.time() - t0:.0f} s]")
+  except OutOfTime as e:
+    log(f"STOPPED: {e}")
   except Exception:
     log(traceback.format_exc())
   finally:
     log(f"\ntotal {time.time() - t0:.0f} s")
-    if args.out:
-      os.makedirs(args.out, exist_ok=True)
-      with open(os.path.join(args.out, "bench_matmul.log"), "w") as f:
-        f.write("\n".join(LOG) + "\n")
 
 
 if __name__ == "__main__":

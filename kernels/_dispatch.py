@@ -20,12 +20,24 @@ def on_gpu() -> bool:
 
 
 def resolve_impl(impl: str) -> str:
-  """'auto' | 'xla' | 'pallas' -> 'xla' or 'pallas'."""
+  """'auto' | 'xla' | 'pallas' (or an ``impl_key``) -> 'xla' or 'pallas'."""
+  if isinstance(impl, str) and impl.startswith("pallas:"):
+    return "pallas"
   if impl not in IMPLS:
     raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
   if impl == "auto":
     return "pallas" if on_gpu() else "xla"
   return impl
+
+
+def impl_key(impl: str) -> str:
+  """A hashable, fully resolved impl for jit static arguments: 'xla', 'pallas:interpret', 'pallas:triton'
+  (kernels are traced differently in the two Pallas modes, so a cached trace must not cross them)."""
+  if resolve_impl(impl) == "xla":
+    return "xla"
+  if interpret():
+    return "pallas:interpret"
+  return f"pallas:triton:{TritonArith.pair}:{'fast' if TRITON_FAST_ONLY[0] else 'guarded'}"
 
 
 _FORCE_MODE: list[str | None] = [None]
@@ -55,6 +67,15 @@ def compiled_triton() -> bool:
   return not interpret()
 
 
+# Compiled (GPU) kernels take the fast element path for every tile: the GPU keeps FP32 subnormals, so the
+# scaled multiply is exact for every block; interpret mode (XLA:CPU flushes them) guards it per tile.
+TRITON_FAST_ONLY = [True]
+
+
+def fast_only() -> bool:
+  return compiled_triton() and TRITON_FAST_ONLY[0]
+
+
 def compiler_params(num_warps: int | None = None, num_stages: int | None = None):
   if interpret():
     return None
@@ -71,6 +92,7 @@ class TritonArith:
   """
 
   barrier = False
+  pair = "sum"  # tree pair sums as length-2 reductions (== a + b in Triton; see mx_jax.norms.pair_sum)
 
   @staticmethod
   def _asm(op: str, *args):

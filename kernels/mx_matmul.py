@@ -127,9 +127,20 @@ def default_gemm_config(m: int, n: int, k: int, a_fmt: str, b_fmt: str, variant:
   return cfg
 
 
+def fit_gemm_config(cfg: GemmConfig, a_fmt: str, b_fmt: str, out_dtype, interpret: bool = False) -> GemmConfig:
+  """Lowers the pipeline depth (down to 2) until the kernel fits in shared memory."""
+  ae, be = _MX_ELEM[a_fmt], _MX_ELEM[b_fmt]
+  if cfg.variant == "fp8":
+    ae = be = "fp8"
+  while (mgpu.gemm_smem_bytes(cfg, ae, be, out_dtype, interpret) > mgpu.SMEM_LIMIT
+         and cfg.max_concurrent_steps > 2):
+    cfg = dataclasses.replace(cfg, max_concurrent_steps=cfg.max_concurrent_steps - 1)
+  return cfg
+
+
 # Defaults, set from the H100 runs (see BENCHMARKS.md, "Pallas kernels II").
 DEFAULT_VARIANT = "fp8"
-DEFAULT_FP8 = GemmConfig("fp8", tile_m=64, tile_n=128, tile_k=128, wg_dim="M", max_concurrent_steps=4)
+DEFAULT_FP8 = GemmConfig("fp8", tile_m=64, tile_n=128, tile_k=256, wg_dim="M", max_concurrent_steps=2)
 DEFAULT_BF16 = GemmConfig("bf16", tile_m=128, tile_n=128, tile_k=64, wg_dim="N", max_concurrent_steps=4)
 
 
@@ -138,7 +149,8 @@ def mx_gemm(a: QArray, b: QArray, *, out_dtype=jnp.bfloat16, variant: str | None
   """(M, N) = a (M, K) @ b (N, K)^T through the Hopper kernels; both quantized along K (axis 1)."""
   m, k = a.shape
   n = b.shape[0]
-  cfg = config or default_gemm_config(m, n, k, a.fmt, b.fmt, variant)
+  cfg = config or fit_gemm_config(default_gemm_config(m, n, k, a.fmt, b.fmt, variant), a.fmt, b.fmt, out_dtype,
+                                  bool(interpret))
   k_p = _round_up(max(k, 1), cfg.tile_k)  # tile_k is a multiple of 32 and of the packing group
   m_p, n_p = _round_up(m, cfg.cta_m), _round_up(n, cfg.cta_n)
   widen = cfg.variant == "fp8"
@@ -160,9 +172,12 @@ def mx_gemm(a: QArray, b: QArray, *, out_dtype=jnp.bfloat16, variant: str | None
 @dataclasses.dataclass(frozen=True)
 class PreparedWeight:
   """A (N, K) weight laid out for the weight-only kernel: element data (kernel packing), float32 scales
-  (K_p/block, N_p). ``n``, ``k``: the logical shape; ``elem``: kernel element kind; ``block``: 32 or 16."""
+  (K_p/block, N_p), NVFP4's FP32 tensor scale (applied to the FP32 output: the E2M1 x E4M3 products are exact
+  in bf16, times an arbitrary FP32 factor they would not be). ``n``, ``k``: the logical shape; ``elem``:
+  kernel element kind; ``block``: 32 or 16."""
   data: jax.Array
   scales: jax.Array
+  tensor_scale: jax.Array | None
   elem: str = dataclasses.field(metadata=dict(static=True))
   block: int = dataclasses.field(metadata=dict(static=True))
   n: int = dataclasses.field(metadata=dict(static=True))
@@ -176,6 +191,10 @@ class PreparedWeight:
   @property
   def nbytes(self) -> int:
     return int(self.data.size * self.data.dtype.itemsize + self.scales.size * self.scales.dtype.itemsize)
+
+  @property
+  def ndim(self) -> int:
+    return 2
 
 
 WO_N_ALIGN = 128
@@ -195,8 +214,10 @@ def prepare_weight(w: QArray, *, n_align: int = WO_N_ALIGN, k_align: int = WO_K_
   n_p, k_p = _round_up(n, n_align), _round_up(max(w.data.shape[1], 1), k_align)
   if w.fmt == "nvfp4":
     block = 16
-    scales = w.scales.astype(jnp.float32) * w.tensor_scale.astype(jnp.float32)
+    scales = w.scales.astype(jnp.float32)
+    tensor_scale = w.tensor_scale.astype(jnp.float32)
   else:
+    tensor_scale = None
     block = BLOCK
     scales = e8m0_to_f32(w.scales)
     if kind == "int8":
@@ -207,12 +228,14 @@ def prepare_weight(w: QArray, *, n_align: int = WO_N_ALIGN, k_align: int = WO_K_
   else:
     codes = _pad2(_codes(w), n_p, k_p)
     data = mgpu.pack_fp4_kernel(codes) if kind == "e2m1" else mgpu.pack_fp6_kernel(codes)
-  return PreparedWeight(data, scales, kind, block, n, k, w.fmt)
+  return PreparedWeight(data, scales, tensor_scale, kind, block, n, k, w.fmt)
 
 
-def default_weight_only_config(m: int, pw: PreparedWeight) -> WeightOnlyConfig:
+def default_weight_only_config(m: int, pw: PreparedWeight, interpret: bool = False) -> WeightOnlyConfig:
+  """DEFAULT_WO fitted to the weight; the sub-byte decode is the denormal bit trick on the GPU (checked
+  exact there by benchmarks/bench_matmul.py) and the select form in interpret mode (XLA:CPU flushes)."""
   n_p, k_p = pw.scales.shape[1], pw.scales.shape[0] * pw.block
-  cfg = DEFAULT_WO
+  cfg = dataclasses.replace(DEFAULT_WO, decode="select" if interpret else "denorm")
   while k_p % (cfg.tile_k * cfg.split_k) and cfg.split_k > 1:
     cfg = dataclasses.replace(cfg, split_k=cfg.split_k // 2)
   if k_p % cfg.tile_k:
@@ -222,7 +245,35 @@ def default_weight_only_config(m: int, pw: PreparedWeight) -> WeightOnlyConfig:
   return cfg
 
 
-DEFAULT_WO = WeightOnlyConfig(tile_n=64, tile_k=256, split_k=1, max_concurrent_steps=4)
+DEFAULT_WO = WeightOnlyConfig(tile_n=64, tile_k=256, split_k=2, max_concurrent_steps=4)
+SMEM_BUDGET = 220 * 1024
+
+
+def weight_only_smem(cfg: WeightOnlyConfig, mp: int, elem: str, block: int) -> int:
+  """Shared-memory bytes of the weight-only kernel (pipeline stages + output tile + optional W tile)."""
+  stage = mp * cfg.tile_k * 2 + cfg.tile_n * mgpu.row_bytes(cfg.tile_k, elem) + cfg.tile_k // block * cfg.tile_n * 4
+  total = cfg.max_concurrent_steps * stage + cfg.tile_n * mp * 4 + 1024
+  if not cfg.a_regs:
+    total += cfg.tile_n * cfg.tile_k * 2
+  return total
+
+
+def fit_weight_only_config(cfg: WeightOnlyConfig, mp: int, elem: str, block: int, k_p: int) -> WeightOnlyConfig:
+  """Shrinks pipeline depth, then tile_k, until the kernel fits shared memory (large M needs it)."""
+  group = max(mgpu.ELEM_GROUP[elem][0], 64 if block == 16 else 32)
+  while weight_only_smem(cfg, mp, elem, block) > SMEM_BUDGET:
+    if cfg.max_concurrent_steps > 2:
+      cfg = dataclasses.replace(cfg, max_concurrent_steps=cfg.max_concurrent_steps - 1)
+    elif cfg.tile_k // 2 >= group and (cfg.tile_k // 2) % group == 0:
+      cfg = dataclasses.replace(cfg, tile_k=cfg.tile_k // 2)
+    else:
+      break
+  while k_p % (cfg.tile_k * cfg.split_k):
+    if cfg.split_k > 1:
+      cfg = dataclasses.replace(cfg, split_k=cfg.split_k // 2)
+    else:
+      cfg = dataclasses.replace(cfg, tile_k=math.gcd(k_p, cfg.tile_k))
+  return cfg
 WO_MAX_ROWS = 256
 
 
@@ -233,15 +284,25 @@ def weight_only_matmul(x: jax.Array, pw: PreparedWeight, *, out_dtype=jnp.bfloat
   if k != pw.k:
     raise ValueError(f"x has K={k} but the weight has K={pw.k}")
   k_p = pw.scales.shape[0] * pw.block
+  rows = WO_MAX_ROWS
+  while rows > 8:  # the x tile and the output tile grow with the rows: fall back to row chunks
+    c = fit_weight_only_config(config or default_weight_only_config(rows, pw, bool(interpret)), rows, pw.elem,
+                               pw.block, k_p)
+    if weight_only_smem(c, min(rows, _round_up(max(m, 8), 8)), pw.elem, pw.block) <= SMEM_BUDGET:
+      break
+    rows //= 2
   outs = []
-  for r0 in range(0, max(m, 1), WO_MAX_ROWS):
-    xr = x[r0:r0 + WO_MAX_ROWS]
+  for r0 in range(0, max(m, 1), rows):
+    xr = x[r0:r0 + rows]
     mr = xr.shape[0]
     mp = _round_up(max(mr, 8), 8)
-    cfg = config or default_weight_only_config(mp, pw)
+    cfg = fit_weight_only_config(config or default_weight_only_config(mp, pw, bool(interpret)), mp, pw.elem,
+                                 pw.block, k_p)
     xp = _pad2(xr.astype(jnp.bfloat16), mp, k_p)
     part = mgpu.weight_only(xp, pw.data, pw.scales, elem=pw.elem, block=pw.block, config=cfg,
                             out_dtype=jnp.float32, interpret=interpret)
     acc = part[0] if part.shape[0] == 1 else jnp.sum(part, axis=0)
+    if pw.tensor_scale is not None:
+      acc = acc * pw.tensor_scale
     outs.append(acc[:pw.n, :mr].T.astype(out_dtype))
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)

@@ -122,6 +122,7 @@ def dequant_blocks(ref, elem: str, tile_k: int, scale_at, decode_fn=None, block:
     s = jnp.where(cid < block, _row(s0, vals.shape), _row(s1, vals.shape))
     return (vals * s).astype(jnp.bfloat16)
 
+  # FP8 goes through float32: Mosaic GPU on Hopper has no FP8 -> bf16 convert (FP8 -> f16 only).
   if elem in ("fp8", "int8"):
     for j in range(tile_k // BLOCK):
       yield BLOCK * j, scaled(ref.at[:, pl.ds(BLOCK * j, BLOCK)][...].astype(jnp.float32), BLOCK * j)
@@ -174,6 +175,29 @@ class GemmConfig:
     return s
 
 
+def _epi_n(cfg: GemmConfig, out_dtype) -> int:
+  """Epilogue sub-tile width: half as wide for 4-byte outputs (same SMEM)."""
+  e = min(cfg.epi_n, cfg.tile_n)
+  return max(e // 2, 32) if jnp.dtype(out_dtype).itemsize == 4 and e > 32 else e
+
+
+def gemm_smem_bytes(cfg: GemmConfig, a_elem: str = "fp8", b_elem: str = "fp8", out_dtype=jnp.bfloat16,
+                    interpret: bool = False) -> int:
+  """Shared memory the GEMM kernel allocates (pipeline stages, epilogue buffers, bf16 dequant tiles)."""
+  nblk = cfg.tile_k // BLOCK
+  stage = (cfg.cta_m * row_bytes(cfg.tile_k, a_elem) + cfg.cta_n * row_bytes(cfg.tile_k, b_elem)
+           + nblk * (cfg.cta_m + cfg.cta_n) * 4)
+  total = cfg.max_concurrent_steps * stage + 4 * cfg.tile_m * _epi_n(cfg, out_dtype) * jnp.dtype(out_dtype).itemsize
+  if cfg.variant == "bf16":
+    total += 2 * cfg.tile_n * cfg.tile_k * 2
+    if not cfg.a_regs or interpret:
+      total += 2 * cfg.tile_m * cfg.tile_k * 2
+  return total + 1024
+
+
+SMEM_LIMIT = 224 * 1024  # what the kernels get is 227 KiB; the estimate leaves barriers some room
+
+
 def gemm(a, b, sa, sb, *, a_elem=None, b_elem=None, out_dtype=jnp.bfloat16, config: GemmConfig = GemmConfig(),
          num_sms: int | None = None, interpret=False):
   """out (M, N) = MX block-scaled a (M, K) @ b (N, K)^T; see the module docstring for the layout.
@@ -206,7 +230,7 @@ def gemm(a, b, sa, sb, *, a_elem=None, b_elem=None, out_dtype=jnp.bfloat16, conf
   cta_m, cta_n = cfg.cta_m, cfg.cta_n
   nblk = tile_k // BLOCK
   m_iters, n_iters, k_iters = m // cta_m, n // cta_n, k // tile_k
-  epi_n = min(cfg.epi_n, tile_n)
+  epi_n = _epi_n(cfg, out_dtype)
   a_tr = _block_tiled(a.dtype)
   b_tr = _block_tiled(b.dtype)
   a_tk, b_tk = row_bytes(tile_k, a_elem), row_bytes(tile_k, b_elem)  # bytes of a stage's row

@@ -22,6 +22,7 @@ Both paths give the generic result bit for bit; the tests check this on planted 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -95,10 +96,30 @@ def _rne_codes(v: jax.Array, elem: ElemFormat) -> jax.Array:
   return int_codes(v, elem)
 
 
-def mx_tile(x: jax.Array, elem: ElemFormat, scale_mode: str, rounding: str, rbits=None, fast: bool = True):
+def _with_sign_of(v: jax.Array, x: jax.Array) -> jax.Array:
+  """|v| with x's sign bit. round_to_elem returns where(x < 0, -mag, mag), and Pallas' Triton lowering
+  computes -mag as 0 - mag, which turns -0 into +0; this restores the sign bitwise."""
+  mag = lax.bitcast_convert_type(v, jnp.uint32) & jnp.uint32(0x7FFFFFFF)
+  sign = lax.bitcast_convert_type(x, jnp.uint32) & jnp.uint32(0x80000000)
+  return lax.bitcast_convert_type(mag | sign, jnp.float32)
+
+
+def _scale_down(x: jax.Array, e: jax.Array, elem: ElemFormat) -> jax.Array:
+  """x * 2^-e for e in [-127, 127]: one multiply where 2^-e is a normal float (e <= 126, always the case
+  unless emax < 2, i.e. MX INT8), else two."""
+  if elem.emax >= 2:
+    return x * _bits.pow2(-e)
+  e1 = (-e) // 2
+  return x * _bits.pow2(e1) * _bits.pow2(-e - e1)
+
+
+def mx_tile(x: jax.Array, elem: ElemFormat, scale_mode: str, rounding: str, rbits=None, fast: bool = True,
+            fast_only: bool = False):
   """Quantizes a float32 tile (..., bs) block-wise along its last axis.
 
   Returns (codes uint8 (..., bs), scale bytes uint8 (...)) equal to mx_block.mx_quantize_blocks.
+  ``fast_only`` (compiled kernels on a backend that keeps FP32 subnormals, i.e. the GPU): the fast path
+  for every tile, exact there for all blocks; else the tile-level ``lax.cond`` guards it (FTZ backends).
   """
   ab = _bits.abs_bits(x)
   amax = jnp.max(ab, axis=-1, keepdims=True)
@@ -108,27 +129,25 @@ def mx_tile(x: jax.Array, elem: ElemFormat, scale_mode: str, rounding: str, rbit
   sb = sb.reshape(sb.shape[:-1])
 
   def generic():
-    v = _bits.round_to_elem(x, e, elem, rounding, rbits=rbits, saturate=True)
+    v = _with_sign_of(_bits.round_to_elem(x, e, elem, rounding, rbits=rbits, saturate=True), x)
     return exact_codes(jnp.where(bad, 0.0, v), elem)
 
   if rounding != "nearest_even" or not fast:
     return generic(), sb
 
   def fastpath():
-    v = x * _bits.pow2(-e)
-    return _rne_codes(jnp.where(bad, 0.0, v), elem)
+    return _rne_codes(jnp.where(bad, 0.0, _scale_down(x, e, elem)), elem)
 
+  if fast_only:
+    return fastpath(), sb
   ok = bad | (amax == 0) | ((e >= fast_threshold(elem)) & (e <= 126))
   all_ok = jnp.min(ok.astype(jnp.int32)) > 0
   codes = lax.cond(all_ok, fastpath, generic)
   return codes, sb
 
 
-def nvfp4_tile(x: jax.Array, s_enc: jax.Array, s_dec: jax.Array, rounding: str, rbits=None, arith=None):
+def nvfp4_tile(x: jax.Array, s_enc: jax.Array, s_dec: jax.Array, rounding: str, rbits=None):
   """NVFP4 on a float32 tile (..., 16): (E2M1 codes uint8, E4M3 scale bytes uint8), as nvfp4.py computes."""
-  if arith is None:
-    from mx_jax.norms import _Arith
-    arith = _Arith()
   ab = _bits.abs_bits(x)
   bad = jnp.max(ab, axis=-1, keepdims=True) >= _EXP
   amax_b = lax.bitcast_convert_type(jnp.max(jnp.where(bad, 0, ab), axis=-1, keepdims=True), jnp.float32)
@@ -138,13 +157,15 @@ def nvfp4_tile(x: jax.Array, s_enc: jax.Array, s_dec: jax.Array, rounding: str, 
   d8 = d.astype(jnp.float8_e4m3fn)
   d32 = d8.astype(jnp.float32)
   zero = d32 == 0
-  enc = arith.div(jnp.float32(1.0), jnp.where(zero, jnp.float32(1.0), d32 * s_dec))
+  # the backend's own f32 division, as in nvfp4.py (IEEE on CPU; on a GPU XLA and Triton both use the
+  # approximate div.full.f32 -- checked by benchmarks/bench_quantize_norm.py)
+  enc = jnp.float32(1.0) / jnp.where(zero, jnp.float32(1.0), d32 * s_dec)
   xe = x * enc
   # zero-scale and non-finite blocks store zeros carrying x's sign (nvfp4.py: copysign(0, x))
   signed_zero = lax.bitcast_convert_type(lax.bitcast_convert_type(x, jnp.uint32) & jnp.uint32(0x80000000),
                                          jnp.float32)
   if rounding != "nearest_even":
-    xe = _bits.round_to_elem(xe, jnp.int32(0), E2M1, rounding, rbits=rbits, saturate=True)
+    xe = _with_sign_of(_bits.round_to_elem(xe, jnp.int32(0), E2M1, rounding, rbits=rbits, saturate=True), xe)
   codes = int_codes(jnp.where(zero | bad, signed_zero, xe), E2M1)
   nan_byte = int(np.array(np.nan, jnp.float8_e4m3fn).view(np.uint8))
   sb = jnp.where(bad, nan_byte, lax.bitcast_convert_type(d8, jnp.uint8).astype(jnp.int32)).astype(jnp.uint8)
@@ -229,9 +250,9 @@ def _quant_kernel(*refs, kind, elem, scale_mode, rounding, fast, r, nb, tr, tb, 
   if kind == "nvfp4":
     s_enc = _dispatch.load(se_ref, src_dtype=jnp.float32).reshape(1, 1, 1)
     s_dec = _dispatch.load(sd_ref, src_dtype=jnp.float32).reshape(1, 1, 1)
-    codes, sb = nvfp4_tile(x, s_enc, s_dec, rounding, rbits, _dispatch.kernel_arith())
+    codes, sb = nvfp4_tile(x, s_enc, s_dec, rounding, rbits)
   else:
-    codes, sb = mx_tile(x, elem, scale_mode, rounding, rbits, fast)
+    codes, sb = mx_tile(x, elem, scale_mode, rounding, rbits, fast, _dispatch.fast_only())
   _dispatch.store(codes_ref, codes, mask)
   _dispatch.store(scales_ref, sb, None if mask is None else mask.reshape(tr, tb))
 
@@ -321,11 +342,21 @@ def mx_quantize(x: jax.Array, fmt: str, *, block_size: int | None = None, scale_
     raise ValueError(f"x must have rank >= 1 for block format {f.name!r}")
   if amax is not None and f.kind != "nvfp4":
     raise ValueError(f"amax= applies to nvfp4 and fp8 formats, not {f.name!r}")
+  if rbits is not None and rounding != "stochastic":
+    rbits = None
+  return _mx_quantize_jit(x, key, rbits, amax, f.name, bs, scale_mode, rounding, _dispatch.impl_key(impl),
+                          block_rows, block_blocks, num_warps, bool(fast))
+
+
+@functools.partial(jax.jit, static_argnums=tuple(range(4, 13)))
+def _mx_quantize_jit(x, key, rbits, amax, fmt, bs, scale_mode, rounding, impl, block_rows, block_blocks,
+                     num_warps, fast):
+  from mx_jax.quantize import quantize
+  f = get_format(fmt)
   lead, n = tuple(x.shape[:-1]), x.shape[-1]
   nb = -(-n // bs)
-  impl = _dispatch.resolve_impl(impl)
-  if impl == "xla" or n == 0 or math.prod(lead) == 0:
-    if rbits is not None and rounding == "stochastic":
+  if _dispatch.resolve_impl(impl) == "xla" or n == 0 or math.prod(lead) == 0:
+    if rbits is not None:
       rb = stochastic_bits(None, rbits, lead, nb, bs)
       if f.kind == "nvfp4" and amax is not None:
         raise NotImplementedError("amax= together with rbits= on the XLA path")
@@ -333,8 +364,7 @@ def mx_quantize(x: jax.Array, fmt: str, *, block_size: int | None = None, scale_
     return quantize(x, f.name, axis=-1, block_size=bs, scale_mode=scale_mode, rounding=rounding, key=key,
                     amax=amax)
   r = math.prod(lead)
-  x2 = x.reshape(r, n)
-  x3 = pad_last(x2, nb * bs - n).reshape(r, nb, bs)
+  x3 = pad_last(x.reshape(r, n), nb * bs - n).reshape(r, nb, bs)
   rb3 = None
   if rounding == "stochastic":
     rb3 = stochastic_bits(key, rbits, lead, nb, bs).reshape(r, nb, bs)

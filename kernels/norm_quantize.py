@@ -40,7 +40,8 @@ def _row_tiles(r: int, row_len: int, block_rows):
 def _warps(elems: int, num_warps):
   if num_warps is not None or _dispatch.interpret():
     return num_warps
-  return 4 if elems <= 2048 else (8 if elems <= 16384 else 16)
+  # measured on an H100 (BENCHMARKS.md): a 8192-wide row per program runs best with 4 warps
+  return 4 if elems <= 8192 else (8 if elems <= 16384 else 16)
 
 
 def supported(n: int, bs: int) -> bool:
@@ -82,7 +83,7 @@ def _norm_kernel(*refs, kind, n, nb, nbp, r, tr, bs, eps, p, c, exact_sq, has_ga
     if intermediate_dtype is not None:
       y = y.astype(intermediate_dtype).astype(jnp.float32)
     rbits = _dispatch.load(rb_ref, mask) if has_rbits else None
-    codes, sb = mx_tile(y, elem, scale_mode, rounding, rbits, fast)
+    codes, sb = mx_tile(y, elem, scale_mode, rounding, rbits, fast, _dispatch.fast_only())
     _dispatch.store(codes_ref, codes, mask)
     _dispatch.store(scales_ref, sb, mask.reshape(tr, nbp))
   _dispatch.store_float(inv_ref, inv, jnp.float32, rows.reshape(tr) < r)
@@ -180,34 +181,42 @@ def norm_quantize_pallas(x, gain, fmt, *, eps, kind, p, norm_block, block_size, 
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _tree_sum_rows(v):
+def _tree_sum_rows(v, how="split"):
   """Adjacent-pair tree over the first axis (length a power of two) -> v.shape[1:]."""
   while v.shape[0] > 1:
     t = v.shape[0]
-    a, b = jnp.split(v.reshape((t // 2, 2) + v.shape[1:]), 2, axis=1)
-    v = (a + b).reshape((t // 2,) + v.shape[1:])
+    v = norms.pair_sum(v.reshape((t // 2, 2) + v.shape[1:]), axis=1, how=how)
   return v.reshape(v.shape[1:])
 
 
-def _bwd_kernel(*refs, n, nb, nbp, r, tr, bs, has_gain, x_dtype, g_dtype, dy_dtype):
+def _bwd_kernel(*refs, n, nb, nbp, r, c, bs, has_gain, x_dtype, g_dtype, dy_dtype):
+  """One program = one group of c rows, walked one row at a time: dx per row, the gain gradient summed
+  sequentially over the group's rows (the order of norms.dgain_groups)."""
   refs = list(refs)
   x_ref = refs.pop(0)
   g_ref = refs.pop(0) if has_gain else None
   dy_ref, inv_ref, dx_ref, dg_ref = refs
-  rows = pl.program_id(0) * tr + lax.broadcasted_iota(jnp.int32, (tr, 1, 1), 0)
-  blks = lax.broadcasted_iota(jnp.int32, (1, nbp, 1), 1)
-  mask = (rows < r) & (blks < nb)
   arith = _dispatch.kernel_arith()
-  x = _dispatch.load(x_ref, mask, src_dtype=x_dtype)
-  dy = _dispatch.load(dy_ref, mask, src_dtype=dy_dtype)
+  blks = lax.broadcasted_iota(jnp.int32, (1, nbp, 1), 1)
   g = _dispatch.load(g_ref, blks < nb, src_dtype=g_dtype) if has_gain else None
-  inv = _dispatch.load(inv_ref, rows.reshape(tr) < r, src_dtype=jnp.float32)
-  dx, dg = norms.rms_bwd_tile(x, g, dy, inv, n, arith)
-  _dispatch.store_float(dx_ref, dx, x_dtype, mask)
-  _dispatch.store_float(dg_ref, _tree_sum_rows(dg).reshape(1, nbp, bs), jnp.float32, blks < nb)
+  row0 = pl.program_id(0) * c
+
+  def body(i, acc):
+    row = row0 + i
+    mask = (blks < nb) & (row < r)
+    sl = (pl.ds(i, 1), slice(None), slice(None))
+    x = _dispatch.load(x_ref.at[sl], mask, src_dtype=x_dtype)
+    dy = _dispatch.load(dy_ref.at[sl], mask, src_dtype=dy_dtype)
+    inv = _dispatch.load(inv_ref.at[pl.ds(i, 1)], jnp.full((1,), row < r), src_dtype=jnp.float32)
+    dx, dg = norms.rms_bwd_tile(x, g, dy, inv, n, arith)
+    _dispatch.store_float(dx_ref.at[sl], dx, x_dtype, mask)
+    return acc + dg
+
+  acc = lax.fori_loop(0, c, body, jnp.zeros((1, nbp, bs), jnp.float32))
+  _dispatch.store_float(dg_ref, acc, jnp.float32, blks < nb)
 
 
-def rms_norm_bwd_pallas(x, gain, inv, dy, *, block_rows=None, num_warps=None):
+def rms_norm_bwd_pallas(x, gain, inv, dy, *, num_warps=None):
   """(dx in x.dtype, dgain float32 (n,)) for y = rms_norm(x, gain); equals norms.rms_norm_bwd's XLA path."""
   bs = norms._TREE_BLOCK
   n = x.shape[-1]
@@ -215,35 +224,29 @@ def rms_norm_bwd_pallas(x, gain, inv, dy, *, block_rows=None, num_warps=None):
     return norms.rms_norm_bwd(x, gain, inv, dy, impl="xla")
   x3, r, n, nb, nbp = _prep(x, bs)
   dy3, *_ = _prep(dy, bs)
-  row_len = nbp * bs
-  tr = _row_tiles(r, row_len, block_rows)
-  g = pl.cdiv(r, tr)
-  blk = pl.BlockSpec((tr, nbp, bs), lambda i: (i, 0, 0))
+  groups, c = norms.bwd_groups(r)
+  blk = pl.BlockSpec((c, nbp, bs), lambda i: (i, 0, 0))
   in_specs, args = [blk], [_dispatch.kernel_in(x3)]
   if gain is not None:
     g3 = pad_last(gain.reshape(1, n), nb * bs - n).reshape(1, nb, bs)
     in_specs.append(pl.BlockSpec((1, nbp, bs), lambda i: (0, 0, 0)))
     args.append(_dispatch.kernel_in(g3))
-  in_specs += [blk, pl.BlockSpec((tr,), lambda i: (i,))]
+  in_specs += [blk, pl.BlockSpec((c,), lambda i: (i,))]
   args += [_dispatch.kernel_in(dy3), _dispatch.kernel_in(inv.reshape(r).astype(jnp.float32))]
-  kernel = lambda *refs: _bwd_kernel(*refs, n=n, nb=nb, nbp=nbp, r=r, tr=tr, bs=bs, has_gain=gain is not None,
+  kernel = lambda *refs: _bwd_kernel(*refs, n=n, nb=nb, nbp=nbp, r=r, c=c, bs=bs, has_gain=gain is not None,
                                      x_dtype=x.dtype, g_dtype=None if gain is None else gain.dtype,
                                      dy_dtype=dy.dtype)
   dx3, dgp = pl.pallas_call(
       kernel,
       out_shape=(jax.ShapeDtypeStruct((r, nb, bs), _dispatch.kernel_out_dtype(x.dtype)),
-                 jax.ShapeDtypeStruct((g, nb, bs), _dispatch.kernel_out_dtype(jnp.float32))),
-      grid=(g,), in_specs=in_specs,
+                 jax.ShapeDtypeStruct((groups, nb, bs), _dispatch.kernel_out_dtype(jnp.float32))),
+      grid=(groups,), in_specs=in_specs,
       out_specs=(blk, pl.BlockSpec((1, nbp, bs), lambda i: (i, 0, 0))),
       interpret=_dispatch.interpret(),
-      compiler_params=_dispatch.compiler_params(num_warps=_warps(tr * row_len, num_warps)),
+      compiler_params=_dispatch.compiler_params(num_warps=_warps(nbp * bs, num_warps), num_stages=2),
       name="rms_norm_bwd",
   )(*args)
   dx3, dgp = _dispatch.kernel_out(dx3, x.dtype), _dispatch.kernel_out(dgp, jnp.float32)
   dx = dx3.reshape(r, nb * bs)[:, :n].reshape(x.shape)
-  dgp = dgp.reshape(g, nb * bs)[:, :n]
-  gp = next_pow2(g)
-  if gp != g:
-    dgp = jnp.pad(dgp, ((0, gp - g), (0, 0)))
-  dg = _tree_sum_rows(dgp)
-  return dx, dg
+  dgp = dgp.reshape(groups, nb * bs)[:, :n]
+  return dx, norms.tree_sum_last(dgp.T)

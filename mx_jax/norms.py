@@ -34,10 +34,13 @@ A last partial block (row length not a multiple of k) is averaged like a full on
 
 Determinism (why the sums look the way they do). Every row statistic is a *pairwise tree sum* in element
 order (pairs (2i, 2i+1) first) over the row zero-padded to ``k * next_pow2(ceil(n / k))``; IEEE addition is
-commutative, so a tree of pair additions gives the same bits whatever the backend or tile shape. Divisions
-and square roots are IEEE-rounded (``1 / sqrt``, not an approximate ``rsqrt``), and a product that feeds an
-addition goes through ``_Arith.mul``, which the GPU kernels emit as ``mul.rn`` (never contracted into an
-FMA). With that, the Pallas kernels reproduce this module's XLA path bit for bit (tests/test_kernels_norm.py).
+commutative, so a tree of pair additions gives the same bits whatever the backend or tile shape. A mean is
+``sum * RN(1/n)`` (what XLA makes of ``jnp.mean`` anyway); ``1/sqrt(ms + eps)`` is ``rsqrt_det``, Newton
+steps made of IEEE multiplications and subtractions only (XLA:GPU's own f32 ``sqrt`` and ``/`` are not
+IEEE-rounded, and ``rsqrt`` is approximate everywhere); a product that feeds an addition goes through
+``_Arith.mul`` (an optimization barrier on XLA, ``mul.rn`` in the GPU kernels) so that no backend contracts
+it into an FMA. With that the values do not depend on jit, fusion, vmap or the backend, and the
+Pallas kernels reproduce this module's XLA path bit for bit (tests/test_kernels_norm.py).
 """
 from __future__ import annotations
 
@@ -111,6 +114,8 @@ class _Arith:
   divisor is made full-shape and goes behind the barrier too.
   """
 
+  pair = "split"  # how tree pair sums are written (see pair_sum)
+
   def __init__(self, barrier: bool = True):
     self.barrier = barrier
 
@@ -142,25 +147,37 @@ def next_pow2(n: int) -> int:
   return 1 << max(0, int(n) - 1).bit_length()
 
 
-def tree_sum_last(v: jax.Array) -> jax.Array:
+def pair_sum(v: jax.Array, axis: int = -1, how: str = "split") -> jax.Array:
+  """v.shape[axis] == 2 -> the sum of its two entries (that axis removed), exactly ``a + b``.
+
+  ``how="split"``: the two halves added (XLA and interpret mode). ``how="sum"``: a reduction over the
+  length-2 axis; Triton reduces without an init value, so it is ``a + b`` bit for bit too (XLA would start
+  from +0 and turn -0 + -0 into +0), and it lowers to in-register adds / shuffles instead of transposes.
+  """
+  axis = axis % v.ndim
+  if how == "sum":
+    return jnp.sum(v, axis=axis)
+  a, b = jnp.split(v, 2, axis=axis)
+  return (a + b).reshape(v.shape[:axis] + v.shape[axis + 1:])
+
+
+def tree_sum_last(v: jax.Array, how: str = "split") -> jax.Array:
   """Pairwise tree sum over the last axis (length a power of two): v[2i] + v[2i+1], then again, ...
 
-  Written with reshape + split so that the Triton lowering can run it (``jnp.split`` of a length-2 axis).
+  Written with reshapes and length-2 pair sums so that the Triton lowering can run it.
   """
   n = v.shape[-1]
   if n & (n - 1):
     raise ValueError(f"tree_sum_last needs a power-of-two length; got {n}")
   while n > 1:
-    lead = v.shape[:-1]
-    a, b = jnp.split(v.reshape(lead + (n // 2, 2)), 2, axis=-1)
-    v = (a + b).reshape(lead + (n // 2,))
+    v = pair_sum(v.reshape(v.shape[:-1] + (n // 2, 2)), how=how)
     n //= 2
   return v.reshape(v.shape[:-1])
 
 
-def tile_sum(v: jax.Array) -> jax.Array:
+def tile_sum(v: jax.Array, how: str = "split") -> jax.Array:
   """Tree sum of a blocked tile (..., nb_pow2, bs) over its last two axes (= tree over the flat row)."""
-  return tree_sum_last(tree_sum_last(v))
+  return tree_sum_last(tree_sum_last(v, how), how)
 
 
 def block_amax(xb: jax.Array) -> jax.Array:
@@ -168,26 +185,47 @@ def block_amax(xb: jax.Array) -> jax.Array:
   return lax.bitcast_convert_type(jnp.max(_bits.abs_bits(xb), axis=-1), jnp.float32)
 
 
+_RSQRT_MAGIC = 0x5F375A86
+RSQRT_ITERS = 4
+
+
+def rsqrt_det(v: jax.Array, arith: _Arith) -> jax.Array:
+  """1/sqrt(v) from IEEE multiplications and subtractions only (deterministic on every backend).
+
+  XLA on a GPU computes f32 ``sqrt`` and ``/`` approximately (measured: 17% / 30% of results differ from
+  IEEE on an H100), XLA:CPU exactly, Triton either way: an IEEE-only formula is the one that gives the
+  same bits everywhere. Bit-trick start, then Newton steps y <- y * (1.5 - ((y v) y) / 2); within 2 ulp of
+  1/sqrt(v) for normal v (73% exact); +Inf -> 0, 0 -> +Inf, NaN -> NaN. (v is ms + eps: keep eps >= 2^-126.)
+  """
+  v = v.astype(jnp.float32)
+  y = lax.bitcast_convert_type(_RSQRT_MAGIC - (lax.bitcast_convert_type(v, jnp.int32) >> 1), jnp.float32)
+  for _ in range(RSQRT_ITERS):
+    t = arith.mul(arith.mul(y, v), y)  # (y v) y ~ 1: no intermediate leaves the normal range
+    y = y * (jnp.float32(1.5) - t * jnp.float32(0.5))  # t/2 is exact: an FMA could not change it
+  y = jnp.where(v == jnp.inf, jnp.float32(0.0), y)
+  return jnp.where(v == 0, jnp.float32(jnp.inf), y)
+
+
 def rms_inv_from_tile(xb: jax.Array, n: int, eps: float, arith: _Arith, exact_squares: bool) -> jax.Array:
   """1 / sqrt(mean(x^2) + eps) per row of a blocked float32 tile (zeros in the padding); shape (...,)."""
   sq = xb * xb if exact_squares else arith.mul(xb, xb)
-  ms = arith.mul(tile_sum(sq), _recip(n))
-  return arith.div(jnp.float32(1.0), arith.sqrt(ms + jnp.float32(eps)))
+  ms = arith.mul(tile_sum(sq, arith.pair), _recip(n))
+  return rsqrt_det(ms + jnp.float32(eps), arith)
 
 
 def mx_inv_from_tile(xb: jax.Array, nb: int, eps: float, p: int, c: float, arith: _Arith) -> jax.Array:
   """MXNorm: 1 / sqrt(rms_est^2 + eps) per row from the block absmax of a blocked float32 tile."""
   amax = block_amax(xb)  # (..., nb_pow2); padding blocks are 0
   if p == 2:
-    m = arith.mul(tree_sum_last(arith.mul(amax, amax)), _recip(nb))
+    m = arith.mul(tree_sum_last(arith.mul(amax, amax), arith.pair), _recip(nb))
     ms = arith.mul(jnp.float32(c * c), m)
   elif p == 1:
-    m = arith.mul(tree_sum_last(amax), _recip(nb))
+    m = arith.mul(tree_sum_last(amax, arith.pair), _recip(nb))
     t = m * jnp.float32(c)
     ms = arith.mul(t, t)
   else:
     raise ValueError(f"p must be 1 or 2; got {p!r}")
-  return arith.div(jnp.float32(1.0), arith.sqrt(ms + jnp.float32(eps)))
+  return rsqrt_det(ms + jnp.float32(eps), arith)
 
 
 def normalize_tile(xb: jax.Array, inv: jax.Array, gain: jax.Array | None) -> jax.Array:
@@ -205,7 +243,7 @@ def rms_bwd_tile(xb, gain, dyb, inv, n: int, arith: _Arith):
   h = g * dy, c = mean(h * x).
   """
   h = dyb if gain is None else arith.mul(gain, dyb)
-  c = arith.mul(tile_sum(arith.mul(h, xb)), _recip(n))
+  c = arith.mul(tile_sum(arith.mul(h, xb), arith.pair), _recip(n))
   k = arith.mul(inv * inv, c)[..., None, None]
   dx = inv[..., None, None] * (h - arith.mul(xb, jnp.broadcast_to(k, xb.shape)))
   dg = arith.mul(dyb, xb * inv[..., None, None])  # summed over rows afterwards
@@ -270,14 +308,18 @@ def _resolve(impl):
   return _dispatch.resolve_impl(impl)
 
 
-def _norm_fwd_values(x, gain, eps, kind, p, bs, impl):
-  """(y float32 with x's shape, inv (R,)) by the chosen implementation."""
+def _key(impl):
+  from kernels import _dispatch
+  return _dispatch.impl_key(impl)
+
+
+def _norm_fwd_values(x, gain, eps, kind, p, bs, impl, out_dtype):
+  """(y in out_dtype with x's shape, inv (R,)) by the chosen implementation."""
   if _resolve(impl) == "pallas":
     from kernels import norm_quantize as kn
-    y, inv = kn.norm_pallas(x, gain, eps=eps, kind=kind, p=p, block_size=bs, out_dtype=jnp.float32)
-    return y, inv
+    return kn.norm_pallas(x, gain, eps=eps, kind=kind, p=p, block_size=bs, out_dtype=out_dtype)
   y, inv = _xla_norm_f32(x, gain, eps, kind, p, bs)
-  return y.reshape(x.shape), inv
+  return y.reshape(x.shape).astype(out_dtype), inv
 
 
 # ----- RMSNorm with an explicit backward (same formula for the XLA path and the kernel) -----
@@ -285,13 +327,12 @@ def _norm_fwd_values(x, gain, eps, kind, p, bs, impl):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _rms_norm(x, gain, eps, out_dtype, impl):
-  y, _ = _norm_fwd_values(x, gain, eps, "rms", 2, _TREE_BLOCK, impl)
-  return y.astype(out_dtype)
+  return _norm_fwd_values(x, gain, eps, "rms", 2, _TREE_BLOCK, impl, out_dtype)[0]
 
 
 def _rms_norm_fwd(x, gain, eps, out_dtype, impl):
-  y, inv = _norm_fwd_values(x, gain, eps, "rms", 2, _TREE_BLOCK, impl)
-  return y.astype(out_dtype), (x, gain, inv)
+  y, inv = _norm_fwd_values(x, gain, eps, "rms", 2, _TREE_BLOCK, impl, out_dtype)
+  return y, (x, gain, inv)
 
 
 def _rms_norm_bwd(eps, out_dtype, impl, res, dy):
@@ -304,7 +345,11 @@ _rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 
 
 def rms_norm_bwd(x, gain, inv, dy, *, impl="auto"):
-  """RMSNorm backward: (dx in x.dtype, dgain float32 (n,)) from the saved per-row inverse RMS ``inv``."""
+  """RMSNorm backward: (dx in x.dtype, dgain float32 (n,)) from the saved per-row inverse RMS ``inv``.
+
+  dgain's summation order over rows (the same in the kernel): rows split into ``bwd_groups(R)`` contiguous
+  groups of C rows (zero-padded), each summed sequentially in row order, then a pairwise tree over groups.
+  """
   if _resolve(impl) == "pallas":
     from kernels import norm_quantize as kn
     return kn.rms_norm_bwd_pallas(x, gain, inv, dy)
@@ -318,17 +363,28 @@ def rms_norm_bwd(x, gain, inv, dy, *, impl="auto"):
   dx, dg = rms_bwd_tile(xb, gb, dyb, inv, n, arith)
   dx = dx.reshape(dx.shape[0], -1)[:, :n].reshape(x.shape).astype(x.dtype)
   dg = dg.reshape(dg.shape[0], -1)[:, :n]
-  dg = dgain_tree(dg)
-  return dx, dg
+  return dx, dgain_groups(dg)
 
 
-def dgain_tree(dg_rows: jax.Array) -> jax.Array:
-  """Sum (R, n) float32 per-row gain gradients over rows with the pairwise tree (zero-padded to 2^k rows)."""
-  r = dg_rows.shape[0]
-  rp = next_pow2(r)
-  if rp != r:
-    dg_rows = jnp.pad(dg_rows, ((0, rp - r), (0, 0)))
-  return tree_sum_last(dg_rows.T)
+BWD_MAX_GROUPS = 256
+
+
+def bwd_groups(r: int) -> tuple[int, int]:
+  """(groups G, rows per group C) of the backward's gain-gradient sum; both powers of two, G * C >= r."""
+  g = min(BWD_MAX_GROUPS, next_pow2(r))
+  return g, next_pow2(-(-r // g))
+
+
+def dgain_groups(dg_rows: jax.Array) -> jax.Array:
+  """Sum (R, n) float32 per-row gain gradients: sequentially within each of G groups of C rows, then a
+  pairwise tree over the groups (see ``rms_norm_bwd``)."""
+  r, n = dg_rows.shape
+  g, c = bwd_groups(r)
+  if g * c != r:
+    dg_rows = jnp.pad(dg_rows, ((0, g * c - r), (0, 0)))
+  grouped = jnp.swapaxes(dg_rows.reshape(g, c, n), 0, 1)  # (C, G, n)
+  acc = lax.scan(lambda a, row: (a + row, None), jnp.zeros((g, n), jnp.float32), grouped)[0]
+  return tree_sum_last(acc.T)
 
 
 def rms_norm(x, scale=None, eps: float = 1e-6, *, out_dtype=None, impl: str = "auto"):
@@ -341,7 +397,10 @@ def rms_norm(x, scale=None, eps: float = 1e-6, *, out_dtype=None, impl: str = "a
   x = _check_x(x)
   scale = _check_gain(scale, x.shape[-1])
   out_dtype = jnp.dtype(out_dtype or x.dtype)
-  return _rms_norm(x, scale, float(eps), out_dtype, impl)
+  return _rms_norm_jit(x, scale, float(eps), out_dtype, _key(impl))
+
+
+_rms_norm_jit = jax.jit(_rms_norm, static_argnums=(2, 3, 4))
 
 
 # ----- MXNorm -----
@@ -366,8 +425,7 @@ def _mx_norm_diff(x, gain, eps, p, bs):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
 def _mx_norm(x, gain, eps, p, bs, out_dtype, impl):
-  y, _ = _norm_fwd_values(x, gain, eps, "mx", p, bs, impl)
-  return y.astype(out_dtype)
+  return _norm_fwd_values(x, gain, eps, "mx", p, bs, impl, out_dtype)[0]
 
 
 def _mx_norm_fwd(x, gain, eps, p, bs, out_dtype, impl):
@@ -407,7 +465,10 @@ def mx_norm(x, scale=None, eps: float = 1e-6, fmt: str = "mxfp8_e4m3", p: int = 
   if p not in (1, 2):
     raise ValueError(f"p must be 1 or 2; got {p!r}")
   out_dtype = jnp.dtype(out_dtype or x.dtype)
-  return _mx_norm(x, scale, float(eps), int(p), bs, out_dtype, impl)
+  return _mx_norm_jit(x, scale, float(eps), int(p), bs, out_dtype, _key(impl))
+
+
+_mx_norm_jit = jax.jit(_mx_norm, static_argnums=(2, 3, 4, 5, 6))
 
 
 def rms_estimate(x, p: int = 2, block_size: int = 32) -> jax.Array:
@@ -467,6 +528,15 @@ def _norm_quantize(x, gain, fmt, eps, kind, p, block_size, scale_mode, rounding,
   if kind == "mx" and p not in (1, 2):
     raise ValueError(f"p must be 1 or 2; got {p!r}")
   nbs = bs if kind == "mx" else _TREE_BLOCK
+  idt = None if intermediate_dtype is None else jnp.dtype(intermediate_dtype)
+  return _norm_quantize_jit(x, gain, key, f.name, float(eps), kind, int(p), nbs, bs, scale_mode, rounding, idt,
+                            _key(impl))
+
+
+@functools.partial(jax.jit, static_argnums=tuple(range(3, 13)))
+def _norm_quantize_jit(x, gain, key, fmt, eps, kind, p, nbs, bs, scale_mode, rounding, intermediate_dtype,
+                       impl):
+  f = get_format(fmt)
   if _resolve(impl) == "pallas":
     from kernels import norm_quantize as kn
     return kn.norm_quantize_pallas(x, gain, f.name, eps=float(eps), kind=kind, p=p, norm_block=nbs,
@@ -531,6 +601,7 @@ def _fake_norm_q_bwd(opts, res, dy):
 
 
 _fake_norm_q.defvjp(_fake_norm_q_fwd, _fake_norm_q_bwd)
+_fake_norm_q_jit = jax.jit(_fake_norm_q, static_argnums=(3,))
 
 
 def _fake(kind, x, gain, fmt, eps, p, block_size, scale_mode, rounding, key, intermediate_dtype, out_dtype,
@@ -538,10 +609,11 @@ def _fake(kind, x, gain, fmt, eps, p, block_size, scale_mode, rounding, key, int
   x = _check_x(x)
   gain = _check_gain(gain, x.shape[-1])
   _quant_opts(fmt, block_size, scale_mode, rounding, key)  # validate eagerly
+  idt = None if intermediate_dtype is None else jnp.dtype(intermediate_dtype)
   opts = dict(kind=kind, fmt=get_format(fmt).name, eps=float(eps), p=int(p), block_size=block_size,
-              scale_mode=scale_mode, rounding=rounding, intermediate_dtype=intermediate_dtype,
-              out_dtype=jnp.dtype(out_dtype or x.dtype), impl=impl)
-  return _fake_norm_q(x, gain, key, tuple(sorted(opts.items())))
+              scale_mode=scale_mode, rounding=rounding, intermediate_dtype=idt,
+              out_dtype=jnp.dtype(out_dtype or x.dtype), impl=_key(impl))
+  return _fake_norm_q_jit(x, gain, key, tuple(sorted(opts.items())))
 
 
 def rms_norm_fake_quantize(x, gain=None, fmt: str = "mxfp8_e4m3", eps: float = 1e-6, *, block_size=None,

@@ -41,7 +41,7 @@ def _recipes():
     import mx_jax
 
     have = set(getattr(mx_jax, "RECIPES", ()))
-    return [r for r in ("mxfp8", "nvfp4") if r in have]
+    return [r for r in ("mxfp8",) if r in have]
 
 
 def test_bf16_loss_decreases(ds):
@@ -73,31 +73,11 @@ def test_exact_resume_with_delayed_scaling_state(ds, tmp_path):
     np.testing.assert_array_equal(_losses(rest), _losses(full))
     np.testing.assert_array_equal([r["grad_norm"] for r in rest["rows"]], [r["grad_norm"] for r in full["rows"]])
     assert rest["final_train_loss"] == full["final_train_loss"]
+    for a, b in zip(jax.tree.leaves(rest["state"]), jax.tree.leaves(full["state"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    if recipe == "fp8_delayed":  # the '_overwrite_with_gradient' gradient replaced the state: histories filled
+        from experiments.gpt.model import OWG
 
-
-def test_overwrite_with_gradient_state_updates(ds):
-    """Delayed-scaling state: the collection's 'gradient' replaces it (amax history fills, scales move)."""
-    import mx_jax
-
-    if "fp8_delayed" not in getattr(mx_jax, "RECIPES", ()):
-        pytest.skip("mx_jax has no fp8_delayed recipe")
-    from experiments.gpt.model import OWG
-    from experiments.gpt.train import build_model, init_variables, make_config, make_optimizer, make_steps
-    from experiments.data import get_batch
-
-    cfg = make_config("tiny", **{**TINY, "recipe": "fp8_delayed"})
-    model, _ = build_model(cfg, ds.tokenizer.vocab_size, probes=False)
-    x, y = get_batch(ds.train, 0, 0, cfg.batch, cfg.seq)
-    v = init_variables(model, 0, x)
-    tx, sched = make_optimizer(cfg)
-    state = {"step": jax.numpy.zeros((), "int32"), "params": v["params"], "opt_state": tx.init(v["params"]),
-             "colls": {OWG: v[OWG]}}
-    before = jax.tree.map(np.asarray, v[OWG])
-    step, _ = make_steps(model, tx, sched, None)
-    for i in range(2):
-        state, m = step(state, *get_batch(ds.train, 0, i, cfg.batch, cfg.seq))
-    after = jax.device_get(state["colls"][OWG])
-    hist = [a for p, a in jax.tree_util.tree_flatten_with_path(after)[0] if "amax_history" in jax.tree_util.keystr(p)]
-    assert hist and all((h[..., :2] > 0).all() for h in hist)       # two amaxes pushed per tensor
-    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before, after)
-    assert any(jax.tree.leaves(changed))
+        owg = jax.tree_util.tree_flatten_with_path(jax.device_get(full["state"]["colls"][OWG]))[0]
+        hist = [a for p, a in owg if "amax_history" in jax.tree_util.keystr(p)]
+        assert hist and all((h[..., :10] > 0).all() for h in hist)   # one amax pushed per step, 10 steps

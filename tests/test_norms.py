@@ -30,15 +30,15 @@ def test_mxnorm_constant_matches_integral(p, k):
 
 def test_estimator_is_unbiased_on_gaussian_rows():
   key = jax.random.key(3)
-  x = jax.random.normal(key, (2048, 2048)) * 3.0
-  amax = jnp.max(jnp.abs(x.reshape(2048, 64, 32)), axis=-1)
+  x = jax.random.normal(key, (1024, 2048)) * 3.0
+  amax = jnp.max(jnp.abs(x.reshape(1024, 64, 32)), axis=-1)
   ms_est = norms.MXNORM_C[(2, 32)] ** 2 * jnp.mean(amax ** 2)
-  assert abs(float(ms_est) / 9.0 - 1) < 2e-3  # c_2^2 mean(A^2) is unbiased for sigma^2
+  assert abs(float(ms_est) / 9.0 - 1) < 3e-3  # c_2^2 mean(A^2) is unbiased for sigma^2
   rms1 = norms.MXNORM_C[(1, 32)] * jnp.mean(amax)
-  assert abs(float(rms1) / 3.0 - 1) < 2e-3  # c_1 mean(A) is unbiased for sigma
+  assert abs(float(rms1) / 3.0 - 1) < 3e-3  # c_1 mean(A) is unbiased for sigma
   for p in (1, 2):
-    err = norms.mx_norm_estimator_error(p=p, rows=1024, n=4096)
-    assert abs(err["mean"]) < 5e-3 and 0 < err["std"] < 0.1 and err["rows"] == 1024
+    err = norms.mx_norm_estimator_error(p=p, rows=256, n=2048)
+    assert abs(err["mean"]) < 1e-2 and 0 < err["std"] < 0.1 and err["rows"] == 256
   # the hook for real activations: any array, rows on the last axis
   err = norms.mx_norm_estimator_error(rand((4, 8, 256)), p=2)
   assert err["rows"] == 32 and np.isfinite(err["rmse"])
@@ -111,9 +111,13 @@ def test_rms_norm_gradient_matches_autodiff_of_flax_formula():
 def test_deterministic_eager_jit_vmap():
   x = rand((6, 200), seed=10)
   g = jnp.linspace(0.5, 1.5, 200)
-  for fn in (lambda x: norms.rms_norm(x, g), lambda x: norms.mx_norm(x, g, p=1)):
-    assert bits_equal(fn(x), jax.jit(fn)(x))
-    assert bits_equal(fn(x), jax.vmap(fn)(x[:, None])[:, 0])
+  # op by op, jitted (XLA fuses and would contract a*b+c into an FMA) and vmapped: the same bits
+  for kind, p in (("rms", 2), ("mx", 1), ("mx", 2)):
+    fn = lambda x: norms._xla_norm_f32(x, g, 1e-6, kind, p, 32)[0]
+    ref = fn(x)
+    assert bits_equal(ref, jax.jit(fn)(x))
+    assert bits_equal(ref, jax.vmap(fn)(x[:, None])[:, 0])
+  assert bits_equal(norms.rms_norm(x, g), jax.vmap(lambda r: norms.rms_norm(r, g))(x))
   # the fused XLA path is exactly quantize(norm in float32)
   q = norms.rms_norm_quantize(x, g, "mxfp8_e4m3", impl="xla")
   q2 = mx_jax.quantize(norms.rms_norm(x, g, out_dtype=jnp.float32), "mxfp8_e4m3")

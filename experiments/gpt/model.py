@@ -92,15 +92,12 @@ def _norm_fmt(rec) -> str | None:
     return fmt if fmt and (fmt.startswith("mx") or fmt == "nvfp4") else None
 
 
-def quant_for_recipe(name: str, telemetry: bool = False, gemm_dtype: str | None = "auto") -> Quant:
+def quant_for_recipe(name: str, telemetry: bool = False) -> Quant:
     """Resolves a recipe name ("fp32", "bf16", "fp8_current", "fp8_delayed", "mxfp8", ...) to a ``Quant``.
 
     Uses ``mx_jax.recipe`` / ``mx_jax.dot_general``; stateful recipes (delayed scaling, telemetry) use
     ``mx_jax.flax.MxDotGeneral`` when it exists, else a local module with the same collection layout.
     Without ``mx_jax.recipe`` (older checkout) only "fp32" / "bf16" resolve (plain ``lax.dot_general``).
-    ``gemm_dtype`` overrides ``Recipe.compute_dtype`` of quantized recipes; "auto" picks float32 on CPU, where
-    XLA's DotThunk rejects some bf16 x bf16 -> f32 GEMMs (the transposed wgrad), and keeps the recipe's
-    otherwise. Quantized values are exact in bf16 and accumulation is FP32 either way, so results match.
     """
     import mx_jax
 
@@ -109,10 +106,6 @@ def quant_for_recipe(name: str, telemetry: bool = False, gemm_dtype: str | None 
             raise ValueError(f"recipe {name!r} needs mx_jax.recipe, which this checkout lacks")
         return Quant(name, compute_dtype=jnp.float32 if name == "fp32" else jnp.bfloat16)
     rec = mx_jax.recipe(name, telemetry=telemetry and name not in ("fp32", "bf16"))
-    if gemm_dtype == "auto":
-        gemm_dtype = "float32" if jax.default_backend() == "cpu" else None
-    if gemm_dtype and not rec.is_noop:
-        rec = rec.replace(compute_dtype=gemm_dtype)
     act = jnp.float32 if name == "fp32" else jnp.bfloat16  # activations' dtype (not the GEMM's)
     common = dict(name=name, compute_dtype=act, norm_fmt=_norm_fmt(rec), recipe=rec)
     if rec.is_noop:

@@ -81,12 +81,12 @@ def scale_trajectories(tele: list[dict], path, title: str = "") -> None:
         return
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
     kinds: dict[str, tuple] = {}
-    cmap = plt.get_cmap("tab10")
+    cmap = plt.get_cmap("tab20")
     for ax, (cat, label) in zip(axes.ravel(), CATEGORIES):
         steps, ser = _series(tele, cat)
         for n, y in ser.items():
             k = _kind(n)
-            c = kinds.setdefault(k, cmap(len(kinds) % 10))
+            c = kinds.setdefault(k, cmap(2 * len(kinds) % 20 + (len(kinds) >= 10)))
             ax.plot(steps, y, color=c, lw=0.8, alpha=0.8)
         ax.set_title(f"{label} ({len(ser)} tensors)", fontsize=10)
         ax.set_ylabel("log2 max|x|")
@@ -104,6 +104,8 @@ def scale_trajectories(tele: list[dict], path, title: str = "") -> None:
 
 def scale_histograms(tele: list[dict], path, title: str = "") -> bool:
     """Heatmaps (step × scale exponent) of the recipe's telemetry, summed over layers, for each operand.
+    All-zero blocks (E8M0 byte 0, e.g. causally masked attention probabilities) are left out of the map and
+    reported as a fraction in the title, with the mean fraction of saturated elements.
 
     Returns False (and writes nothing) when the records carry no recipe telemetry."""
     recs = [t for t in tele if t.get("recipe")]
@@ -111,7 +113,7 @@ def scale_histograms(tele: list[dict], path, title: str = "") -> bool:
         return False
     ops = sorted({n.rsplit("telemetry_", 1)[-1].split("[")[0] for t in recs for n in t["recipe"]})
     fig, axes = plt.subplots(2, math.ceil(len(ops) / 2), figsize=(4 * math.ceil(len(ops) / 2), 7), squeeze=False)
-    lo, hi = 0, -200
+    lo, hi = 200, -200
     grids = {}
     for op in ops:
         g = []
@@ -124,19 +126,23 @@ def scale_histograms(tele: list[dict], path, title: str = "") -> bool:
                 sat.append(r["sat"])
                 for e, f in r["hist"].items():
                     h[int(e)] = h.get(int(e), 0.0) + f
-            g.append((h, float(np.mean(sat)) if sat else 0.0))
-            if h:
-                lo, hi = min(lo, min(h)), max(hi, max(h))
+            zero = h.pop(-127, 0.0) / max(sum(h.values()) + h.get(-127, 0.0), 1e-12)  # all-zero blocks
+            g.append((h, float(np.mean(sat)) if sat else 0.0, zero))
+            total = sum(h.values())
+            seen = [e for e, f in h.items() if f > 1e-3 * total]  # the range holding ~all the mass
+            if seen:
+                lo, hi = min(lo, min(seen)), max(hi, max(seen))
         grids[op] = g
     exps = np.arange(lo, hi + 1)
     steps = [t["step"] for t in recs]
     for ax, op in zip(axes.ravel(), ops):
-        m = np.array([[h.get(int(e), 0.0) for e in exps] for h, _ in grids[op]])
+        m = np.array([[h.get(int(e), 0.0) for e in exps] for h, _, _ in grids[op]])
         m = m / np.maximum(m.sum(1, keepdims=True), 1e-12)
         ax.imshow(m.T, aspect="auto", origin="lower", cmap="viridis",
                   extent=(steps[0], steps[-1], exps[0] - 0.5, exps[-1] + 0.5))
-        sat = np.mean([s for _, s in grids[op]])
-        ax.set_title(f"{op}  (mean saturated {100 * sat:.3f}%)", fontsize=9)
+        sat = np.mean([s for _, s, _ in grids[op]])
+        zero = np.mean([z for _, _, z in grids[op]])
+        ax.set_title(f"{op}: saturated {100 * sat:.2f}%, zero blocks {100 * zero:.1f}%", fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("scale exponent (log2)")
     for ax in axes.ravel()[len(ops):]:

@@ -2,7 +2,9 @@
 
     python -m experiments.gpt.recipes_run                         # tiny: all recipes, 2 CPU workers, ≤ 5 min
     python -m experiments.gpt.recipes_run --config gpu --workers 1  # ~25M params on one H100
-    python -m experiments.gpt.recipes_run --recipes bf16,mxfp8 --no_mxnorm --steps 50
+    python -m experiments.gpt.recipes_run --recipes bf16,mxfp8 --nomxnorm --steps 50
+    python -m experiments.gpt.recipes_run --config gpu --workers 1 --recipes nvfp4 --norms mx   # one chunk
+    python -m experiments.gpt.recipes_run --config gpu --aggregate     # tables/plots from all finished runs
 
 Runs fp32, bf16, fp8_current, fp8_delayed, mxfp8, mxfp6, mxfp4_weights, nvfp4, and each MX recipe
 (mxfp8, mxfp6, mxfp4_weights, nvfp4) again with MXNorm. Run folders (metrics, telemetry, checkpoints) go
@@ -26,9 +28,9 @@ MX_RECIPES = ("mxfp8", "mxfp6", "mxfp4_weights", "nvfp4")
 SCALE_PLOTS = ("fp32", "bf16", "fp8_delayed", "mxfp8", "nvfp4")
 
 
-def run_list(recipes, mxnorm: bool) -> list[tuple[str, str]]:
-    runs = [(r, "rms") for r in recipes]
-    return runs + ([(r, "mx") for r in recipes if r in MX_RECIPES] if mxnorm else [])
+def run_list(recipes, mxnorm: bool = True, norms=("rms", "mx")) -> list[tuple[str, str]]:
+    runs = [(r, "rms") for r in recipes] if "rms" in norms else []
+    return runs + ([(r, "mx") for r in recipes if r in MX_RECIPES] if mxnorm and "mx" in norms else [])
 
 
 def label(recipe: str, norm: str) -> str:
@@ -48,18 +50,19 @@ def _worker(kw: dict) -> dict:
     if _DS is None:
         _DS = load_shakespeare(cfg.tokenizer)
     s = train(cfg, _DS)
-    return {k: v for k, v in s.items() if k not in ("rows", "telemetry")}
+    return {k: v for k, v in s.items() if k not in ("rows", "telemetry", "state")}
 
 
 def run_all(config: str = "tiny", recipes=RECIPES, mxnorm: bool = True, workers: int = 2,
-            runs_dir=None, results_dir=None, telemetry_recipes=(), cache_dir=None, **overrides) -> dict:
+            runs_dir=None, results_dir=None, telemetry_recipes=(), cache_dir=None, norms=("rms", "mx"),
+            **overrides) -> dict:
     """Trains every (recipe, norm) pair and writes the comparison; returns {label: summary}."""
     t0 = time.time()
     runs_dir = Path(runs_dir or f"runs/gpt_{config}")
     results_dir = Path(results_dir or f"results/gpt_{config}")
     results_dir.mkdir(parents=True, exist_ok=True)
     jobs = []
-    for r, n in run_list(recipes, mxnorm):
+    for r, n in run_list(recipes, mxnorm, norms):
         jobs.append(dict(config=config, recipe=r, norm=n, out_dir=str(runs_dir / f"{r}_{n}"), overwrite=True,
                          progress=workers <= 1, recipe_telemetry=r in telemetry_recipes, **overrides))
     if cache_dir:  # persistent XLA cache: re-runs skip compilation (the first run is what the budget counts)
@@ -78,12 +81,29 @@ def run_all(config: str = "tiny", recipes=RECIPES, mxnorm: bool = True, workers:
                 s = summaries[k]
                 print(f"{k:24s} val {s['final_val_loss']:.4f}  wall {s['wall_s']:.0f}s  "
                       f"compile {s['compile_s']:.0f}s", flush=True)
-    summaries = {label(r, n): summaries[label(r, n)] for r, n in run_list(recipes, mxnorm)}
+    summaries = {label(r, n): summaries[label(r, n)] for r, n in run_list(recipes, mxnorm, norms)}
     write_results(summaries, runs_dir, results_dir, config, time.time() - t0)
     return summaries
 
 
-def write_results(summaries: dict, runs_dir: Path, results_dir: Path, config: str, total_s: float) -> None:
+def aggregate(config: str = "tiny", runs_dir=None, results_dir=None) -> dict:
+    """Rebuilds the comparison from every finished run folder in runs_dir (runs made in several chunks,
+    e.g. one device call per recipe on the GPU), in the canonical recipe order."""
+    runs_dir = Path(runs_dir or f"runs/gpt_{config}")
+    results_dir = Path(results_dir or f"results/gpt_{config}")
+    results_dir.mkdir(parents=True, exist_ok=True)
+    summaries = {}
+    for r, n in run_list(RECIPES):
+        f = runs_dir / f"{r}_{n}" / "summary.json"
+        if f.is_file():
+            summaries[label(r, n)] = json.loads(f.read_text())
+    if not summaries:
+        raise FileNotFoundError(f"no finished runs (summary.json) under {runs_dir}")
+    write_results(summaries, runs_dir, results_dir, config, None)
+    return summaries
+
+
+def write_results(summaries: dict, runs_dir: Path, results_dir: Path, config: str, total_s: float | None) -> None:
     from experiments.gpt import plots
     from experiments.gpt.train import read_metrics
 
@@ -95,7 +115,7 @@ def write_results(summaries: dict, runs_dir: Path, results_dir: Path, config: st
             if (d / "telemetry.jsonl").is_file() else []
     ref = summaries.get("fp32", {}).get("final_val_loss")
     cols = ["run", "recipe", "norm", "final_val_loss", "gap_to_fp32_pct", "final_train_loss", "tokens_per_s",
-            "compile_s", "wall_s", "params", "dot_source", "norm_impl"]
+            "compile_s", "wall_s", "params", "dot_source", "norm_impl", "backend"]
     table = []
     for k, s in summaries.items():
         v = s["final_val_loss"]
@@ -104,7 +124,7 @@ def write_results(summaries: dict, runs_dir: Path, results_dir: Path, config: st
                       "final_train_loss": round(s["final_train_loss"], 4),
                       "tokens_per_s": round(s["tokens_per_s"] or 0), "compile_s": round(s["compile_s"], 1),
                       "wall_s": round(s["wall_s"], 1), "params": s["params"], "dot_source": s["dot_source"],
-                      "norm_impl": s["norm_impl"]})
+                      "norm_impl": s["norm_impl"], "backend": s["backend"]})
     with open(results_dir / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, cols)
         w.writeheader()
@@ -121,7 +141,8 @@ def write_results(summaries: dict, runs_dir: Path, results_dir: Path, config: st
           f"{any_cfg['n_layers']} layers × d_model {any_cfg['d_model']}, {any_cfg['n_heads']} heads, "
           f"{next(iter(summaries.values()))['params']:,} params, {any_cfg['steps']} steps of "
           f"{any_cfg['batch']}×{any_cfg['seq']} tokens ({any_cfg['tokenizer']}), seed {any_cfg['seed']}, "
-          f"backend {next(iter(summaries.values()))['backend']}; total wall {total_s:.0f} s.", "",
+          f"backend {next(iter(summaries.values()))['backend']}; "
+          + (f"total wall {total_s:.0f} s." if total_s else f"aggregated from the runs in {runs_dir}."), "",
           "| run | final val loss | gap to fp32 | final train loss | tokens/s | compile s | wall s |",
           "|---|---:|---:|---:|---:|---:|---:|"]
     for t in table:
@@ -131,6 +152,8 @@ def write_results(summaries: dict, runs_dir: Path, results_dir: Path, config: st
                   f"{t['tokens_per_s']:,} | {t['compile_s']} | {t['wall_s']} |")
     md += ["", "Val loss: mean cross-entropy (nats/char) on fixed windows spread over the held-out plays; "
            "train loss: mean of the last 10% of logged steps. ![loss curves](loss_curves.png)", ""]
+    for old in [*results_dir.glob("scales_*.png"), *results_dir.glob("recipe_scales_*.png")]:
+        old.unlink()  # plots of an earlier comparison
     plots.loss_curves(metrics, results_dir / "loss_curves.png", f"GPT/{config}: loss by recipe")
     for k, tele in teles.items():
         if k.split("+")[0] in SCALE_PLOTS and "+" not in k and tele:
@@ -150,8 +173,12 @@ def main(argv):
     over = {k: getattr(f, k) for k in ("steps", "seed") if getattr(f, k) is not None}
     t = f.telemetry or ("all" if f.config == "gpu" else "none")  # recipe telemetry is costly on CPU
     tel = () if t == "none" else (recipes if t == "all" else tuple(t.split(",")))
+    if f.aggregate:
+        aggregate(f.config, f.runs_dir, f.results_dir)
+        return
     run_all(f.config, recipes, mxnorm=f.mxnorm, workers=f.workers, runs_dir=f.runs_dir,
-            results_dir=f.results_dir, telemetry_recipes=tel, cache_dir=f.cache_dir, **over)
+            results_dir=f.results_dir, telemetry_recipes=tel, cache_dir=f.cache_dir,
+            norms=tuple(f.norms.split(",")), **over)
 
 
 if __name__ == "__main__":
@@ -160,6 +187,8 @@ if __name__ == "__main__":
     flags.DEFINE_enum("config", "tiny", ["tiny", "gpu"], "size preset (see train.CONFIGS)")
     flags.DEFINE_string("recipes", None, "comma-separated recipes (default: all eight)")
     flags.DEFINE_bool("mxnorm", True, "also run each MX recipe with MXNorm")
+    flags.DEFINE_string("norms", "rms,mx", "which norms to run: rms | mx | rms,mx (mx: MX recipes only)")
+    flags.DEFINE_bool("aggregate", False, "only rebuild results/ from the finished runs in runs_dir")
     flags.DEFINE_integer("workers", 2, "parallel worker processes (CPU: 2; GPU: 1)")
     flags.DEFINE_integer("steps", None, "override the preset's steps")
     flags.DEFINE_integer("seed", None, "override the seed")

@@ -1,0 +1,208 @@
+"""Block-scaled matmul on quantized operands: the MX spec's DotGeneral, plus a weight-only variant.
+
+``mx_matmul(a, b)``: a (M, K) and b (N, K) QArrays, both quantized along K (axis 1; "NT" layout, B K-major
+as FP8 GEMMs want it). Result (M, N) = sum over 32-blocks kb of (a_kb . b_kb) * scale_a[m, kb] *
+scale_b[n, kb], accumulated in FP32, returned in ``out_dtype``. Mixed formats are allowed.
+
+``impl``:
+  "xla"       both operands dequantized to float32 and contracted with precision=HIGHEST (the reference,
+              and the fallback on CPU/TPU or for formats the kernels don't take).
+  "mgpu"      the Hopper Pallas/Mosaic GPU kernels (kernels/mx_matmul_mgpu.py); the design (FP8 wgmma with
+              per-block promotion, or dequantize-to-bf16 wgmma) is picked per shape and format.
+  "mgpu_fp8" / "mgpu_bf16"   force one design.
+  "auto"      "mgpu" on an H100/H200 when the formats are supported, else "xla".
+``interpret=True`` runs the Pallas kernels in Mosaic GPU's CPU interpreter (tests).
+
+``mx_dot_general(lhs, rhs, dimension_numbers)``: lax.dot_general's contract on QArrays: one contracting dim
+per side, which must be each operand's quantized axis; batch dims allowed. Output dims are
+(batch..., lhs free..., rhs free...). Kernel paths move the batch / free dims into (B, M, K) x (B, N, K).
+
+``mx_weight_only_matmul(x, w)``: x (..., K) in bf16/float, w a (N, K) QArray (MXFP8/MXFP6/MXFP4/MXINT8 or
+NVFP4) or a ``prepare_weight_only(w)`` result (re-laid out once for the kernel: do this for inference).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from mx_jax.qarray import QArray
+from mx_jax.quantize import dequantize
+
+IMPLS = ("auto", "xla", "mgpu", "mgpu_fp8", "mgpu_bf16")
+WO_IMPLS = ("auto", "xla", "mgpu")
+
+
+def _glue():
+  from kernels import mx_matmul  # the Pallas kernels are imported only when used
+  return mx_matmul
+
+
+def _check_q(q: Any, name: str) -> QArray:
+  if not isinstance(q, QArray):
+    raise TypeError(f"{name} must be a QArray (mx_jax.quantize(...)); got {type(q).__name__}")
+  return q
+
+
+def _check_impl(impl: str, allowed=IMPLS):
+  if impl not in allowed:
+    raise ValueError(f"impl must be one of {allowed}; got {impl!r}")
+
+
+def _resolve(impl: str, why_not: str | None) -> str:
+  if impl == "auto":
+    return "mgpu" if why_not is None and _glue().on_hopper() else "xla"
+  if impl != "xla" and why_not is not None:
+    raise ValueError(f"impl={impl!r}: the kernels do not take {why_not}; use impl='xla'")
+  return impl
+
+
+def _xla_dot(a: QArray, b: QArray, dimension_numbers, out_dtype):
+  da = dequantize(a, jnp.float32)
+  db = dequantize(b, jnp.float32)
+  out = lax.dot_general(da, db, dimension_numbers, precision=lax.Precision.HIGHEST,
+                        preferred_element_type=jnp.float32)
+  return out.astype(out_dtype)
+
+
+def mx_matmul(a: QArray, b: QArray, *, out_dtype: Any = jnp.bfloat16, impl: str = "auto",
+              config: Any = None, interpret: bool = False) -> jax.Array:
+  """(M, N) = a (M, K) . b (N, K)^T on MX operands quantized along K; FP32 accumulation.
+
+  ``config``: a ``kernels.mx_matmul_mgpu.GemmConfig`` to override the tile choice (kernel impls only).
+  """
+  a, b = _check_q(a, "a"), _check_q(b, "b")
+  _check_impl(impl)
+  if a.ndim != 2 or b.ndim != 2:
+    raise ValueError(f"mx_matmul takes 2D operands a (M, K), b (N, K); got {a.shape}, {b.shape} "
+                     "(use mx_dot_general for batch dims)")
+  if a.shape[1] != b.shape[1]:
+    raise ValueError(f"contracting dims differ: a {a.shape} vs b {b.shape} (b must be (N, K))")
+  for q, nm in ((a, "a"), (b, "b")):
+    if q.block_size is not None and q.axis != 1:
+      raise ValueError(f"{nm} must be quantized along K (axis=1); got axis={q.axis}")
+  if impl == "xla":
+    return _xla_dot(a, b, (((1,), (1,)), ((), ())), out_dtype)
+  g = _glue()
+  why = g.kernel_supports(a, b)
+  if why is None and a.block_size != b.block_size:
+    why = "operands with different block sizes"
+  impl = _resolve(impl, why)
+  if impl == "xla":
+    return _xla_dot(a, b, (((1,), (1,)), ((), ())), out_dtype)
+  variant = {"mgpu": None, "mgpu_fp8": "fp8", "mgpu_bf16": "bf16"}[impl]
+  if config is not None:
+    variant = config.variant
+  return g.mx_gemm(a, b, out_dtype=out_dtype, variant=variant, config=config, interpret=interpret)
+
+
+def _move_to_bmk(q: QArray, batch: tuple[int, ...], contract: int) -> QArray:
+  """Transposes/reshapes q to (B, F, K): batch dims, then free dims (flattened), then the contracting dim."""
+  free = tuple(d for d in range(q.ndim) if d not in batch and d != contract)
+  perm = batch + free + (contract,)
+  bsz = math.prod(q.shape[d] for d in batch)
+  fsz = math.prod(q.shape[d] for d in free)
+  data = jnp.transpose(q.data, perm)
+  scales = jnp.transpose(q.scales, perm)
+  data = data.reshape((bsz, fsz, data.shape[-1]))
+  scales = scales.reshape((bsz, fsz, scales.shape[-1]))
+  return dataclasses.replace(q, data=data, scales=scales, axis=2, shape=(bsz, fsz, q.shape[contract]))
+
+
+def mx_dot_general(lhs: QArray, rhs: QArray, dimension_numbers, *, out_dtype: Any = jnp.bfloat16,
+                   impl: str = "auto", config: Any = None, interpret: bool = False) -> jax.Array:
+  """lax.dot_general on QArrays: ((lhs_contract, rhs_contract), (lhs_batch, rhs_batch)), one contracting dim
+  each (the operand's quantized axis). Output: (batch..., lhs free..., rhs free...)."""
+  lhs, rhs = _check_q(lhs, "lhs"), _check_q(rhs, "rhs")
+  _check_impl(impl)
+  (lc, rc), (lb, rb) = dimension_numbers
+  lc, rc, lb, rb = tuple(lc), tuple(rc), tuple(lb), tuple(rb)
+  if len(lc) != 1 or len(rc) != 1:
+    raise ValueError(f"exactly one contracting dim per operand is supported; got {lc}, {rc}")
+  if len(lb) != len(rb):
+    raise ValueError(f"batch dims must pair up; got {lb}, {rb}")
+  lc0, rc0 = lc[0] % lhs.ndim, rc[0] % rhs.ndim
+  lb, rb = tuple(d % lhs.ndim for d in lb), tuple(d % rhs.ndim for d in rb)
+  if lhs.shape[lc0] != rhs.shape[rc0]:
+    raise ValueError(f"contracting dims differ: lhs {lhs.shape}[{lc0}] vs rhs {rhs.shape}[{rc0}]")
+  for q, c, nm in ((lhs, lc0, "lhs"), (rhs, rc0, "rhs")):
+    if q.block_size is not None and q.axis != c:
+      raise ValueError(f"{nm} is quantized along axis {q.axis} but contracted along {c}; block-scaled "
+                       "dot products need the contracting dim to be the quantized axis")
+  if any(lhs.shape[i] != rhs.shape[j] for i, j in zip(lb, rb)):
+    raise ValueError(f"batch dims differ: lhs {lhs.shape} {lb} vs rhs {rhs.shape} {rb}")
+  dn = (((lc0,), (rc0,)), (lb, rb))
+  if impl == "xla":
+    return _xla_dot(lhs, rhs, dn, out_dtype)
+  g = _glue()
+  why = g.kernel_supports(lhs, rhs)
+  if why is None and lhs.block_size != rhs.block_size:
+    why = "operands with different block sizes"
+  impl = _resolve(impl, why)
+  if impl == "xla":
+    return _xla_dot(lhs, rhs, dn, out_dtype)
+  lfree = [lhs.shape[d] for d in range(lhs.ndim) if d not in lb and d != lc0]
+  rfree = [rhs.shape[d] for d in range(rhs.ndim) if d not in rb and d != rc0]
+  bshape = [lhs.shape[d] for d in lb]
+  l3 = _move_to_bmk(lhs, lb, lc0)
+  r3 = _move_to_bmk(rhs, rb, rc0)
+
+  def one(l, r):
+    l2 = dataclasses.replace(l3, data=l[0], scales=l[1], axis=1, shape=l3.shape[1:])
+    r2 = dataclasses.replace(r3, data=r[0], scales=r[1], axis=1, shape=r3.shape[1:])
+    return mx_matmul(l2, r2, out_dtype=out_dtype, impl=impl, config=config, interpret=interpret)
+
+  if l3.shape[0] == 1:
+    out = one((l3.data[0], l3.scales[0]), (r3.data[0], r3.scales[0]))[None]
+  else:
+    out = lax.map(lambda lr: one(*lr), ((l3.data, l3.scales), (r3.data, r3.scales)))
+  return out.reshape(tuple(bshape) + tuple(lfree) + tuple(rfree))
+
+
+def prepare_weight_only(w: QArray):
+  """Re-lays out a (N, K) weight QArray once for ``mx_weight_only_matmul``'s kernel (FP4/FP6 in the kernel's
+  byte order, float32 transposed scales). Returns a ``kernels.mx_matmul.PreparedWeight`` pytree."""
+  return _glue().prepare_weight(_check_q(w, "w"))
+
+
+def mx_weight_only_matmul(x: jax.Array, w: Any, *, out_dtype: Any = jnp.bfloat16, impl: str = "auto",
+                          config: Any = None, interpret: bool = False) -> jax.Array:
+  """(..., N) = x (..., K) @ W^T with W a quantized (N, K) weight (QArray or ``prepare_weight_only(w)``).
+
+  The kernel multiplies in bf16 (x is rounded to bf16; dequantized W is exact in bf16 for MX formats) with
+  FP32 accumulation; impl="xla" multiplies x (as given) by W dequantized to float32 at HIGHEST precision.
+  """
+  _check_impl(impl, WO_IMPLS)
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"x must be floating point; got {x.dtype}")
+  prepared = not isinstance(w, QArray)
+  if prepared and not hasattr(w, "elem"):
+    raise TypeError(f"w must be a QArray or a prepare_weight_only(...) result; got {type(w).__name__}")
+  n, k = w.shape
+  if x.shape[-1] != k:
+    raise ValueError(f"x's last dim {x.shape[-1]} does not match the weight's K={k} (w is (N, K))")
+  if not prepared:
+    if w.ndim != 2 or (w.block_size is not None and w.axis != 1):
+      raise ValueError(f"w must be (N, K) quantized along axis 1; got {w!r}")
+  lead = x.shape[:-1]
+  x2 = x.reshape((-1, k))
+  if impl == "xla" or (impl == "auto" and not prepared and _glue().kernel_supports(w) is not None):
+    if prepared:
+      raise ValueError("impl='xla' needs the QArray weight, not a prepared one")
+    wd = dequantize(w, jnp.float32)
+    out = lax.dot_general(x2.astype(jnp.float32), wd, (((1,), (1,)), ((), ())),
+                          precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+    return out.astype(out_dtype).reshape(lead + (n,))
+  g = _glue()
+  if impl == "auto" and not g.on_hopper() and not interpret:
+    if prepared:
+      raise ValueError("a prepared weight needs the Hopper kernel (impl='mgpu' or interpret=True)")
+    return mx_weight_only_matmul(x, w, out_dtype=out_dtype, impl="xla")
+  pw = w if prepared else g.prepare_weight(w)
+  out = g.weight_only_matmul(x2, pw, out_dtype=out_dtype, config=config, interpret=interpret)
+  return out.reshape(lead + (n,))
