@@ -168,7 +168,8 @@ def round_to_elem(x: jax.Array, scale_exp: jax.Array, elem: ElemFormat, rounding
     mag = jnp.where(overflow & ~is_inf, big, mag)
     mag = jnp.where(is_inf, big, mag)
     mag = jnp.where(is_nan, jnp.nan, mag)
-  return jnp.where(neg, -mag, mag)
+  # Sign by an integer OR (a float negate lowers to 0 - mag in some backends and loses -0).
+  return lax.bitcast_convert_type(f32_bits(mag) | (neg.astype(jnp.uint32) << 31), jnp.float32)
 
 
 def storage_dtype(elem: ElemFormat):

@@ -81,7 +81,8 @@ def _compute_c(p: int, k: int, upper: float = 14.0, steps: int = 1 << 16) -> flo
   """c_p = E[M^p]^(-1/p) by composite Simpson in float64 (no scipy needed); ~1e-12 accurate."""
   t = np.linspace(0.0, upper, steps + 1)
   erfc = np.array([math.erfc(v / math.sqrt(2.0)) for v in t])
-  tail = -np.expm1(k * np.log1p(-erfc))  # 1 - erf^k, accurate where erf ~ 1
+  with np.errstate(divide="ignore"):  # log1p(-1) = -inf at t = 0, where 1 - erf^k = 1 exactly
+    tail = -np.expm1(k * np.log1p(-erfc))  # 1 - erf^k, accurate where erf ~ 1
   f = p * t ** (p - 1) * tail
   h = upper / steps
   m = h / 3.0 * (f[0] + f[-1] + 4.0 * f[1:-1:2].sum() + 2.0 * f[2:-1:2].sum())

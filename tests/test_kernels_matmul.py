@@ -150,11 +150,11 @@ def test_dot_general_batch_dims_kernel_and_xla():
 
 
 def test_dot_general_free_dims_fold():
-  a = mx_jax.quantize(_data((3, 5, 64), 16), "mxfp6_e3m2", axis=2)   # two free dims on the left
-  b = mx_jax.quantize(_data((7, 64), 17), "mxfp4_e2m1", axis=1)
+  a = mx_jax.quantize(_data((3, 5, 64), 16), "mxfp8_e5m2", axis=2)   # two free dims on the left
+  b = mx_jax.quantize(_data((7, 64), 17), "mxfp8_e4m3", axis=1)
   dn = (((2,), (1,)), ((), ()))
   ref = np.einsum("ijk,nk->ijn", _f64(a), _f64(b))
-  out = mx_dot_general(a, b, dn, out_dtype=jnp.float32, impl="mgpu_bf16", config=BF16_CFG, interpret=True)
+  out = mx_dot_general(a, b, dn, out_dtype=jnp.float32, impl="mgpu_fp8", config=FP8_CFG, interpret=True)
   assert out.shape == (3, 5, 7) and _rel(out, ref) < RTOL
   assert _rel(mx_dot_general(a, b, dn, out_dtype=jnp.float32, impl="xla"), ref) < RTOL
 

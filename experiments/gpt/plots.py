@@ -13,7 +13,6 @@ and write one PNG (matplotlib, Agg backend).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import matplotlib
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any

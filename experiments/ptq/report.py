@@ -219,13 +219,14 @@ The paper's study uses biases 7-10; glassllm (cheap) is also swept over biases 3
   {min(kls):.4f}-{max(kls):.4f} (GEMM inputs) vs {b(fg, 'tensor', 'gemm', 'kl'):.4f} scaled, and
   {min(klr):.4f}-{max(klr):.4f} vs {b(fg, 'tensor', 'gemm+res', 'kl'):.4f} with the residual; MiniLM mean cosine within
   {dcos:.4f} of the scaled cast at every bias 7-10. Both models keep all matmul inputs and residuals within
-  |x| ≤ {max(rng_m['x_max'], rng_m['res_max'], rng_g['x_max'], rng_g['res_max']):.0f} (MiniLM: GEMM inputs
+  |x| ≤ {max(rng_m['x_max'], rng_m['res_max'], rng_g['x_max'], rng_g['res_max']):.1f} (MiniLM: GEMM inputs
   {rng_m['x_max']:.1f}, residual {rng_m['res_max']:.1f}, weights {rng_m['w_max']:.1f}; glassllm: GEMM inputs
   {rng_g['x_max']:.1f}, residual {rng_g['res_max']:.1f}, weights {rng_g['w_max']:.2f}), below bias 10's max of 56,
-  and E4M3's relative precision is the same at every normal magnitude, so the bias only moves the subnormal floor
+  and E4M3's relative precision is the same at every normal magnitude, so within 7-10 the bias only moves the
+  subnormal floor
   (which {100 * rng_g['w_frac_below_2m6']:.0f} % of glassllm's and {100 * rng_m['w_frac_below_2m6']:.0f} % of
   MiniLM's weights, |w| < 2⁻⁶, sit under at bias 7 — they are small enough to matter little).
-* **The sweep shows the bias dependence the FP8 paper warns about**: too small a bias loses the small weights to
+* **The wider sweep shows the bias dependence of unscaled casts**: too small a bias loses the small weights to
   the subnormal floor (bias 3: KL {b(fg, 'bias3', 'gemm', 'kl'):.3f}, top-1 {b(fg, 'bias3', 'gemm', 'top1'):.2f}), too
   large a bias clips activations (bias 12, max 14: KL {b(fg, 'bias12', 'gemm', 'kl'):.3f}; bias 13, max 7:
   {b(fg, 'bias13', 'gemm', 'kl'):.3f}). Biases {win[0]}-{win[-1]} stay within 25 % of the scaled cast's KL on this
@@ -241,8 +242,8 @@ The paper's study uses biases 7-10; glassllm (cheap) is also swept over biases 3
   (paired 2 s.e. {2 * b(fg, 'tensor', 'gemm+res', 'ppl') * b(fg, 'tensor', 'gemm+res', 'dnll_se'):.2f}).
 * Cross-check of two code paths: "per-tensor scale, GEMM inputs" here (`mx_jax.fake_quantize` in a
   `lax.dot_general` wrapper) gives glassllm KL {b(fg, 'tensor', 'gemm', 'kl'):.4f}, the library recipe path
-  (FP8 E4M3 per-tensor, W+A, above) {g('fp8_e4m3_tensor', 'wa')['kl']:.4f}; the two differ only in where the FP32
-  factor 1/s is applied.
+  (FP8 E4M3 per-tensor, W+A, above) {g('fp8_e4m3_tensor', 'wa')['kl']:.4f}; same arithmetic, the recipe applies the
+  FP32 factor 1/s to the GEMM output instead of to the operands, so float rounding differs slightly.
 """)
   if "scale_rceil" in tables:
     out.append(f"""## Ablation: the MX shared-exponent rule (glassllm)
