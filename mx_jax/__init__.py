@@ -33,3 +33,7 @@ def quantize_model(model, recipe, include=None, exclude=None):
 
 __all__ += ["OperandSpec", "Recipe", "recipe", "RECIPES", "dot_general", "init_state", "quantized_dot_general",
             "einsum", "scaling", "quantize_model"]
+
+from mx_jax.matmul import mx_dot_general, mx_matmul, mx_weight_only_matmul, prepare_weight_only
+
+__all__ += ["mx_matmul", "mx_dot_general", "mx_weight_only_matmul", "prepare_weight_only"]
