@@ -62,6 +62,7 @@ class TrainConfig:
     quantize_head: bool = False
     progress: bool = True
     stop_after: int | None = None  # stop (checkpointing) after this many steps: simulates an interruption
+    mesh: str = ""               # e.g. "data=2": data parallel over a jax.sharding.Mesh (see _mesh)
 
 
 CONFIGS = {
@@ -211,6 +212,37 @@ def recipe_telemetry(colls) -> dict[str, dict]:
     return out
 
 
+# ----------------------------------------------------------------------------------------- mesh
+def _mesh(spec: str):
+    """"data=N" (or "data=-1": all devices) -> a 1-axis Mesh; None for "". The train state is replicated
+    and each batch is split along "data" with NamedSharding; XLA inserts the gradient all-reduce."""
+    if not spec:
+        return None
+    from jax.sharding import Mesh
+
+    name, _, n = spec.partition("=")
+    if name != "data" or not n.lstrip("-").isdigit():
+        raise ValueError(f"mesh must look like 'data=N' (N devices, -1 for all); got {spec!r}")
+    n = len(jax.devices()) if int(n) == -1 else int(n)
+    if not 1 <= n <= len(jax.devices()):
+        raise ValueError(f"mesh asks for {n} devices; {len(jax.devices())} are visible")
+    return Mesh(np.array(jax.devices()[:n]), ("data",))
+
+
+def _place(mesh, state, batch):
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    if batch.shape[0] % mesh.size:
+        raise ValueError(f"batch {batch.shape[0]} must be a multiple of the mesh's {mesh.size} devices")
+    return jax.device_put(state, NamedSharding(mesh, P()))
+
+
+def _shard_batch(mesh, *arrays):
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    return [jax.device_put(a, NamedSharding(mesh, P("data", None))) for a in arrays]
+
+
 # ----------------------------------------------------------------------------------------- train
 def train(cfg: TrainConfig, ds=None) -> dict:
     """Runs (or resumes) one training run; returns the summary (as written to out_dir/summary.json) plus
@@ -249,6 +281,9 @@ def train(cfg: TrainConfig, ds=None) -> dict:
     if cfg.resume and mgr is not None and mgr.latest_step() is not None:
         state = _restore(mgr, state)
         start = int(state["step"])
+    mesh = _mesh(cfg.mesh)
+    if mesh is not None:
+        state = _place(mesh, state, x0)
     rows = _read_rows(out / "metrics.csv", start) if out and cfg.resume else []
     tele = _read_jsonl(out / "telemetry.jsonl", start) if out and cfg.resume else []
     val = val_windows(ds.val, cfg.eval_batches, cfg.batch, cfg.seq)
@@ -279,6 +314,8 @@ def train(cfg: TrainConfig, ds=None) -> dict:
 
     for step in range(start, end):
         x, y = get_batch(ds.train, cfg.seed, step, cfg.batch, cfg.seq)
+        if mesh is not None:
+            x, y = _shard_batch(mesh, x, y)
         state, m = train_step(state, x, y)
         if compile_s is None:  # the first step traces and compiles; keep it out of tokens/s
             jax.block_until_ready(m["loss"])
@@ -425,5 +462,6 @@ if __name__ == "__main__":
     flags.DEFINE_bool("quantize_head", None, "LM head through the recipe too")
     flags.DEFINE_bool("progress", None, "tqdm progress bar (default on)")
     flags.DEFINE_enum("tokenizer", None, ["char", "bpe"], "tokenizer")
+    flags.DEFINE_string("mesh", None, "data-parallel mesh, e.g. 'data=2' (data=-1: every device)")
     FLAGS = flags.FLAGS
     app.run(main)
