@@ -671,14 +671,15 @@ if _HAVE_FLAX:
 
     @_nn.compact
     def __call__(self, x):
-      _check_axes(self.reduction_axes, self.feature_axes, x.ndim)
-      args = [x]
-      scale = None
-      if self.use_scale:
-        scale = self.param("scale", self.scale_init, (x.shape[-1],), self.param_dtype)
-        args.append(scale)
-      dtype = _fdtypes.canonicalize_dtype(*args, dtype=self.dtype)
+      scale, dtype = _linen_scale_and_dtype(self, x)
       return rms_norm(x, scale, self.epsilon, out_dtype=dtype, impl=self.impl)
+
+  def _linen_scale_and_dtype(mod, x):
+    """The ``scale`` param (flax RMSNorm's name and init) and flax's output dtype rule."""
+    _check_axes(mod.reduction_axes, mod.feature_axes, x.ndim)
+    scale = mod.param("scale", mod.scale_init, (x.shape[-1],), mod.param_dtype) if mod.use_scale else None
+    args = [x] if scale is None else [x, scale]
+    return scale, _fdtypes.canonicalize_dtype(*args, dtype=mod.dtype)
 
   class MXNorm(_nn.Module):
     """RMSNorm drop-in whose statistic is MXNorm's block-absmax estimate (see ``mx_norm``)."""
@@ -697,13 +698,7 @@ if _HAVE_FLAX:
 
     @_nn.compact
     def __call__(self, x):
-      _check_axes(self.reduction_axes, self.feature_axes, x.ndim)
-      args = [x]
-      scale = None
-      if self.use_scale:
-        scale = self.param("scale", self.scale_init, (x.shape[-1],), self.param_dtype)
-        args.append(scale)
-      dtype = _fdtypes.canonicalize_dtype(*args, dtype=self.dtype)
+      scale, dtype = _linen_scale_and_dtype(self, x)
       return mx_norm(x, scale, self.epsilon, self.fmt, self.p, self.block_size, out_dtype=dtype,
                      impl=self.impl)
 
