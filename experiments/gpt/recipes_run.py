@@ -53,10 +53,14 @@ def _worker(kw: dict) -> dict:
     return {k: v for k, v in s.items() if k not in ("rows", "telemetry", "state")}
 
 
+SEED_RECIPES = ("fp32", "mxfp8")  # also run with extra seeds: the run-to-run spread a gap is judged against
+
+
 def run_all(config: str = "tiny", recipes=RECIPES, mxnorm: bool = True, workers: int = 2,
             runs_dir=None, results_dir=None, telemetry_recipes=(), cache_dir=None, norms=("rms", "mx"),
-            **overrides) -> dict:
-    """Trains every (recipe, norm) pair and writes the comparison; returns {label: summary}."""
+            extra_seeds=(1,), **overrides) -> dict:
+    """Trains every (recipe, norm) pair, plus SEED_RECIPES with ``extra_seeds`` (RMSNorm), and writes the
+    comparison; returns {label: summary} (extra seeds labelled "recipe@seedN")."""
     t0 = time.time()
     runs_dir = Path(runs_dir or f"runs/gpt_{config}")
     results_dir = Path(results_dir or f"results/gpt_{config}")
@@ -65,23 +69,32 @@ def run_all(config: str = "tiny", recipes=RECIPES, mxnorm: bool = True, workers:
     for r, n in run_list(recipes, mxnorm, norms):
         jobs.append(dict(config=config, recipe=r, norm=n, out_dir=str(runs_dir / f"{r}_{n}"), overwrite=True,
                          progress=workers <= 1, recipe_telemetry=r in telemetry_recipes, **overrides))
+    seed_jobs = {}
+    for r in (r for r in SEED_RECIPES if r in recipes and "rms" in norms):
+        for sd in extra_seeds:
+            seed_jobs[f"{r}@seed{sd}"] = dict(config=config, recipe=r, norm="rms", seed=sd, overwrite=True,
+                                              out_dir=str(runs_dir / f"{r}_rms_seed{sd}"), progress=workers <= 1,
+                                              **{k: v for k, v in overrides.items() if k != "seed"})
     if cache_dir:  # persistent XLA cache: re-runs skip compilation (the first run is what the budget counts)
         os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(cache_dir).absolute()))
     summaries = {}
+    labelled = {label(j["recipe"], j["norm"]): j for j in jobs} | seed_jobs
     if workers <= 1:
-        for j in jobs:
-            summaries[label(j["recipe"], j["norm"])] = _worker(j)
+        for k, j in labelled.items():
+            summaries[k] = _worker(j)
     else:
         # Longest first (MX recipes compile slowest) so the two workers finish together.
-        order = sorted(jobs, key=lambda j: (j["recipe"] in ("fp32", "bf16"), j["recipe"] != "nvfp4"))
+        order = sorted(labelled.items(), key=lambda kj: (kj[1]["recipe"] in ("fp32", "bf16"),
+                                                         kj[1]["recipe"] != "nvfp4"))
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
-            futs = {label(j["recipe"], j["norm"]): ex.submit(_worker, j) for j in order}
+            futs = {k: ex.submit(_worker, j) for k, j in order}
             for k, f in futs.items():
                 summaries[k] = f.result()
                 s = summaries[k]
                 print(f"{k:24s} val {s['final_val_loss']:.4f}  wall {s['wall_s']:.0f}s  "
                       f"compile {s['compile_s']:.0f}s", flush=True)
-    summaries = {label(r, n): summaries[label(r, n)] for r, n in run_list(recipes, mxnorm, norms)}
+    summaries = {**{label(r, n): summaries[label(r, n)] for r, n in run_list(recipes, mxnorm, norms)},
+                 **{k: summaries[k] for k in seed_jobs}}
     write_results(summaries, runs_dir, results_dir, config, time.time() - t0)
     return summaries
 
@@ -150,13 +163,23 @@ def write_results(summaries: dict, runs_dir: Path, results_dir: Path, config: st
         note = "" if t["norm_impl"] in ("rms", "mx") else " (MXNorm missing: RMSNorm)"
         md.append(f"| {t['run']}{note} | {t['final_val_loss']:.4f} | {gap} | {t['final_train_loss']:.4f} | "
                   f"{t['tokens_per_s']:,} | {t['compile_s']} | {t['wall_s']} |")
+    spread = []
+    for k in [k for k in summaries if "@seed" in k]:
+        base = summaries.get(k.split("@")[0])
+        if base:
+            a, b = base["final_val_loss"], summaries[k]["final_val_loss"]
+            spread.append(f"{k.split('@')[0]}: {abs(a - b) / a * 100:.2f}%")
+    if spread:
+        md += ["", "Run-to-run spread (|val loss seed 0 − other seed| / val loss; the seed changes the "
+               "initialisation and the data order): " + ", ".join(spread) + ". Gaps to fp32 smaller than "
+               "this are noise."]
     md += ["", "Val loss: mean cross-entropy (nats/char) on fixed windows spread over the held-out plays; "
            "train loss: mean of the last 10% of logged steps. ![loss curves](loss_curves.png)", ""]
     for old in [*results_dir.glob("scales_*.png"), *results_dir.glob("recipe_scales_*.png")]:
         old.unlink()  # plots of an earlier comparison
     plots.loss_curves(metrics, results_dir / "loss_curves.png", f"GPT/{config}: loss by recipe")
     for k, tele in teles.items():
-        if k.split("+")[0] in SCALE_PLOTS and "+" not in k and tele:
+        if k.split("+")[0] in SCALE_PLOTS and "+" not in k and "@" not in k and tele:
             plots.scale_trajectories(tele, results_dir / f"scales_{k}.png", f"{k}: per-tensor log2 amax")
             md.append(f"![{k} scales](scales_{k}.png)")
         if tele and plots.scale_histograms(tele, results_dir / f"recipe_scales_{k}.png",
@@ -178,7 +201,8 @@ def main(argv):
         return
     run_all(f.config, recipes, mxnorm=f.mxnorm, workers=f.workers, runs_dir=f.runs_dir,
             results_dir=f.results_dir, telemetry_recipes=tel, cache_dir=f.cache_dir,
-            norms=tuple(f.norms.split(",")), **over)
+            norms=tuple(f.norms.split(",")), extra_seeds=tuple(int(x) for x in f.extra_seeds.split(",") if x),
+            **over)
 
 
 if __name__ == "__main__":
@@ -192,6 +216,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("workers", 2, "parallel worker processes (CPU: 2; GPU: 1)")
     flags.DEFINE_integer("steps", None, "override the preset's steps")
     flags.DEFINE_integer("seed", None, "override the seed")
+    flags.DEFINE_string("extra_seeds", "1", "extra seeds for fp32 and mxfp8 (run-to-run spread); '' for none")
     flags.DEFINE_string("telemetry", None, "recipes recording the recipe's own quantization telemetry: none | "
                         "all | comma list (default: all for --config gpu, none for tiny: it triples CPU compile)")
     flags.DEFINE_string("runs_dir", None, "run folders (default runs/gpt_<config>)")
