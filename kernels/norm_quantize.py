@@ -89,6 +89,14 @@ def _norm_kernel(*refs, kind, n, nb, nbp, r, tr, bs, eps, p, c, exact_sq, has_ga
   _dispatch.store_float(inv_ref, inv, jnp.float32, rows.reshape(tr) < r)
 
 
+def _add_gain_input(in_specs, args, gain, n, nb, nbp, bs) -> None:
+  """Appends the (zero-padded, block-shaped) gain and its whole-array BlockSpec, when there is a gain."""
+  if gain is not None:
+    g3 = pad_last(gain.reshape(1, n), nb * bs - n).reshape(1, nb, bs)
+    in_specs.append(pl.BlockSpec((1, nbp, bs), lambda i: (0, 0, 0)))
+    args.append(_dispatch.kernel_in(g3))
+
+
 def _norm_call(x, gain, *, kind, eps, p, bs, quant=None, out_dtype=jnp.float32, intermediate_dtype=None,
                rbits3=None, block_rows=None, num_warps=None):
   x3, r, n, nb, nbp = _prep(x, bs)
@@ -98,10 +106,7 @@ def _norm_call(x, gain, *, kind, eps, p, bs, quant=None, out_dtype=jnp.float32, 
   exact_sq = norms._exact_squares(x.dtype)
   blk = pl.BlockSpec((tr, nbp, bs), lambda i: (i, 0, 0))
   in_specs, args = [blk], [_dispatch.kernel_in(x3)]
-  if gain is not None:
-    g3 = pad_last(gain.reshape(1, n), nb * bs - n).reshape(1, nb, bs)
-    in_specs.append(pl.BlockSpec((1, nbp, bs), lambda i: (0, 0, 0)))
-    args.append(_dispatch.kernel_in(g3))
+  _add_gain_input(in_specs, args, gain, n, nb, nbp, bs)
   if rbits3 is not None:
     in_specs.append(blk)
     args.append(rbits3)
@@ -227,10 +232,7 @@ def rms_norm_bwd_pallas(x, gain, inv, dy, *, num_warps=None):
   groups, c = norms.bwd_groups(r)
   blk = pl.BlockSpec((c, nbp, bs), lambda i: (i, 0, 0))
   in_specs, args = [blk], [_dispatch.kernel_in(x3)]
-  if gain is not None:
-    g3 = pad_last(gain.reshape(1, n), nb * bs - n).reshape(1, nb, bs)
-    in_specs.append(pl.BlockSpec((1, nbp, bs), lambda i: (0, 0, 0)))
-    args.append(_dispatch.kernel_in(g3))
+  _add_gain_input(in_specs, args, gain, n, nb, nbp, bs)
   in_specs += [blk, pl.BlockSpec((c,), lambda i: (i,))]
   args += [_dispatch.kernel_in(dy3), _dispatch.kernel_in(inv.reshape(r).astype(jnp.float32))]
   kernel = lambda *refs: _bwd_kernel(*refs, n=n, nb=nb, nbp=nbp, r=r, c=c, bs=bs, has_gain=gain is not None,

@@ -671,34 +671,26 @@ if _HAVE_FLAX:
 
     @_nn.compact
     def __call__(self, x):
-      scale, dtype = _linen_scale_and_dtype(self, x)
+      scale, dtype = self._scale_and_dtype(x)
       return rms_norm(x, scale, self.epsilon, out_dtype=dtype, impl=self.impl)
 
-  def _linen_scale_and_dtype(mod, x):
-    """The ``scale`` param (flax RMSNorm's name and init) and flax's output dtype rule."""
-    _check_axes(mod.reduction_axes, mod.feature_axes, x.ndim)
-    scale = mod.param("scale", mod.scale_init, (x.shape[-1],), mod.param_dtype) if mod.use_scale else None
-    args = [x] if scale is None else [x, scale]
-    return scale, _fdtypes.canonicalize_dtype(*args, dtype=mod.dtype)
+    def _scale_and_dtype(self, x):
+      """The ``scale`` param (flax RMSNorm's name and init) and flax's output dtype rule."""
+      _check_axes(self.reduction_axes, self.feature_axes, x.ndim)
+      scale = self.param("scale", self.scale_init, (x.shape[-1],), self.param_dtype) if self.use_scale else None
+      args = [x] if scale is None else [x, scale]
+      return scale, _fdtypes.canonicalize_dtype(*args, dtype=self.dtype)
 
-  class MXNorm(_nn.Module):
+  class MXNorm(RMSNorm):
     """RMSNorm drop-in whose statistic is MXNorm's block-absmax estimate (see ``mx_norm``)."""
 
-    epsilon: float = 1e-6
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    use_scale: bool = True
-    scale_init: Callable = _nn.initializers.ones
-    reduction_axes: Any = -1
-    feature_axes: Any = -1
     fmt: str = "mxfp8_e4m3"
     p: int = 2
     block_size: int | None = None
-    impl: str = "auto"
 
     @_nn.compact
     def __call__(self, x):
-      scale, dtype = _linen_scale_and_dtype(self, x)
+      scale, dtype = self._scale_and_dtype(x)
       return mx_norm(x, scale, self.epsilon, self.fmt, self.p, self.block_size, out_dtype=dtype,
                      impl=self.impl)
 
