@@ -190,3 +190,18 @@ def test_sharded_inputs_give_identical_results():
                      env=dict(os.environ, JAX_PLATFORMS="cpu"),
                      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert "SHARDED_OK" in r.stdout, r.stderr[-3000:]
+
+
+def test_einsum_and_quantize_model_reject_bad_input():
+  a, b = jnp.ones((2, 3)), jnp.ones((3, 4))
+  with pytest.raises(ValueError, match="eqn must be an explicit two-operand einsum"):
+    mx_jax.einsum("ab,bc", a, b)
+  with pytest.raises(ValueError, match="eqn labels 'abc'"):
+    mx_jax.einsum("abc,bc->ac", a, b)
+  with pytest.raises(TypeError, match="model must be"):
+    mx_jax.quantize_model(object(), "mxfp8")
+  import flax.linen as nn
+  with pytest.raises(TypeError, match="include must be a sequence"):
+    mx_jax.quantize_model(nn.Dense(4), "mxfp8", include="mlp")
+  with pytest.raises(ValueError, match="recipe name"):
+    mx_jax.quantize_model(nn.Dense(4), "mxfp9")
