@@ -40,7 +40,7 @@ def main():
     for fmt in ("mxfp8_e4m3", "mxfp4_e2m1", "fp8_e4m3", "nvfp4"):
       spec = OperandSpec(fmt)
       for axes in ((1,), (0,)):
-        f = jax.jit(lambda x: D.quantize_operand(x, spec, axes)[0].astype(jnp.bfloat16))
+        f = jax.jit(lambda x: D.quantize_operand(x, spec, axes, dtype=jnp.bfloat16)[0])
         t = bench(f, x)
         print(f"fast={fast!s:5s} {fmt:11s} axis={axes[0]}: {t:.3f} ms  x{t / t_copy:.2f} copy  "
               f"({gb / t:.2f} TB/s eff.)")

@@ -5,11 +5,12 @@ weights) is made quantized with ``mx_jax.quantize_model`` (embedding and LM head
 jitted AdamW step is timed: median of ``--iters`` steps after ``--warmup``, ``jax.block_until_ready``.
 Every ratio is against the bf16 step measured in the same process.
 
-    python -m benchmarks.bench_train_step --recipes bf16,mxfp8,... --out results.json
+    python -m benchmarks.bench_train_step --recipes bf16,mxfp8,mxfp8@pallas,... [--profile] --out results.json
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -53,8 +54,15 @@ class GPT(nn.Module):
     return nn.Dense(self.vocab, dtype=jnp.bfloat16, use_bias=False, name="head")(nn.RMSNorm(dtype=jnp.bfloat16)(h))
 
 
-def time_recipe(name, model, tok, warmup, iters, exclude):
-  m = model if name == "bf16" else mx_jax.quantize_model(model, name, exclude=exclude)
+def _recipe(name: str):
+  """A preset name, optionally with "@pallas" / "@auto" (the recipe's GEMMs on the block-scaled kernel)."""
+  base, _, impl = name.partition("@")
+  rec = mx_jax.recipe(base)
+  return dataclasses.replace(rec, impl=impl) if impl else rec
+
+
+def time_recipe(name, model, tok, warmup, iters, exclude, profile=False):
+  m = model if name == "bf16" else mx_jax.quantize_model(model, _recipe(name), exclude=exclude)
   v = m.init(jax.random.key(0), tok[:1, :16])
   params = {"params": v["params"]}
   if OVERWRITE_WITH_GRADIENT in v:
@@ -82,6 +90,14 @@ def time_recipe(name, model, tok, warmup, iters, exclude):
     st, loss = step(st, tok)
     jax.block_until_ready(loss)
     times.append(time.perf_counter() - t)
+  if profile:
+    from benchmarks.profile_util import print_top
+    holder = [st]
+
+    def one(tok):
+      holder[0], loss = step(holder[0], tok)
+      return loss
+    print_top(f"{name} train step", one, tok, calls=3, n=30)
   nparams = sum(x.size for x in jax.tree.leaves(v["params"]))
   return dict(recipe=name, median_ms=1e3 * statistics.median(times), min_ms=1e3 * min(times),
               compile_s=compile_s, loss=float(loss), params=nparams)
@@ -97,6 +113,7 @@ def main():
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--iters", type=int, default=10)
   p.add_argument("--exclude_attn", action="store_true", help="keep attention's q.k and p.v in bf16")
+  p.add_argument("--profile", action="store_true", help="print the top device kernels of each step")
   p.add_argument("--out", default=None)
   a = p.parse_args()
   model = GPT(d=a.d, layers=a.layers, heads=a.d // 64)
@@ -105,7 +122,7 @@ def main():
   rows = []
   print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}", flush=True)
   for name in a.recipes.split(","):
-    r = time_recipe(name, model, tok, a.warmup, a.iters, exclude)
+    r = time_recipe(name, model, tok, a.warmup, a.iters, exclude, a.profile)
     r["exclude_attn"] = a.exclude_attn
     rows.append(r)
     base = rows[0]["median_ms"]

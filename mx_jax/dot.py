@@ -80,44 +80,75 @@ def _flatten_axes(x: jax.Array, axes: Sequence[int]):
   return flat, unflatten
 
 
-def quantize_operand(x: jax.Array, spec: OperandSpec | None, axes: Sequence[int], *, scale=None,
-                     key=None, salt: str = "", want_qarray: bool = False):
-  """Quantizes ``x`` along ``axes`` (its contraction axes in this GEMM).
+def _merge_axes(x: jax.Array, axes: Sequence[int]):
+  """Merges the contraction ``axes`` into one: returns (array, merged axis index, inverse function).
 
-  Returns (values exact in float32 without per-tensor factors, per-tensor factor or None, QArray or None).
-  Works on the exact float32 element values directly (no code packing); the QArray is built only when
-  ``want_qarray`` (telemetry).
+  In place (a reshape: no data movement) when the axes are adjacent and ascending, the common case (one
+  axis; a (B, S, K) activation's (B, S) in a weight gradient); otherwise moved to the end first.
+  """
+  axes = tuple(a % x.ndim for a in axes)
+  a0 = axes[0]
+  if axes == tuple(range(a0, a0 + len(axes))):
+    shape = x.shape
+    merged = x.reshape(shape[:a0] + (math.prod(shape[a0:a0 + len(axes)]),) + shape[a0 + len(axes):])
+    return merged, a0, lambda y: y.reshape(shape)
+  flat, unflatten = _flatten_axes(x, axes)
+  return flat, flat.ndim - 1, unflatten
+
+
+def quantize_operand(x: jax.Array, spec: OperandSpec | None, axes: Sequence[int], *, scale=None,
+                     key=None, salt: str = "", want_stats: bool = False, dtype=jnp.float32):
+  """Quantizes ``x`` along ``axes`` (its contraction axes in this GEMM), blocks in the order of ``axes``.
+
+  Returns (values in ``dtype`` without per-tensor factors — exact in float32 and bfloat16 for every
+  format —, per-tensor factor or None, telemetry vector or None). Works on the element values directly
+  (no code packing, no transposition for adjacent axes); the QArray for telemetry is built only when
+  ``want_stats``.
   """
   if spec is None or len(axes) == 0:
-    return x.astype(jnp.float32), None, None
+    return x.astype(dtype), None, None
   f = get_format(spec.fmt)
-  flat, unflatten = _flatten_axes(x, axes)
-  n = flat.shape[-1]
   if spec.rounding == "stochastic" and key is None:
-    key = _content_key(flat, salt + spec.fmt)
-  q = None
-  if f.kind == "tensor":
-    s = scale if scale is not None else fp8_tensor.compute_scale(fp8_tensor.finite_amax(flat), f.elem,
+    key = _content_key(x, salt + spec.fmt)
+  stats = None
+  if f.kind == "tensor":  # one scale for the whole tensor: the axes don't matter
+    s = scale if scale is not None else fp8_tensor.compute_scale(fp8_tensor.finite_amax(x), f.elem,
                                                                   spec.margin)
-    v, post = fp8_tensor.fp8_quantize(flat, s, f.elem, spec.rounding, key, saturate=True, fast=FAST_OPERANDS)
-    if want_qarray:
-      q = quantize(flat, f, scale=s, rounding=spec.rounding, key=key)
-    return unflatten(v), post, q
+    v, post = fp8_tensor.fp8_quantize(x, s, f.elem, spec.rounding, key, saturate=True, fast=FAST_OPERANDS)
+    if want_stats:
+      stats = telemetry.quant_stats(x, quantize(x, f, scale=s, rounding=spec.rounding, key=key))
+    return v.astype(dtype), post, stats
+  m, ax, unmerge = _merge_axes(x, axes)
+  n = m.shape[ax]
   bs = spec.block_size or f.block_size
-  ax = flat.ndim - 1
   if f.kind == "nvfp4":
-    v, sc, ts = nvfp4.nvfp4_quantize_blocks(flat, ax, bs, spec.rounding, key, fast=FAST_OPERANDS)
-    vb = to_blocks(v, ax, bs) * sc.astype(jnp.float32)[..., None]
+    v, sc, ts = nvfp4.nvfp4_quantize_blocks(m, ax, bs, spec.rounding, key, fast=FAST_OPERANDS)
+    vb = to_blocks(v, ax, bs) * jnp.expand_dims(sc.astype(jnp.float32), ax + 1)
     v, post = from_blocks(vb, ax), ts
   elif spec.rounding == "nearest_even" and FAST_OPERANDS:
-    v, post = mx_block.mx_fake_quantize_fast(flat, f.elem, ax, bs, spec.scale_mode), None
+    v, post = mx_block.mx_fake_quantize_fast(m, f.elem, ax, bs, spec.scale_mode), None
   else:
-    v, sb = mx_block.mx_quantize_blocks(flat, f.elem, ax, bs, spec.scale_mode, spec.rounding, key)
+    v, sb = mx_block.mx_quantize_blocks(m, f.elem, ax, bs, spec.scale_mode, spec.rounding, key)
     v, post = mx_block.mx_dequantize_blocks(v, sb, ax, bs), None
-  if want_qarray:
-    q = quantize(flat, f, axis=-1, block_size=spec.block_size, scale_mode=spec.scale_mode,
+  if v.shape[ax] != n:
+    v = lax.slice_in_dim(v, 0, n, axis=ax)
+  if want_stats:
+    q = quantize(m, f, axis=ax, block_size=spec.block_size, scale_mode=spec.scale_mode,
                  rounding=spec.rounding, key=key)
-  return unflatten(v[..., :n]), post, q
+    stats = telemetry.quant_stats(m, q)
+  return unmerge(v.astype(dtype)), post, stats
+
+
+def quantize_operand_q(x: jax.Array, spec: OperandSpec, axes: Sequence[int], *, key=None, salt: str = ""):
+  """(QArray, the tensor it quantizes): ``x`` quantized along its contraction ``axes``, laid out
+  (other dims..., K) with the axes merged last (the block-scaled kernels' operand)."""
+  f = get_format(spec.fmt)
+  if spec.rounding == "stochastic" and key is None:
+    key = _content_key(x, salt + spec.fmt)
+  flat, _ = _flatten_axes(x, axes)
+  q = quantize(flat, f, axis=flat.ndim - 1, block_size=spec.block_size, scale_mode=spec.scale_mode,
+               rounding=spec.rounding, key=key)
+  return q, flat
 
 
 # --------------------------------------------------------------------------------------- dimensions
@@ -152,14 +183,67 @@ def _grad_dims(dn, x_ndim, y_ndim, x_is_lhs: bool):
 
 
 # ------------------------------------------------------------------------------------------ the GEMM
-def _gemm(a, b, dims, cdt, post_a, post_b):
-  if cdt == jnp.bfloat16 and jax.default_backend() == "cpu":
-    cdt = jnp.float32  # XLA:CPU has no bf16 x bf16 -> f32 batched dot; the values are exact either way
-  out = lax.dot_general(a.astype(cdt), b.astype(cdt), dims, preferred_element_type=jnp.float32)
+def _gemm(a, b, dims, post_a, post_b):
+  out = lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
   for p in (post_a, post_b):
     if p is not None:
       out = out * p
   return out
+
+
+def _operand_dtype(rec: Recipe):
+  cdt = jnp.dtype(rec.compute_dtype)
+  if cdt == jnp.bfloat16 and jax.default_backend() == "cpu":
+    return jnp.dtype(jnp.float32)  # XLA:CPU has no bf16 x bf16 -> f32 batched dot; the values are exact either way
+  return cdt
+
+
+def _kernel_mode(rec: Recipe, sa: OperandSpec | None, sb: OperandSpec | None) -> str | None:
+  """"mgpu" / "interpret" when this GEMM runs on the block-scaled Pallas kernel, None for the XLA GEMM.
+
+  The kernel takes two MX operands with 32-element blocks (per-tensor FP8 and NVFP4 GEMMs stay on XLA).
+  ``impl="auto"``: the kernel on Hopper only; ``"pallas"``: also elsewhere, in the kernel interpreter.
+  """
+  if rec.impl == "xla" or sa is None or sb is None:
+    return None
+  fa, fb = get_format(sa.fmt), get_format(sb.fmt)
+  if fa.kind != "mx" or fb.kind != "mx" or (sa.block_size or 32) != 32 or (sb.block_size or 32) != 32:
+    return None
+  from kernels import mx_matmul
+  if mx_matmul.on_hopper():
+    return "mgpu"
+  return "interpret" if rec.impl == "pallas" else None
+
+
+def _kernel_gemm(a, b, dims, sa, sb, salt_a, salt_b, mode, want_stats):
+  """The GEMM on the Pallas kernel: both operands quantized to QArrays laid out (rest..., K) and contracted
+  per 32-block with FP32 accumulation (MX DotGeneral); same output layout as lax.dot_general."""
+  from mx_jax.matmul import mx_dot_general
+  (ac, bc), (ab, bb) = dims
+  qa, fa = quantize_operand_q(a, sa, ac, salt=salt_a)
+  qb, fb = quantize_operand_q(b, sb, bc, salt=salt_b)
+  rest_a = [d for d in range(a.ndim) if d not in ac]
+  rest_b = [d for d in range(b.ndim) if d not in bc]
+  dn = (((qa.ndim - 1,), (qb.ndim - 1,)), (tuple(rest_a.index(d) for d in ab), tuple(rest_b.index(d) for d in bb)))
+  out = mx_dot_general(qa, qb, dn, out_dtype=jnp.float32, impl="mgpu", interpret=mode == "interpret")
+  stats = (telemetry.quant_stats(fa, qa), telemetry.quant_stats(fb, qb)) if want_stats else (None, None)
+  return out, stats
+
+
+def _quantized_gemm(a, b, dims, rec: Recipe, state, op_a: str, op_b: str):
+  """One training GEMM: operands ``a`` (recipe operand ``op_a``) and ``b`` quantized along their contraction
+  dims in ``dims``; FP32 result and the two telemetry vectors (or None)."""
+  sa, sb = rec.operands[op_a], rec.operands[op_b]
+  (ac, bc), _ = dims
+  mode = _kernel_mode(rec, sa, sb)
+  if mode is not None:
+    return _kernel_gemm(a, b, dims, sa, sb, op_a, op_b, mode, rec.telemetry)
+  cdt = _operand_dtype(rec)
+  qa, pa, ta = quantize_operand(a, sa, ac, scale=_scale_of(state, op_a, rec), salt=op_a,
+                                want_stats=rec.telemetry, dtype=cdt)
+  qb, pb, tb = quantize_operand(b, sb, bc, scale=_scale_of(state, op_b, rec), salt=op_b,
+                                want_stats=rec.telemetry, dtype=cdt)
+  return _gemm(qa, qb, dims, pa, pb), (ta, tb)
 
 
 def _delayed_spec(rec: Recipe, t: str) -> OperandSpec:
@@ -176,65 +260,43 @@ def _scale_of(state, op, rec):
   return None
 
 
-def _qdot_impl(lhs, rhs, state, dn, rec: Recipe, out_dtype):
-  cdt = jnp.dtype(rec.compute_dtype)
-  (lc, rc), _ = dn
-  tel = rec.telemetry
-  a, pa, qa = quantize_operand(lhs, rec.x, lc, scale=_scale_of(state, "x", rec), salt="x", want_qarray=tel)
-  b, pb, qb = quantize_operand(rhs, rec.w, rc, scale=_scale_of(state, "w", rec), salt="w", want_qarray=tel)
-  out = _gemm(a, b, dn, cdt, pa, pb).astype(out_dtype)
-  return out, (a, qa, b, qb)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _qdot(lhs, rhs, state, dn, rec, out_dtype):
-  return _qdot_impl(lhs, rhs, state, dn, rec, out_dtype)[0]
+  """Returns (output, state passed through). The pass-through threads the state into a later use of the same
+  layer; its cotangent (that later use's new state) is merged into this use's by max (see _qdot_bwd)."""
+  return _quantized_gemm(lhs, rhs, dn, rec, state, "x", "w")[0].astype(out_dtype), state
 
 
 def _qdot_fwd(lhs, rhs, state, dn, rec, out_dtype):
-  out, (_, qa, _, qb) = _qdot_impl(lhs, rhs, state, dn, rec, out_dtype)
-  new_state = dict(state)
-  for t, x in (("x", lhs), ("w", rhs)):
-    if t in state:
-      new_state[t] = _updated(state[t], fp8_tensor.finite_amax(x), _delayed_spec(rec, t), rec)
-  if rec.telemetry:
-    tel = dict(state["telemetry"])
-    if qa is not None:
-      tel["x"] = telemetry.quant_stats(_flatten_axes(lhs, dn[0][0])[0], qa)
-    if qb is not None:
-      tel["w"] = telemetry.quant_stats(_flatten_axes(rhs, dn[0][1])[0], qb)
-    new_state["telemetry"] = tel
-  return out, (lhs, rhs, state, new_state)
+  out, (ta, tb) = _quantized_gemm(lhs, rhs, dn, rec, state, "x", "w")
+  own = {t: fp8_tensor.finite_amax(x) for t, x in (("x", lhs), ("w", rhs)) if t in state}
+  tel = {k: v for k, v in (("x", ta), ("w", tb)) if v is not None}
+  return (out.astype(out_dtype), state), (lhs, rhs, state, own, tel)
 
 
-def _qdot_bwd(dn, rec, out_dtype, res, g):
-  lhs, rhs, state, new_state = res
-  cdt = jnp.dtype(rec.compute_dtype)
-  g = g.astype(jnp.float32)
-  tel = dict(new_state.get("telemetry", {}))
+def _qdot_bwd(dn, rec, out_dtype, res, cts):
+  lhs, rhs, state, own, tel = res
+  g, later = cts
+  tel = dict(tel)
 
   def one_side(x, y, x_is_lhs, g_op, y_op):
     g_c, y_c, g_b, y_b, perm = _grad_dims(dn, x.ndim, y.ndim, x_is_lhs)
-    tl = rec.telemetry
-    gq, pg, qg = quantize_operand(g, rec.operands[g_op], g_c, scale=_scale_of(state, g_op, rec), salt=g_op,
-                                  want_qarray=tl)
-    yq, py, qy = quantize_operand(y, rec.operands[y_op], y_c, scale=_scale_of(state, y_op, rec), salt=y_op,
-                                  want_qarray=tl)
-    if rec.telemetry:
-      if qg is not None:
-        tel[g_op] = telemetry.quant_stats(_flatten_axes(g, g_c)[0], qg)
-      if qy is not None:
-        tel[y_op] = telemetry.quant_stats(_flatten_axes(y, y_c)[0], qy)
-    out = _gemm(gq, yq, ((g_c, y_c), (g_b, y_b)), cdt, pg, py)
+    out, (tg, ty) = _quantized_gemm(g, y, ((g_c, y_c), (g_b, y_b)), rec, state, g_op, y_op)
+    tel.update({k: v for k, v in ((g_op, tg), (y_op, ty)) if v is not None})
     return jnp.transpose(out, perm).astype(x.dtype)
 
   dlhs = one_side(lhs, rhs, True, "g_dgrad", "w_dgrad")
   drhs = one_side(rhs, lhs, False, "g_wgrad", "x_wgrad")
-  st_bar = dict(new_state)
   if "g" in state:
-    st_bar["g"] = _updated(state["g"], fp8_tensor.finite_amax(g), _delayed_spec(rec, "g"), rec)
+    own = {**own, "g": fp8_tensor.finite_amax(g)}
+  # The state's cotangent is the new state (Flax's overwrite-with-gradient). A later use of the same state
+  # (``later``: its new state; zeros when there is none) saw the same old state, so this step's amax is the
+  # max over the uses: merged here instead of summed by autodiff.
+  st_bar = dict(state)
+  for t, a in own.items():
+    st_bar[t] = _updated(state[t], jnp.maximum(a, later[t]["amax_history"][0]), _delayed_spec(rec, t), rec)
   if rec.telemetry:
-    st_bar["telemetry"] = tel
+    st_bar["telemetry"] = {**state["telemetry"], **tel}
   return dlhs, drhs, st_bar
 
 
@@ -260,10 +322,13 @@ def _check_dn(dimension_numbers, lhs, rhs):
 
 
 def quantized_dot_general(lhs, rhs, dimension_numbers, rec: Recipe | str, state: dict | None = None,
-                          precision=None, preferred_element_type=None) -> jax.Array:
+                          precision=None, preferred_element_type=None, *, return_state: bool = False):
   """``lax.dot_general`` with every training GEMM quantized per ``rec`` (see module docstring).
 
   ``state`` (from ``init_state``) is needed for delayed scaling / telemetry; its gradient is the new state.
+  ``return_state``: return (output, state to pass to the next use of the same layer in this step). Threading
+  the state through the uses makes its gradient the max-merged new state (amax of the step = max over the
+  uses) instead of the sum that autodiff would form if the uses shared ``state`` directly.
   """
   del precision  # the recipe fixes the GEMM's input precision; accumulation is always FP32
   rec = get_recipe(rec)
@@ -277,14 +342,15 @@ def quantized_dot_general(lhs, rhs, dimension_numbers, rec: Recipe | str, state:
   if rec.is_noop:
     cdt = jnp.dtype(rec.compute_dtype)
     cdt = jnp.promote_types(cdt, jnp.result_type(lhs.dtype, rhs.dtype)) if rec.name == "fp32" else cdt
-    return lax.dot_general(lhs.astype(cdt), rhs.astype(cdt), dn,
-                           preferred_element_type=jnp.float32).astype(out_dtype)
+    out = lax.dot_general(lhs.astype(cdt), rhs.astype(cdt), dn, preferred_element_type=jnp.float32)
+    return (out.astype(out_dtype), state) if return_state else out.astype(out_dtype)
   if state is None:
     if rec.delayed_tensors:
       raise ValueError(f"recipe {rec.name!r} uses delayed scaling: pass state= (see mx_jax.init_state) or "
                        "use the Flax layers, which keep it in the '_overwrite_with_gradient' collection")
     state = init_state(rec) if rec.telemetry else {}
-  return _qdot_jit(lhs, rhs, state, dn, rec, out_dtype)
+  out, state_out = _qdot_jit(lhs, rhs, state, dn, rec, out_dtype)
+  return (out, state_out) if return_state else out
 
 
 _qdot_jit = jax.jit(_qdot, static_argnums=(3, 4, 5))

@@ -106,10 +106,15 @@ def aggregate(config: str = "tiny", runs_dir=None, results_dir=None) -> dict:
     results_dir = Path(results_dir or f"results/gpt_{config}")
     results_dir.mkdir(parents=True, exist_ok=True)
     summaries = {}
-    for r, n in run_list(RECIPES):
-        f = runs_dir / f"{r}_{n}" / "summary.json"
+    found = [(label(r, n), f"{r}_{n}") for r, n in run_list(RECIPES)]
+    found += [(f"{r}@seed{d.name.rsplit('seed', 1)[1]}", d.name) for r in SEED_RECIPES
+              for d in sorted(runs_dir.glob(f"{r}_rms_seed*"))]
+    for k, folder in found:
+        f = runs_dir / folder / "summary.json"
         if f.is_file():
-            summaries[label(r, n)] = json.loads(f.read_text())
+            s = json.loads(f.read_text())
+            s["config"]["out_dir"] = str(runs_dir / folder)  # runs made elsewhere (the GPU box) and copied here
+            summaries[k] = s
     if not summaries:
         raise FileNotFoundError(f"no finished runs (summary.json) under {runs_dir}")
     write_results(summaries, runs_dir, results_dir, config, None)
@@ -193,7 +198,7 @@ def main(argv):
     del argv
     f = FLAGS
     recipes = tuple(r for r in f.recipes.split(",") if r) if f.recipes else RECIPES
-    over = {k: getattr(f, k) for k in ("steps", "seed") if getattr(f, k) is not None}
+    over = {k: getattr(f, k) for k in ("steps", "seed", "ckpt_every") if getattr(f, k) is not None}
     t = f.telemetry or ("all" if f.config == "gpu" else "none")  # recipe telemetry is costly on CPU
     tel = () if t == "none" else (recipes if t == "all" else tuple(t.split(",")))
     if f.aggregate:
@@ -216,6 +221,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("workers", 2, "parallel worker processes (CPU: 2; GPU: 1)")
     flags.DEFINE_integer("steps", None, "override the preset's steps")
     flags.DEFINE_integer("seed", None, "override the seed")
+    flags.DEFINE_integer("ckpt_every", None, "checkpoint interval (-1: no checkpoints, e.g. on the GPU box)")
     flags.DEFINE_string("extra_seeds", "1", "extra seeds for fp32 and mxfp8 (run-to-run spread); '' for none")
     flags.DEFINE_string("telemetry", None, "recipes recording the recipe's own quantization telemetry: none | "
                         "all | comma list (default: all for --config gpu, none for tiny: it triples CPU compile)")

@@ -53,7 +53,7 @@ class TrainConfig:
     out_dir: str | None = None
     eval_every: int = 50
     eval_batches: int = 4
-    ckpt_every: int = 0          # 0: no checkpoints (one is still written at the end when out_dir is set)
+    ckpt_every: int = 0          # 0: only the final checkpoint (when out_dir is set); -1: none at all
     resume: bool = False
     overwrite: bool = False      # without resume: delete out_dir's old checkpoints instead of refusing
     log_every: int = 10          # host fetch / CSV / progress-bar interval
@@ -276,7 +276,7 @@ def train(cfg: TrainConfig, ds=None) -> dict:
         import shutil
 
         shutil.rmtree(out / "ckpt")
-    mgr = _ckpt_manager(out, cfg) if out else None
+    mgr = _ckpt_manager(out, cfg) if out and cfg.ckpt_every >= 0 else None
     start = 0
     if cfg.resume and mgr is not None and mgr.latest_step() is not None:
         state = _restore(mgr, state)

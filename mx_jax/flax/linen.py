@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import weakref
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax._src import core as jax_core  # the current trace: guards the per-apply state threading
 
 from mx_jax.dot import dot_general as _stateless_dot_general
 from mx_jax.dot import init_state, quantized_dot_general
@@ -45,12 +47,35 @@ class MxDotGeneral(nn.Module):
     kw.pop("out_sharding", None)
     rec = get_recipe(self.recipe)
     template = init_state(rec)
-    state = None
-    if template:
-      flat = {name: self.variable(OVERWRITE_WITH_GRADIENT, name, lambda v=v: v).value
-              for name, v in _flat_names(template).items()}
+    if not template:
+      return quantized_dot_general(lhs, rhs, dimension_numbers, rec, None, precision, preferred_element_type)
+    flat = {name: self.variable(OVERWRITE_WITH_GRADIENT, name, lambda v=v: v).value
+            for name, v in _flat_names(template).items()}
+    # A layer called twice in one step (weight sharing) threads its state from the earlier call, so the
+    # amax "gradients" of its uses merge by max rather than sum (see quantized_dot_general).
+    state = _threaded_state(self)
+    if state is None:
       state = _unflat(flat, template)
-    return quantized_dot_general(lhs, rhs, dimension_numbers, rec, state, precision, preferred_element_type)
+    out, state_out = quantized_dot_general(lhs, rhs, dimension_numbers, rec, state, precision,
+                                           preferred_element_type, return_state=True)
+    _thread(self, state_out)
+    return out
+
+
+# Per apply (keyed by the root scope): the state a layer's last call passed on, with the trace it lives in;
+# a call under another trace (e.g. inside a lifted transform) ignores it and reads the variables.
+_THREADS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _threaded_state(mod: nn.Module):
+  entry = _THREADS.get(mod.scope.root, {}).get(mod.scope.path)
+  if entry is None or entry[0] is not jax_core.trace_ctx.trace:
+    return None
+  return entry[1]
+
+
+def _thread(mod: nn.Module, state) -> None:
+  _THREADS.setdefault(mod.scope.root, {})[mod.scope.path] = (jax_core.trace_ctx.trace, state)
 
 
 def _dg_cls(rec) -> Callable[[], nn.Module]:

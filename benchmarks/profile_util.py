@@ -1,0 +1,52 @@
+"""Per-kernel device time of a jitted function, from JAX's own profiler (no TensorBoard needed).
+
+``top_kernels(fn, *args)`` traces a few calls with ``jax.profiler.trace``, reads the XSpace back with
+``jax.profiler.ProfileData`` and sums event durations by name on the device planes (on a GPU: the
+"XLA Ops" line; fusions, GEMMs and custom calls), per call.
+"""
+from __future__ import annotations
+
+import collections
+import glob
+import os
+import tempfile
+
+import jax
+
+
+def _device_events(pd):
+  for plane in pd.planes:
+    if not plane.name.startswith("/device:"):
+      continue
+    lines = list(plane.lines)
+    ops = [ln for ln in lines if ln.name == "XLA Ops"]
+    for ln in ops or [ln for ln in lines if ln.name != "XLA Modules"]:
+      for ev in ln.events:
+        yield ev.name, ev.duration_ns
+
+
+def top_kernels(fn, *args, calls: int = 3, n: int = 25):
+  """[(name, µs per call, count per call)] sorted by time, and the total device µs per call."""
+  jax.block_until_ready(fn(*args))
+  with tempfile.TemporaryDirectory() as d:
+    with jax.profiler.trace(d):
+      for _ in range(calls):
+        out = fn(*args)
+      jax.block_until_ready(out)
+    files = glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)
+    if not files:
+      return [], 0.0
+    pd = jax.profiler.ProfileData.from_file(files[0])
+    tot, cnt = collections.Counter(), collections.Counter()
+    for name, ns in _device_events(pd):
+      tot[name] += ns
+      cnt[name] += 1
+  rows = [(k, v / 1e3 / calls, cnt[k] / calls) for k, v in tot.most_common(n)]
+  return rows, sum(tot.values()) / 1e3 / calls
+
+
+def print_top(title, fn, *args, calls=3, n=25):
+  rows, total = top_kernels(fn, *args, calls=calls, n=n)
+  print(f"-- {title}: device total {total:.0f} µs per call; top {len(rows)} kernels", flush=True)
+  for name, us, c in rows:
+    print(f"   {us:9.1f} µs  x{c:4.0f}  {name[:110]}", flush=True)

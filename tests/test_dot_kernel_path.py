@@ -1,0 +1,64 @@
+"""Recipe(impl="pallas"): the quantized dot_general's three training GEMMs on the block-scaled kernel.
+
+On CPU the Hopper kernel runs in Mosaic GPU's interpreter (exact FP32 wgmma), so forward and both gradients
+must equal the XLA path (same quantized operands, one bf16/f32 GEMM) up to FP32 accumulation order
+(relative 1e-5 of the output scale). GEMMs the kernel does not take (per-tensor FP8, NVFP4) stay on XLA.
+"""
+import os
+
+if int(os.environ.get("NPROC", "0") or 0) < 32:  # see tests/test_kernels_matmul.py
+  os.environ["NPROC"] = "32"
+
+import dataclasses  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import mx_jax  # noqa: E402
+from mx_jax import dot as D  # noqa: E402
+
+
+def _run(rec, x, w, dn):
+  f = lambda x, w: mx_jax.quantized_dot_general(x, w, dn, rec)  # noqa: E731
+  out = f(x, w)
+  g = jax.random.normal(jax.random.key(3), out.shape, jnp.float32)
+  _, vjp = jax.vjp(f, x, w)
+  return (out,) + tuple(vjp(g))
+
+
+def _close(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  assert a.shape == b.shape
+  assert np.all(np.isfinite(a))
+  np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("name", ["mxfp8", "mxfp4_weights"])
+@pytest.mark.parametrize("case", ["dense", "batched"])
+def test_pallas_impl_matches_xla(name, case):
+  rng = np.random.default_rng(0)
+  if case == "dense":  # K = 72 (not a multiple of 32), token dim 40 (wgrad blocks along it: padded)
+    x = jnp.asarray(rng.standard_normal((2, 20, 72)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((72, 48)) * 0.1, jnp.float32)
+    dn = (((2,), (0,)), ((), ()))
+  else:  # attention-like batch dim and a contraction that is not the last axis of rhs
+    x = jnp.asarray(rng.standard_normal((3, 24, 64)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 64, 40)), jnp.float32)
+    dn = (((2,), (1,)), ((0,), (0,)))
+  rec_x = mx_jax.recipe(name)
+  rec_p = dataclasses.replace(rec_x, impl="pallas")
+  assert D._kernel_mode(rec_p, rec_p.x, rec_p.w) == "interpret"
+  for a, b in zip(_run(rec_p, x, w, dn), _run(rec_x, x, w, dn)):
+    _close(a, b)
+
+
+def test_kernel_mode_choice():
+  rec = mx_jax.recipe("mxfp8")
+  assert D._kernel_mode(rec, rec.x, rec.w) is None  # impl="xla" (default)
+  auto = dataclasses.replace(rec, impl="auto")
+  assert D._kernel_mode(auto, auto.x, auto.w) is None  # auto: the kernel only on Hopper
+  for name in ("fp8_current", "nvfp4"):  # the kernel takes MX operands only
+    r = dataclasses.replace(mx_jax.recipe(name), impl="pallas")
+    assert D._kernel_mode(r, r.x, r.w) is None
