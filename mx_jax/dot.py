@@ -215,6 +215,21 @@ def _kernel_mode(rec: Recipe, sa: OperandSpec | None, sb: OperandSpec | None) ->
   return "interpret" if rec.impl == "pallas" else None
 
 
+def _native_fp8(rec: Recipe, sa: OperandSpec | None, sb: OperandSpec | None):
+  """(dtype_a, dtype_b) when this GEMM reads real FP8 operands (XLA's FP8 GEMM: cuBLASLt on Hopper, FP8
+  tensor cores with their reduced-precision accumulation), None to read them as bf16 (emulation, FP32
+  accumulation). Per-tensor FP8 operands only; ``impl="auto"`` on a GPU or ``"pallas"``; not E5M2 x E5M2
+  (no such Hopper GEMM)."""
+  if rec.impl == "xla" or sa is None or sb is None:
+    return None
+  fa, fb = get_format(sa.fmt), get_format(sb.fmt)
+  if fa.kind != "tensor" or fb.kind != "tensor" or fa.elem.mbits == fb.elem.mbits == 2:
+    return None
+  if rec.impl == "auto" and jax.default_backend() != "gpu":
+    return None
+  return fa.elem.dtype, fb.elem.dtype
+
+
 def _kernel_gemm(a, b, dims, sa, sb, salt_a, salt_b, mode, want_stats):
   """The GEMM on the Pallas kernel: both operands quantized to QArrays laid out (rest..., K) and contracted
   per 32-block with FP32 accumulation (MX DotGeneral); same output layout as lax.dot_general."""
@@ -238,11 +253,12 @@ def _quantized_gemm(a, b, dims, rec: Recipe, state, op_a: str, op_b: str):
   mode = _kernel_mode(rec, sa, sb)
   if mode is not None:
     return _kernel_gemm(a, b, dims, sa, sb, op_a, op_b, mode, rec.telemetry)
+  fp8 = _native_fp8(rec, sa, sb)
   cdt = _operand_dtype(rec)
   qa, pa, ta = quantize_operand(a, sa, ac, scale=_scale_of(state, op_a, rec), salt=op_a,
-                                want_stats=rec.telemetry, dtype=cdt)
+                                want_stats=rec.telemetry, dtype=fp8[0] if fp8 else cdt)
   qb, pb, tb = quantize_operand(b, sb, bc, scale=_scale_of(state, op_b, rec), salt=op_b,
-                                want_stats=rec.telemetry, dtype=cdt)
+                                want_stats=rec.telemetry, dtype=fp8[1] if fp8 else cdt)
   return _gemm(qa, qb, dims, pa, pb), (ta, tb)
 
 

@@ -62,3 +62,26 @@ def test_kernel_mode_choice():
   for name in ("fp8_current", "nvfp4"):  # the kernel takes MX operands only
     r = dataclasses.replace(mx_jax.recipe(name), impl="pallas")
     assert D._kernel_mode(r, r.x, r.w) is None
+
+
+@pytest.mark.parametrize("name", ["fp8_current", "fp8_delayed"])
+def test_native_fp8_gemm_matches_emulation(name):
+  """Per-tensor FP8 GEMMs with impl != "xla" read real float8 operands (XLA's FP8 dot; exact f32 dot on
+  CPU): same values as the bf16 emulation up to accumulation order."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((16, 48)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((48, 24)) * 0.1, jnp.float32)
+  dn = (((1,), (0,)), ((), ()))
+  rec_x = mx_jax.recipe(name)
+  rec_p = dataclasses.replace(rec_x, impl="pallas")
+  assert D._native_fp8(rec_p, rec_p.x, rec_p.w) == (jnp.float8_e4m3fn, jnp.float8_e4m3fn)
+  assert D._native_fp8(rec_p, rec_p.g_dgrad, rec_p.w_dgrad)[0] == jnp.float8_e5m2
+  st = mx_jax.init_state(rec_x)
+
+  def run(rec):
+    f = lambda x, w, s: mx_jax.quantized_dot_general(x, w, dn, rec, s)  # noqa: E731
+    out, vjp = jax.vjp(f, x, w, st)
+    return (out,) + tuple(vjp(jnp.ones_like(out))[:2])
+
+  for a, b in zip(run(rec_p), run(rec_x)):
+    _close(a, b)
