@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from kernels import mx_matmul_mgpu as mgpu
+from kernels import partitioning
 from mx_jax import _bits
 from mx_jax.packing import unpack
 from mx_jax.qarray import QArray
@@ -146,6 +147,7 @@ DEFAULT_FP8 = GemmConfig("fp8", tile_m=64, tile_n=128, tile_k=256, wg_dim="M", m
 DEFAULT_BF16 = GemmConfig("bf16", tile_m=128, tile_n=128, tile_k=64, wg_dim="N", max_concurrent_steps=4)
 
 
+@partitioning.gemm
 def mx_gemm(a: QArray, b: QArray, *, out_dtype=jnp.bfloat16, variant: str | None = None,
             config: GemmConfig | None = None, interpret=False, num_sms: int | None = None) -> jax.Array:
   """(M, N) = a (M, K) @ b (N, K)^T through the Hopper kernels; both quantized along K (axis 1)."""

@@ -19,6 +19,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from kernels import _dispatch
+from kernels import partitioning
 from kernels.mx_quantize import (codes_to_storage, mx_quantize, mx_tile, next_pow2, pad_last,
                                  scale_bytes_to_storage, stochastic_bits)
 from mx_jax import norms
@@ -136,6 +137,7 @@ def _norm_call(x, gain, *, kind, eps, p, bs, quant=None, out_dtype=jnp.float32, 
   return outs, r, n, nb
 
 
+@partitioning.norm
 def norm_pallas(x, gain, *, eps, kind, p, block_size, out_dtype=jnp.float32, block_rows=None, num_warps=None):
   """Normalized x (x's shape, ``out_dtype``) and per-row inverse RMS (R,) float32 by the Pallas kernel."""
   if x.size == 0 or not supported(x.shape[-1], block_size):
@@ -149,6 +151,7 @@ def norm_pallas(x, gain, *, eps, kind, p, block_size, out_dtype=jnp.float32, blo
   return y.reshape(x.shape), inv
 
 
+@partitioning.norm_quantize
 def norm_quantize_pallas(x, gain, fmt, *, eps, kind, p, norm_block, block_size, scale_mode="floor",
                          rounding="nearest_even", key=None, rbits=None, intermediate_dtype=None,
                          block_rows=None, num_warps=None, fast=True, return_inv=False):
@@ -221,6 +224,7 @@ def _bwd_kernel(*refs, n, nb, nbp, r, c, bs, has_gain, x_dtype, g_dtype, dy_dtyp
   _dispatch.store_float(dg_ref, acc, jnp.float32, blks < nb)
 
 
+@partitioning.rms_norm_bwd
 def rms_norm_bwd_pallas(x, gain, inv, dy, *, num_warps=None):
   """(dx in x.dtype, dgain float32 (n,)) for y = rms_norm(x, gain); equals norms.rms_norm_bwd's XLA path."""
   bs = norms._TREE_BLOCK
