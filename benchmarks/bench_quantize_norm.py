@@ -12,6 +12,9 @@ What it does, in order:
      repetition) after warm-up: MX quantize bf16 8192x8192 and 16384x8192 for every block format; RMSNorm +
      MXFP8 fused vs XLA's RMSNorm then quantize; MXNorm + cast vs RMSNorm + cast; skinny shapes 4096x1024 and
      1x8192; RMSNorm backward; a bf16 copy (x * 2) as the bandwidth ceiling measured in the same process.
+Every quantize step runs the Triton kernels ("Pallas") and the Mosaic GPU kernel ("Mosaic", kernels/mgpu_quantize.py,
+with its own small tile sweep) beside XLA; each variant fails soft (error logged, run continues). The norm
+kernels have no Mosaic GPU port yet (they stay on Triton).
 Effective TB/s = (bytes read once + bytes written once) / time, the minimum traffic of the operation.
 Prints a table at the end; writes DIR/bench_quantize_norm.json when --out (or $OUT) is given.
 """
@@ -33,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mx_jax  # noqa: E402
 from kernels import _dispatch, mx_quantize  # noqa: E402
 from kernels import norm_quantize as kn  # noqa: E402
+from kernels import mgpu_quantize as mq  # noqa: E402
 from mx_jax import norms  # noqa: E402
 
 SMOKE = False  # --smoke: tiny shapes, to check the script itself on a CPU (interpret mode)
@@ -130,6 +134,14 @@ def check_exactness(quick: bool):
         record_exact(f"quantize {fmt} {dt.__name__}{shape}", n_mismatch(q_ref, q), x.size,
                      mism_cpu=n_mismatch(q_cpu, q))
       guarded(f"exact quantize {fmt} {shape}", one)
+
+      def one_mosaic():
+        q_ref = jax.jit(lambda x: mx_jax.quantize(x, fmt))(x)
+        q = jax.jit(lambda x: mq.mx_quantize_mgpu(x, fmt))(x)
+        q_cpu = on_cpu(lambda x: mx_jax.quantize(x, fmt), x)
+        record_exact(f"mosaic quantize {fmt} {dt.__name__}{shape}", n_mismatch(q_ref, q), x.size,
+                     mism_cpu=n_mismatch(q_cpu, q))
+      guarded(f"exact mosaic quantize {fmt} {shape}", one_mosaic)
   # scale modes / roundings on one shape
   x = planted((37, 100) if SMOKE else (257, 1000), jnp.bfloat16, seed=5)
   key = jax.random.key(0)
@@ -144,6 +156,9 @@ def check_exactness(quick: bool):
                      x, kw.get("key"))
       record_exact(f"quantize {fmt} {kw.get('scale_mode', '')}{kw.get('rounding', '')}", n_mismatch(q_ref, q),
                    x.size, mism_cpu=n_mismatch(q_cpu, q))
+      qm = mq.mx_quantize_mgpu(x, fmt, **kw)
+      record_exact(f"mosaic quantize {fmt} {kw.get('scale_mode', '')}{kw.get('rounding', '')}",
+                   n_mismatch(q_ref, qm), x.size, mism_cpu=n_mismatch(q_cpu, qm))
     guarded(f"exact quantize {fmt} {kw}", one)
   # fused norms
   nshapes = [((257, 1000), jnp.bfloat16), ((64, 8192), jnp.bfloat16), ((129, 700), jnp.float32)]
@@ -242,6 +257,20 @@ def sweep(quick: bool):
                                    tbps=nb / r[0] / 1e12))
       log(f"[sweep] quantize rows={br} blocks={bb} warps={nw}: {r[0] * 1e3:.4f} ms {nb / r[0] / 1e12:.3f} TB/s")
   best["quantize"] = min(res)[1] if res else (None, None, None)
+  res = []
+  for tile, steps in [(256, 1), (128, 1), (512, 1), (256, 2), (256, 4), (128, 4)][:3 if quick else 6]:
+    def run_cfg(tile=tile, steps=steps):
+      mq.CONFIG.update(tile=tile, steps=steps)
+      f = jax.jit(lambda x: mq.mx_quantize_mgpu(x, "mxfp8_e4m3"))
+      r = bench(f, (x,), reps=7, inner=5)
+      nb = x.size * 2 + nbytes_tree(f(x))
+      res.append((r[0], (tile, steps)))
+      RESULTS["sweep"].append(dict(kernel="mosaic quantize mxfp8_e4m3 16384x8192", cfg=(tile, steps),
+                                   ms=r[0] * 1e3, tbps=nb / r[0] / 1e12))
+      log(f"[sweep] mosaic quantize tile={tile} steps={steps}: {r[0] * 1e3:.4f} ms {nb / r[0] / 1e12:.3f} TB/s")
+    guarded(f"sweep mosaic quantize {tile},{steps}", run_cfg)
+  best["mosaic"] = min(res)[1] if res else (256, 1)
+  mq.CONFIG.update(tile=best["mosaic"][0], steps=best["mosaic"][1])
   g = jnp.ones((x.shape[-1],), jnp.float32)
   res = []
   ncfgs = [(1, 4), (1, 8), (2, 8)]
@@ -308,6 +337,15 @@ def timings(best, quick: bool):
         record_time(f"{shape[0]}x{shape[1]} quantize", f"{fmt} XLA", tx, nb)
         record_time(f"{shape[0]}x{shape[1]} quantize", f"{fmt} Pallas", tk, nb, tx)
       guarded(f"time quantize {fmt} {shape}", one)
+      fm = jax.jit(lambda x, fmt=fmt: mq.mx_quantize_mgpu(x, fmt))
+
+      def one_mosaic():
+        q = fm(x)
+        nb = x.size * 2 + nbytes_tree(q)
+        tx = bench(fx, (x,), rotate=[(a,) for a in xs])[0]
+        tm = bench(fm, (x,), rotate=[(a,) for a in xs])[0]
+        record_time(f"{shape[0]}x{shape[1]} quantize", f"{fmt} Mosaic GPU", tm, nb, tx)
+      guarded(f"time mosaic quantize {fmt} {shape}", one_mosaic)
     # norms
     g = jnp.asarray(1 + 0.1 * np.random.default_rng(0).standard_normal(shape[-1]), jnp.float32)
     nb_norm = x.size * 2 + g.size * 4 + x.size + x.size // 32
@@ -445,7 +483,9 @@ def probe():
   not build with the split-based tree, fall back to the reduction-based pair sum."""
   x = normal((64, 1024), jnp.bfloat16, seed=0)
   g = jnp.ones((1024,), jnp.float32)
-  for name, fn in [("quantize mxfp8_e4m3", lambda: mx_quantize(x, "mxfp8_e4m3", impl="pallas")),
+  for name, fn in [("mosaic quantize mxfp8_e4m3", lambda: mq.mx_quantize_mgpu(x, "mxfp8_e4m3")),
+                   ("mosaic quantize nvfp4", lambda: mq.mx_quantize_mgpu(x, "nvfp4")),
+                   ("quantize mxfp8_e4m3", lambda: mx_quantize(x, "mxfp8_e4m3", impl="pallas")),
                    ("quantize mxfp4_e2m1", lambda: mx_quantize(x, "mxfp4_e2m1", impl="pallas")),
                    ("quantize nvfp4", lambda: mx_quantize(x, "nvfp4", impl="pallas")),
                    ("rmsnorm+mxfp8", lambda: norms.rms_norm_quantize(x, g, impl="pallas")),
@@ -487,6 +527,8 @@ def main():
   ap.add_argument("--only-sweep", action="store_true")
   ap.add_argument("--tree", choices=["split", "sum"], default=None, help="kernels._dispatch.TritonArith.pair")
   args = ap.parse_args()
+  # rows labelled "Pallas" are the Triton kernels; the Mosaic GPU kernel is called explicitly ("Mosaic GPU")
+  _dispatch._FORCE_BACKEND[0] = "triton"
   global SMOKE
   SMOKE = args.smoke
   dev = jax.devices()[0]

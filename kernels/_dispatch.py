@@ -3,6 +3,11 @@
 ``impl``: "xla" (plain jnp, any backend), "pallas" (the kernels: compiled through Pallas' Triton lowering on
 an NVIDIA/AMD GPU, run with ``interpret=True`` everywhere else, e.g. the CPU tests), "auto" (the kernels on a
 GPU, XLA elsewhere). ``MX_JAX_PALLAS_INTERPRET=1`` forces interpret mode even on a GPU (debugging).
+
+GPU backend of the quantize / norm kernels: "mosaic" (``kernels/mgpu_*.py``, Pallas' Mosaic GPU) or "triton"
+(``kernels/mx_quantize.py`` / ``norm_quantize.py``); ``use_gpu_backend(...)`` > ``$MX_JAX_GPU_BACKEND`` >
+``DEFAULT_GPU_BACKEND`` when compiled. Interpret mode (CPU) uses Triton's interpreter unless one is chosen
+explicitly (the Mosaic GPU interpreter is slower; tests/test_kernels_mgpu.py selects it).
 """
 from __future__ import annotations
 
@@ -35,6 +40,8 @@ def impl_key(impl: str) -> str:
   (kernels are traced differently in the two Pallas modes, so a cached trace must not cross them)."""
   if resolve_impl(impl) == "xla":
     return "xla"
+  if gpu_backend() == "mosaic":
+    return "pallas:mosaic:" + ("interpret" if interpret() else "compiled")
   if interpret():
     return "pallas:interpret"
   return f"pallas:triton:{TritonArith.pair}:{'fast' if TRITON_FAST_ONLY[0] else 'guarded'}"
@@ -54,6 +61,36 @@ def force_mode(mode: str | None):
     yield
   finally:
     _FORCE_MODE[0] = old
+
+
+GPU_BACKENDS = ("mosaic", "triton")
+DEFAULT_GPU_BACKEND = "mosaic"
+_FORCE_BACKEND: list[str | None] = [None]
+
+
+@contextlib.contextmanager
+def use_gpu_backend(backend: str | None):
+  """Runs the quantize / norm kernels on ``backend`` ("mosaic" | "triton"; None: the default rule)."""
+  if backend not in (None,) + GPU_BACKENDS:
+    raise ValueError(f"backend must be one of {GPU_BACKENDS}; got {backend!r}")
+  old = _FORCE_BACKEND[0]
+  _FORCE_BACKEND[0] = backend
+  try:
+    yield
+  finally:
+    _FORCE_BACKEND[0] = old
+
+
+def gpu_backend() -> str:
+  """'mosaic' or 'triton': the Pallas lowering the quantize / norm kernels use (see the module docstring)."""
+  if _FORCE_BACKEND[0] is not None:
+    return _FORCE_BACKEND[0]
+  env = os.environ.get("MX_JAX_GPU_BACKEND", "").strip().lower()
+  if env:
+    if env not in GPU_BACKENDS:
+      raise ValueError(f"MX_JAX_GPU_BACKEND must be one of {GPU_BACKENDS}; got {env!r}")
+    return env
+  return "triton" if interpret() else DEFAULT_GPU_BACKEND
 
 
 def interpret() -> bool:
@@ -192,13 +229,13 @@ def store(ref, val, mask=None):
   pltriton.store(ref, val, mask=jnp.broadcast_to(mask, ref.shape))
 
 
-def lower_for_cuda(fn, *avals, device_kind: str = "NVIDIA H100") -> str:
-  """Lowers ``fn`` for CUDA with the kernels compiled by Triton, on any host (checks that every primitive
-  in the kernels has a Triton lowering rule); returns the StableHLO text. Needs no GPU."""
+def lower_for_cuda(fn, *avals, device_kind: str = "NVIDIA H100", backend: str = "triton") -> str:
+  """Lowers ``fn`` for CUDA with the kernels compiled (by Triton, or Mosaic GPU: ``backend="mosaic"``) on
+  any host (checks that every primitive in the kernels has a lowering rule); returns the StableHLO text."""
   from jax.sharding import AbstractDevice, AbstractMesh
   ad = AbstractDevice(device_kind=device_kind, num_cores=132, platform="gpu")
   mesh = AbstractMesh((1,), ("x",), axis_types=(jax.sharding.AxisType.Auto,), abstract_device=ad)
-  with force_mode("triton"), jax.sharding.use_abstract_mesh(mesh):
+  with force_mode("triton"), use_gpu_backend(backend), jax.sharding.use_abstract_mesh(mesh):
     exp = jax.export.export(
         jax.jit(fn), platforms=["cuda"],
         disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(*avals)

@@ -32,6 +32,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from kernels import _dispatch
+from kernels import partitioning
 from mx_jax import _bits, mx_block, nvfp4
 from mx_jax.formats import E2M1, E4M3, E8M0_BIAS, E8M0_NAN, ElemFormat, get_format
 from mx_jax.qarray import QArray
@@ -348,6 +349,7 @@ def mx_quantize(x: jax.Array, fmt: str, *, block_size: int | None = None, scale_
                           block_rows, block_blocks, num_warps, bool(fast))
 
 
+@partitioning.quantize  # custom partitioning of the Pallas path (kernels/partitioning.py)
 @functools.partial(jax.jit, static_argnums=tuple(range(4, 13)))
 def _mx_quantize_jit(x, key, rbits, amax, fmt, bs, scale_mode, rounding, impl, block_rows, block_blocks,
                      num_warps, fast):
@@ -374,9 +376,13 @@ def _mx_quantize_jit(x, key, rbits, amax, fmt, bs, scale_mode, rounding, impl, b
     a = jnp.max(jnp.where(jnp.isfinite(xf), jnp.abs(xf), 0.0)) if amax is None else amax
     s_enc = nvfp4.tensor_encode_scale(a)
     s_dec = jnp.float32(1.0) / s_enc
-  codes, sb = quantize_blocks_pallas(x3, f.name, scale_mode=scale_mode, rounding=rounding, rbits3=rb3,
-                                     s_enc=s_enc, s_dec=s_dec, block_rows=block_rows,
-                                     block_blocks=block_blocks, num_warps=num_warps, fast=fast)
+  if impl.startswith("pallas:mosaic"):  # Mosaic GPU kernel (kernels/mgpu_quantize.py; its own tiling)
+    from kernels import mgpu_quantize
+    codes, sb = mgpu_quantize.quantize_mgpu(x, f, bs, scale_mode, rounding, rb3, s_enc, s_dec)
+  else:
+    codes, sb = quantize_blocks_pallas(x3, f.name, scale_mode=scale_mode, rounding=rounding, rbits3=rb3,
+                                       s_enc=s_enc, s_dec=s_dec, block_rows=block_rows,
+                                       block_blocks=block_blocks, num_warps=num_warps, fast=fast)
   data = codes_to_storage(codes.reshape(lead + (nb * bs,)), f.elem)
   scales = scale_bytes_to_storage(sb.reshape(lead + (nb,)), f.kind)
   return QArray(data, scales, s_dec, f.name, len(lead), tuple(x.shape), bs, False)
