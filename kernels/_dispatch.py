@@ -24,6 +24,10 @@ def on_gpu() -> bool:
   return jax.default_backend() == "gpu"
 
 
+def on_tpu() -> bool:
+  return jax.default_backend() == "tpu"
+
+
 def resolve_impl(impl: str) -> str:
   """'auto' | 'xla' | 'pallas' (or an ``impl_key``) -> 'xla' or 'pallas'."""
   if isinstance(impl, str) and impl.startswith("pallas:"):
@@ -31,7 +35,7 @@ def resolve_impl(impl: str) -> str:
   if impl not in IMPLS:
     raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
   if impl == "auto":
-    return "pallas" if on_gpu() else "xla"
+    return "pallas" if on_gpu() or on_tpu() else "xla"
   return impl
 
 

@@ -345,6 +345,11 @@ def mx_quantize(x: jax.Array, fmt: str, *, block_size: int | None = None, scale_
     raise ValueError(f"amax= applies to nvfp4 and fp8 formats, not {f.name!r}")
   if rbits is not None and rounding != "stochastic":
     rbits = None
+  if _dispatch.on_tpu() and _dispatch.resolve_impl(impl) == "pallas":  # Pallas TPU kernel (kernels/tpu_quantize.py)
+    from kernels import tpu_quantize
+    return tpu_quantize.mx_quantize(x, fmt, block_size=block_size, scale_mode=scale_mode, rounding=rounding,
+                                    key=key, rbits=rbits, amax=amax, block_rows=block_rows,
+                                    block_blocks=block_blocks)
   return _mx_quantize_jit(x, key, rbits, amax, f.name, bs, scale_mode, rounding, _dispatch.impl_key(impl),
                           block_rows, block_blocks, num_warps, bool(fast))
 

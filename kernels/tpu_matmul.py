@@ -99,7 +99,7 @@ def _decode(codes, sexp, fmt: str):
   return jnp.where(sexp == 255, jnp.nan, v)
 
 
-def _kernel(*refs, a_fmt, b_fmt, k_valid, tk, nkt, out_dtype, a_bs, b_bs, tensor_scale):
+def _kernel(*refs, a_fmt, b_fmt, k_valid, tk, nkt, out_dtype, tensor_scale):
   refs = list(refs)
   a_ref = refs.pop(0)
   sa_ref, ea_ref = (refs.pop(0), refs.pop(0)) if a_fmt else (None, None)
@@ -171,7 +171,7 @@ def _gemm3(a_data, a_sc, a_fmt, b_data, b_sc, b_fmt, k_valid, *, out_dtype, conf
     in_specs.append(pl.BlockSpec(memory_space=pltpu.SMEM))
     args.append(lax.bitcast_convert_type(jnp.reshape(tensor_scale, (1,)).astype(jnp.float32), jnp.int32))
   kernel = functools.partial(_kernel, a_fmt=a_fmt, b_fmt=b_fmt, k_valid=k_valid, tk=tk, nkt=nkt,
-                             out_dtype=jnp.dtype(out_dtype), a_bs=None, b_bs=None,
+                             out_dtype=jnp.dtype(out_dtype),
                              tensor_scale=tensor_scale is not None)
   out = pl.pallas_call(
       kernel, grid=grid, in_specs=in_specs,

@@ -10,7 +10,8 @@ scale_b[n, kb], accumulated in FP32, returned in ``out_dtype``. Mixed formats ar
   "mgpu"      the Hopper Pallas/Mosaic GPU kernels (kernels/mx_matmul_mgpu.py); the design (FP8 wgmma with
               per-block promotion, or dequantize-to-bf16 wgmma) is picked per shape and format.
   "mgpu_fp8" / "mgpu_bf16"   force one design.
-  "auto"      "mgpu" on an H100/H200 when the formats are supported, else "xla".
+  "auto"      "mgpu" on an H100/H200 when the formats are supported, the Pallas TPU kernel
+              (kernels/tpu_matmul.py) on a TPU, else "xla".
 ``interpret=True`` runs the Pallas kernels in Mosaic GPU's CPU interpreter (tests).
 
 ``mx_dot_general(lhs, rhs, dimension_numbers)``: lax.dot_general's contract on QArrays: one contracting dim
@@ -40,6 +41,18 @@ WO_IMPLS = ("auto", "xla", "mgpu")
 def _glue():
   from kernels import mx_matmul  # the Pallas kernels are imported only when used
   return mx_matmul
+
+
+def _tpu():
+  from kernels import tpu_matmul  # Pallas TPU kernels: "auto" on a TPU backend
+  return tpu_matmul
+
+
+def _tpu_takes(a: QArray, b: QArray | None = None) -> bool:
+  if jax.default_backend() != "tpu":
+    return False
+  t = _tpu()
+  return t.supported(a, b) and (b is None or a.block_size == b.block_size)
 
 
 def _check_q(q: Any, name: str) -> QArray:
@@ -87,6 +100,8 @@ def mx_matmul(a: QArray, b: QArray, *, out_dtype: Any = jnp.bfloat16, impl: str 
       raise ValueError(f"{nm} must be quantized along K (axis=1); got axis={q.axis}")
   if impl == "xla":
     return _xla_dot(a, b, (((1,), (1,)), ((), ())), out_dtype)
+  if impl == "auto" and _tpu_takes(a, b):
+    return _tpu().mx_gemm(a, b, out_dtype=out_dtype)
   g = _glue()
   why = g.kernel_supports(a, b)
   if why is None and a.block_size != b.block_size:
@@ -138,6 +153,8 @@ def mx_dot_general(lhs: QArray, rhs: QArray, dimension_numbers, *, out_dtype: An
   dn = (((lc0,), (rc0,)), (lb, rb))
   if impl == "xla":
     return _xla_dot(lhs, rhs, dn, out_dtype)
+  if impl == "auto" and _tpu_takes(lhs, rhs):
+    return _tpu().mx_dot_general(lhs, rhs, dn, out_dtype=out_dtype)
   g = _glue()
   why = g.kernel_supports(lhs, rhs)
   if why is None and lhs.block_size != rhs.block_size:
@@ -190,6 +207,8 @@ def mx_weight_only_matmul(x: jax.Array, w: Any, *, out_dtype: Any = jnp.bfloat16
     if w.ndim != 2 or (w.block_size is not None and w.axis != 1):
       raise ValueError(f"w must be (N, K) quantized along axis 1; got {w!r}")
   lead = x.shape[:-1]
+  if impl == "auto" and not prepared and _tpu_takes(w):
+    return _tpu().weight_only_matmul(x, w, out_dtype=out_dtype)
   x2 = x.reshape((-1, k))
   if impl == "xla" or (impl == "auto" and not prepared and _glue().kernel_supports(w) is not None):
     if prepared:

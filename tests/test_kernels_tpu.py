@@ -6,6 +6,8 @@ accumulation-order error. The interpreter fills fresh buffers with NaN (all-ones
 outputs), so the all-finite checks also prove every output element was written. Lowering tests run every
 Pallas -> Mosaic lowering rule for a TPU on this CPU host (libtpu's layout passes are not run here).
 """
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -235,3 +237,25 @@ def test_kernels_lower_for_tpu():
   ]
   for fn, avals in fns:
     assert "tpu_custom_call" in _tpu.lower_for_tpu(fn, *avals)
+
+
+def test_auto_dispatch_routes_to_tpu_kernels(monkeypatch):
+  """With a TPU backend, impl="auto" reaches the TPU kernels from the public entry points (backend faked,
+  kernels interpreted via MX_JAX_TPU_INTERPRET)."""
+  import mx_jax.matmul as mm
+  from kernels import _dispatch, tpu_matmul, tpu_quantize
+  mq = importlib.import_module("kernels.mx_quantize")  # the package re-exports a function of that name
+  monkeypatch.setenv("MX_JAX_TPU_INTERPRET", "1")
+  monkeypatch.setattr(_dispatch, "on_tpu", lambda: True)
+  monkeypatch.setattr(mm.jax, "default_backend", lambda: "tpu")
+  calls = []
+  for mod, name in ((tpu_quantize, "mx_quantize"), (tpu_matmul, "mx_gemm"), (tpu_matmul, "weight_only_matmul")):
+    fn = getattr(mod, name)
+    monkeypatch.setattr(mod, name, lambda *a, _fn=fn, _n=name, **k: (calls.append(_n), _fn(*a, **k))[1])
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((8, 64)), jnp.float32)
+  q = mq.mx_quantize(x, "mxfp8_e4m3", impl="auto")
+  ref = mx_jax.quantize(x, "mxfp8_e4m3")
+  np.testing.assert_array_equal(np.asarray(q.data).view(np.uint8), np.asarray(ref.data).view(np.uint8))
+  mm.mx_matmul(q, q, impl="auto")
+  mm.mx_weight_only_matmul(x, q, impl="auto")
+  assert calls == ["mx_quantize", "mx_gemm", "weight_only_matmul"]
