@@ -437,6 +437,8 @@ def _read_jsonl(path: Path, upto: int):
 def main(argv):
     del argv
     f = FLAGS
+    if f.distributed:  # one process per host (SLURM / MPI / TPU pods: detected from the environment)
+        jax.distributed.initialize()
     over = {k: getattr(f, k) for k in TrainConfig.__dataclass_fields__ if k in f}
     cfg = make_config(f.config, **over)
     if cfg.out_dir is None:
@@ -462,6 +464,7 @@ if __name__ == "__main__":
     flags.DEFINE_bool("quantize_head", None, "LM head through the recipe too")
     flags.DEFINE_bool("progress", None, "tqdm progress bar (default on)")
     flags.DEFINE_enum("tokenizer", None, ["char", "bpe"], "tokenizer")
+    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first (multi-host launch)")
     flags.DEFINE_string("mesh", None, "data-parallel mesh, e.g. 'data=2' (data=-1: every device)")
     FLAGS = flags.FLAGS
     app.run(main)
