@@ -13,8 +13,9 @@ What it does, in order:
      MXFP8 fused vs XLA's RMSNorm then quantize; MXNorm + cast vs RMSNorm + cast; skinny shapes 4096x1024 and
      1x8192; RMSNorm backward; a bf16 copy (x * 2) as the bandwidth ceiling measured in the same process.
 Every quantize step runs the Triton kernels ("Pallas") and the Mosaic GPU kernel ("Mosaic", kernels/mgpu_quantize.py,
-with its own small tile sweep) beside XLA; each variant fails soft (error logged, run continues). The norm
-kernels have no Mosaic GPU port yet (they stay on Triton).
+with its own small tile sweep) beside XLA; each variant fails soft (error logged, run continues). RMSNorm /
+MXNorm + MXFP8 and the RMSNorm backward also run the Mosaic GPU norm kernels (kernels/mgpu_norm.py, rows of
+>= 128 blocks: not 4096x1024, whose Mosaic rows are skipped since it runs on Triton).
 Effective TB/s = (bytes read once + bytes written once) / time, the minimum traffic of the operation.
 Prints a table at the end; writes DIR/bench_quantize_norm.json when --out (or $OUT) is given.
 """
@@ -37,6 +38,7 @@ import mx_jax  # noqa: E402
 from kernels import _dispatch, mx_quantize  # noqa: E402
 from kernels import norm_quantize as kn  # noqa: E402
 from kernels import mgpu_quantize as mq  # noqa: E402
+from kernels import mgpu_norm as mn  # noqa: E402
 from mx_jax import norms  # noqa: E402
 
 SMOKE = False  # --smoke: tiny shapes, to check the script itself on a CPU (interpret mode)
@@ -201,6 +203,41 @@ def check_exactness(quick: bool):
                    mism_cpu=dif(gc[1], gk[1]))
     if shape[0] < 200 and shape[0] != 37:
       guarded(f"exact rms fwd/bwd {shape}", fb)
+  # Mosaic GPU norm kernels (called directly: the benchmark pins the public entry points to Triton)
+  mshapes = [((8, 4096), jnp.bfloat16)] if SMOKE else [((64, 8192), jnp.bfloat16), ((129, 4000), jnp.float32),
+                                                       ((8192, 8192), jnp.bfloat16)]
+  for shape, dt in mshapes:
+    x = planted(shape, dt, seed=13)
+    g = jnp.asarray(1 + 0.2 * np.random.default_rng(1).standard_normal(shape[-1]), jnp.float32)
+    dif = lambda a, b: int((np.asarray(a).view(np.uint8) != np.asarray(b).view(np.uint8)).sum())
+    for kind, p, fmt in [("rms", 2, "mxfp8_e4m3"), ("mx", 2, "mxfp8_e4m3"), ("mx", 1, "mxfp8_e5m2")]:
+      fn = norms.rms_norm_quantize if kind == "rms" else norms.mx_norm_quantize
+      kw = {} if kind == "rms" else dict(p=p)
+
+      def one_m(kind=kind, p=p, fmt=fmt, fn=fn, kw=kw):
+        q_ref = fn(x, g, fmt, impl="xla", **kw)
+        q_cpu = on_cpu(lambda x, g: fn(x, g, fmt, impl="xla", **kw), x, g)
+        q, inv = jax.jit(lambda x, g: mn.norm_quantize_mgpu(x, g, fmt, eps=1e-6, kind=kind, p=p, block_size=32))(x, g)
+        _, inv_ref = jax.jit(lambda x, g: norms._xla_norm_f32(x, g, 1e-6, kind, p, 32))(x, g)
+        record_exact(f"mosaic {kind}norm(p={p})+{fmt} {dt.__name__}{shape}", n_mismatch(q_ref, q), x.size,
+                     f"(inverse RMS bytes differing: {dif(inv_ref, inv)})", n_mismatch(q_cpu, q))
+      guarded(f"exact mosaic norm {kind} {fmt} {shape}", one_m)
+
+    def fb_m():
+      y_ref, _ = norms._xla_norm_f32(x, g, 1e-6, "rms", 2, 32)
+      y, _ = jax.jit(lambda x, g: mn.norm_pallas_mgpu(x, g, eps=1e-6, kind="rms", p=2, block_size=32))(x, g)
+      record_exact(f"mosaic rms_norm fwd f32 out {dt.__name__}{shape}", dif(y_ref.reshape(x.shape), y), y.size)
+      xs_, _ = (normal(shape, dt, seed=5), None)
+      _, inv = norms._xla_norm_f32(xs_, g, 1e-6, "rms", 2, 32)
+      dy = normal(shape, dt, seed=6)
+      r = norms.rms_norm_bwd(xs_, g, inv, dy, impl="xla")
+      rc = on_cpu(lambda x, g, i, d: norms.rms_norm_bwd(x, g, i, d, impl="xla"), xs_, g, inv, dy)
+      k = jax.jit(mn.rms_norm_bwd_mgpu)(xs_, g, inv, dy)
+      record_exact(f"mosaic rms_norm bwd dx {dt.__name__}{shape}", dif(r[0], k[0]), x.size, mism_cpu=dif(rc[0], k[0]))
+      record_exact(f"mosaic rms_norm bwd dgain {dt.__name__}{shape}", dif(r[1], k[1]), g.size,
+                   mism_cpu=dif(rc[1], k[1]))
+    if mn.supported(shape[-1], 32, dt, "bwd"):
+      guarded(f"exact mosaic rms fwd/bwd {shape}", fb_m)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -366,6 +403,17 @@ def timings(best, quick: bool):
         ("XLA flax-RMSNorm alone (bf16 out)", jax.jit(flax_rmsnorm)),
         ("Pallas rms_norm alone (bf16 out)", jax.jit(lambda x, g: norms.rms_norm(x, g, impl="pallas"))),
     ]
+    if mn.supported(shape[-1], 32, x.dtype):
+      cases += [
+          ("Mosaic RMSNorm+MXFP8 fused", jax.jit(lambda x, g: mn.norm_quantize_mgpu(
+              x, g, "mxfp8_e4m3", eps=1e-6, kind="rms", p=2, block_size=32))),
+          ("Mosaic MXNorm(p=2)+MXFP8 fused", jax.jit(lambda x, g: mn.norm_quantize_mgpu(
+              x, g, "mxfp8_e4m3", eps=1e-6, kind="mx", p=2, block_size=32))),
+          ("Mosaic rms_norm alone (bf16 out)", jax.jit(lambda x, g: mn.norm_pallas_mgpu(
+              x, g, eps=1e-6, kind="rms", p=2, block_size=32, out_dtype=x.dtype))),
+      ]
+    else:
+      log(f"[mosaic] {shape}: rows of < 128 blocks run on Triton; no Mosaic norm rows")
     ref_t = None
     for name, fn in cases:
       def one(name=name, fn=fn):
@@ -375,7 +423,7 @@ def timings(best, quick: bool):
         if name.startswith("XLA flax-RMSNorm(bf16)"):
           ref_t = t
         record_time(f"{shape[0]}x{shape[1]} norm+cast", name, t, nbytes,
-                    ref_t if name.startswith("Pallas") and "alone" not in name else None)
+                    ref_t if name.startswith(("Pallas", "Mosaic")) and "alone" not in name else None)
       guarded(f"time {name} {shape}", one)
     # backward
     dy = normal(shape, jnp.bfloat16, seed=4)
@@ -383,6 +431,8 @@ def timings(best, quick: bool):
     for name, fn in [("XLA rms_norm bwd (det.)", jax.jit(lambda x, g, i, d: norms.rms_norm_bwd(x, g, i, d,
                                                                                              impl="xla"))),
                      ("Pallas rms_norm bwd", jax.jit(lambda x, g, i, d: kn.rms_norm_bwd_pallas(x, g, i, d))),
+                     *([("Mosaic rms_norm bwd", jax.jit(mn.rms_norm_bwd_mgpu))]
+                       if mn.supported(shape[-1], 32, x.dtype, "bwd") else []),
                      ("XLA autodiff of flax-RMSNorm", jax.jit(lambda x, g, i, d: jax.vjp(flax_rmsnorm, x, g)[1](d)))]:
       def one(name=name, fn=fn):
         t = bench(fn, (x, g, inv, dy), rotate=[(a, g, inv, dy) for a in xs])[0]

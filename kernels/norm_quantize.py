@@ -50,6 +50,14 @@ def supported(n: int, bs: int) -> bool:
   return _dispatch.interpret() or next_pow2(-(-n // bs)) * bs <= MAX_ROW_TRITON
 
 
+def _mosaic(n: int, bs: int, dtype, kind: str = "fwd") -> bool:
+  """Compiled with the Mosaic GPU backend chosen and rows that kernels/mgpu_norm.py takes (else Triton)."""
+  if _dispatch.interpret() or _dispatch.gpu_backend() != "mosaic":
+    return False
+  from kernels import mgpu_norm
+  return mgpu_norm.supported(n, bs, dtype, kind)
+
+
 def _prep(x, bs):
   """x (..., n) -> (R, nb, bs) in x's dtype, zero-padded along the row; (R, n, nb, nbp)."""
   n = x.shape[-1]
@@ -140,9 +148,16 @@ def _norm_call(x, gain, *, kind, eps, p, bs, quant=None, out_dtype=jnp.float32, 
 @partitioning.norm
 def norm_pallas(x, gain, *, eps, kind, p, block_size, out_dtype=jnp.float32, block_rows=None, num_warps=None):
   """Normalized x (x's shape, ``out_dtype``) and per-row inverse RMS (R,) float32 by the Pallas kernel."""
+  if _dispatch.on_tpu():  # Pallas TPU kernel (kernels/tpu_norm.py)
+    from kernels import tpu_norm
+    return tpu_norm.norm(x, gain, eps=eps, kind=kind, p=p, block_size=block_size, out_dtype=out_dtype)
   if x.size == 0 or not supported(x.shape[-1], block_size):
     y, inv = norms._xla_norm_f32(x, gain, eps, kind, p, block_size)
     return y.reshape(x.shape).astype(out_dtype), inv
+  if _mosaic(x.shape[-1], block_size if kind == "mx" else norms._TREE_BLOCK, x.dtype):
+    from kernels import mgpu_norm
+    return mgpu_norm.norm_pallas_mgpu(x, gain, eps=eps, kind=kind, p=p, block_size=block_size,
+                                      out_dtype=out_dtype)
   (y, inv), r, n, nb = _norm_call(x, gain, kind=kind, eps=eps, p=p, bs=block_size, out_dtype=out_dtype,
                                   block_rows=block_rows, num_warps=num_warps)
   y = y.reshape(r, nb * block_size)
@@ -160,6 +175,11 @@ def norm_quantize_pallas(x, gain, fmt, *, eps, kind, p, norm_block, block_size, 
   MX formats run fully fused. nvfp4 (its tensor scale needs the whole normalized tensor first) runs the norm
   kernel to float32 and then the quantize kernel.
   """
+  if _dispatch.on_tpu():  # Pallas TPU kernel (kernels/tpu_norm.py)
+    from kernels import tpu_norm
+    return tpu_norm.norm_quantize(x, gain, fmt, eps=eps, kind=kind, p=p, norm_block=norm_block,
+                                  block_size=block_size, scale_mode=scale_mode, rounding=rounding, key=key,
+                                  rbits=rbits, intermediate_dtype=intermediate_dtype, return_inv=return_inv)
   f = get_format(fmt)
   n = x.shape[-1]
   if f.kind == "nvfp4" or x.size == 0 or not supported(n, block_size) or (kind == "rms"
@@ -169,6 +189,12 @@ def norm_quantize_pallas(x, gain, fmt, *, eps, kind, p, norm_block, block_size, 
       y = y.astype(intermediate_dtype).astype(jnp.float32)
     q = mx_quantize(y, f.name, block_size=block_size, scale_mode=scale_mode, rounding=rounding, key=key,
                     rbits=rbits, impl="pallas")
+    return (q, inv) if return_inv else q
+  if _mosaic(n, block_size, x.dtype):
+    from kernels import mgpu_norm
+    q, inv = mgpu_norm.norm_quantize_mgpu(x, gain, f.name, eps=eps, kind=kind, p=p, block_size=block_size,
+                                          scale_mode=scale_mode, rounding=rounding, key=key, rbits=rbits,
+                                          intermediate_dtype=intermediate_dtype)
     return (q, inv) if return_inv else q
   lead = tuple(x.shape[:-1])
   nb = -(-n // block_size)
@@ -227,10 +253,16 @@ def _bwd_kernel(*refs, n, nb, nbp, r, c, bs, has_gain, x_dtype, g_dtype, dy_dtyp
 @partitioning.rms_norm_bwd
 def rms_norm_bwd_pallas(x, gain, inv, dy, *, num_warps=None):
   """(dx in x.dtype, dgain float32 (n,)) for y = rms_norm(x, gain); equals norms.rms_norm_bwd's XLA path."""
+  if _dispatch.on_tpu():
+    from kernels import tpu_norm
+    return tpu_norm.rms_norm_bwd(x, gain, inv, dy)
   bs = norms._TREE_BLOCK
   n = x.shape[-1]
   if x.size == 0 or not supported(n, bs):
     return norms.rms_norm_bwd(x, gain, inv, dy, impl="xla")
+  if _mosaic(n, bs, x.dtype, "bwd"):
+    from kernels import mgpu_norm
+    return mgpu_norm.rms_norm_bwd_mgpu(x, gain, inv, dy)
   x3, r, n, nb, nbp = _prep(x, bs)
   dy3, *_ = _prep(dy, bs)
   groups, c = norms.bwd_groups(r)
