@@ -68,7 +68,10 @@ def force_mode(mode: str | None):
 
 
 GPU_BACKENDS = ("mosaic", "triton")
-DEFAULT_GPU_BACKEND = "mosaic"
+# Per kernel, the faster backend measured on the H100 (BENCHMARKS.md, "Pallas kernels I", session 2):
+# Triton quantize 2.4-2.6 TB/s vs Mosaic 0.9; Triton RMSNorm+MXFP8 2.16 vs Mosaic 0.84; Mosaic plain RMSNorm
+# 2.57 vs 2.46 and Mosaic RMSNorm backward 2.41 vs Triton 0.94 (all bit-exact vs XLA on the GPU).
+DEFAULT_GPU_BACKEND = {"quantize": "triton", "norm_quantize": "triton", "norm": "mosaic", "norm_bwd": "mosaic"}
 _FORCE_BACKEND: list[str | None] = [None]
 
 
@@ -85,8 +88,9 @@ def use_gpu_backend(backend: str | None):
     _FORCE_BACKEND[0] = old
 
 
-def gpu_backend() -> str:
-  """'mosaic' or 'triton': the Pallas lowering the quantize / norm kernels use (see the module docstring)."""
+def gpu_backend(kernel: str = "quantize") -> str:
+  """'mosaic' or 'triton': the Pallas lowering ``kernel`` ("quantize" | "norm_quantize" | "norm" |
+  "norm_bwd") uses: forced by ``use_gpu_backend``, else MX_JAX_GPU_BACKEND, else DEFAULT_GPU_BACKEND."""
   if _FORCE_BACKEND[0] is not None:
     return _FORCE_BACKEND[0]
   env = os.environ.get("MX_JAX_GPU_BACKEND", "").strip().lower()
@@ -94,7 +98,7 @@ def gpu_backend() -> str:
     if env not in GPU_BACKENDS:
       raise ValueError(f"MX_JAX_GPU_BACKEND must be one of {GPU_BACKENDS}; got {env!r}")
     return env
-  return "triton" if interpret() else DEFAULT_GPU_BACKEND
+  return "triton" if interpret() else DEFAULT_GPU_BACKEND[kernel]
 
 
 def interpret() -> bool:

@@ -50,9 +50,9 @@ def supported(n: int, bs: int) -> bool:
   return _dispatch.interpret() or next_pow2(-(-n // bs)) * bs <= MAX_ROW_TRITON
 
 
-def _mosaic(n: int, bs: int, dtype, kind: str = "fwd") -> bool:
-  """Compiled with the Mosaic GPU backend chosen and rows that kernels/mgpu_norm.py takes (else Triton)."""
-  if _dispatch.interpret() or _dispatch.gpu_backend() != "mosaic":
+def _mosaic(n: int, bs: int, dtype, kind: str = "fwd", kernel: str = "norm") -> bool:
+  """Compiled with the Mosaic GPU backend chosen for ``kernel`` and rows that kernels/mgpu_norm.py takes."""
+  if _dispatch.interpret() or _dispatch.gpu_backend(kernel) != "mosaic":
     return False
   from kernels import mgpu_norm
   return mgpu_norm.supported(n, bs, dtype, kind)
@@ -190,7 +190,7 @@ def norm_quantize_pallas(x, gain, fmt, *, eps, kind, p, norm_block, block_size, 
     q = mx_quantize(y, f.name, block_size=block_size, scale_mode=scale_mode, rounding=rounding, key=key,
                     rbits=rbits, impl="pallas")
     return (q, inv) if return_inv else q
-  if _mosaic(n, block_size, x.dtype):
+  if _mosaic(n, block_size, x.dtype, kernel="norm_quantize"):
     from kernels import mgpu_norm
     q, inv = mgpu_norm.norm_quantize_mgpu(x, gain, f.name, eps=eps, kind=kind, p=p, block_size=block_size,
                                           scale_mode=scale_mode, rounding=rounding, key=key, rbits=rbits,
@@ -260,7 +260,7 @@ def rms_norm_bwd_pallas(x, gain, inv, dy, *, num_warps=None):
   n = x.shape[-1]
   if x.size == 0 or not supported(n, bs):
     return norms.rms_norm_bwd(x, gain, inv, dy, impl="xla")
-  if _mosaic(n, bs, x.dtype, "bwd"):
+  if _mosaic(n, bs, x.dtype, "bwd", kernel="norm_bwd"):
     from kernels import mgpu_norm
     return mgpu_norm.rms_norm_bwd_mgpu(x, gain, inv, dy)
   x3, r, n, nb, nbp = _prep(x, bs)

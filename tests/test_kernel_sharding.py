@@ -200,7 +200,8 @@ def group_matmul():
 GROUPS = {"quantize": group_quantize, "norm": group_norm, "matmul": group_matmul}
 
 
-@pytest.mark.parametrize("group", sorted(GROUPS))
+@pytest.mark.parametrize("group", [pytest.param(g, marks=pytest.mark.slow) if g == "norm" else g
+                                   for g in sorted(GROUPS)])  # norm: ~55 s on 2 cores, run with -m slow
 def test_kernels_sharded_equal_unsharded(group):
   r = subprocess.run([sys.executable, os.path.abspath(__file__), group], capture_output=True, text=True,
                      timeout=300, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT))
