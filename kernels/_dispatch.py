@@ -170,8 +170,14 @@ def kernel_arith():
   return _Arith(barrier=True)
 
 
-def _uint_of(dtype):
+def uint_of(dtype):
+  """The unsigned integer dtype of ``dtype``'s width."""
   return jnp.dtype(f"uint{jnp.dtype(dtype).itemsize * 8}")
+
+
+def as_bits(x: jax.Array) -> jax.Array:
+  """A float array's same-width unsigned bits (a free bitcast; exact on every backend)."""
+  return jax.lax.bitcast_convert_type(x, uint_of(x.dtype))
 
 
 def kernel_in(x: jax.Array) -> jax.Array:
@@ -179,14 +185,14 @@ def kernel_in(x: jax.Array) -> jax.Array:
   (same-width uint) when interpreted. XLA:CPU moves bf16 through float32 with denormals flushed in pads,
   selects and converts, and the interpreter pads inputs; integer bits travel unchanged."""
   if interpret() and jnp.issubdtype(x.dtype, jnp.floating):
-    return jax.lax.bitcast_convert_type(x, _uint_of(x.dtype))
+    return jax.lax.bitcast_convert_type(x, uint_of(x.dtype))
   return x
 
 
 def kernel_out_dtype(dtype):
   """dtype a kernel stores for a float output of ``dtype`` (bits when interpreted, see ``kernel_in``)."""
   dtype = jnp.dtype(dtype)
-  return _uint_of(dtype) if interpret() and jnp.issubdtype(dtype, jnp.floating) else dtype
+  return uint_of(dtype) if interpret() and jnp.issubdtype(dtype, jnp.floating) else dtype
 
 
 def kernel_out(y: jax.Array, dtype) -> jax.Array:
@@ -225,7 +231,7 @@ def store_float(ref, y: jax.Array, dtype, mask=None):
   """Stores float32 ``y`` as ``dtype`` (as its bits when interpreted, see ``kernel_out_dtype``)."""
   y = y.astype(dtype)
   if interpret():
-    y = jax.lax.bitcast_convert_type(y, _uint_of(dtype))
+    y = jax.lax.bitcast_convert_type(y, uint_of(dtype))
   store(ref, y, mask)
 
 

@@ -15,6 +15,7 @@ from jax import lax
 import jax.experimental.pallas.mosaic_gpu as plgpu
 
 from kernels import _dispatch
+from kernels._dispatch import as_bits, uint_of  # noqa: F401  (the kernels' float-as-bits I/O)
 from mx_jax import _bits
 from mx_jax.formats import ElemFormat
 
@@ -38,15 +39,6 @@ def load_rows(ref, v: int = 8):
 def interpret_params():
   """plgpu.kernel's ``interpret=``: Mosaic GPU's interpreter off-GPU (or when forced), else None."""
   return plgpu.InterpretGPUParams() if _dispatch.interpret() else None
-
-
-def uint_of(dtype):
-  return jnp.dtype(f"uint{jnp.dtype(dtype).itemsize * 8}")
-
-
-def as_bits(x: jax.Array) -> jax.Array:
-  """Float array -> same-width unsigned bits (what the kernels read; exact on every backend)."""
-  return lax.bitcast_convert_type(x, uint_of(x.dtype))
 
 
 def f32_bits_of(u: jax.Array, src_dtype) -> jax.Array:

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental.pallas import tpu as pltpu
 
+from kernels._dispatch import as_bits, uint_of  # noqa: F401  (the kernels' float-as-bits I/O)
+
 LANES = 128
 # Rows of a tile are a multiple of 32: uint8 arrays are tiled (32, 128) on TPU.
 ROW_ALIGN = 32
@@ -60,15 +62,6 @@ def lower_for_tpu(fn, *avals, device_kind: str = "TPU v6 lite") -> str:
     return low.as_text()
   finally:
     _LOWER_FOR_TPU[0] = False
-
-
-def uint_of(dtype):
-  return jnp.dtype(f"uint{jnp.dtype(dtype).itemsize * 8}")
-
-
-def as_bits(x: jax.Array) -> jax.Array:
-  """A float array's bits (bitcast, free in XLA); what every kernel takes for a float input."""
-  return lax.bitcast_convert_type(x, uint_of(x.dtype))
 
 
 def f32_bits_of(bits: jax.Array, src_dtype) -> jax.Array:

@@ -300,9 +300,7 @@ def _xla_quantize_rbits(x, f, bs, scale_mode, rbits):
   ax = x.ndim - 1
   if f.kind == "nvfp4":
     xf = x.astype(jnp.float32)
-    amax = jnp.max(jnp.where(jnp.isfinite(xf), jnp.abs(xf), 0.0))
-    s_enc = nvfp4.tensor_encode_scale(amax)
-    s_dec = jnp.float32(1.0) / s_enc
+    s_enc, s_dec = nvfp4.tensor_scales(xf)
     xb = to_blocks(xf, ax, bs)
     codes, sb = nvfp4_tile(xb, s_enc, s_dec, "stochastic", rbits)
     data = codes_to_storage(from_blocks(codes, ax), f.elem)
@@ -377,10 +375,7 @@ def _mx_quantize_jit(x, key, rbits, amax, fmt, bs, scale_mode, rounding, impl, b
     rb3 = stochastic_bits(key, rbits, lead, nb, bs).reshape(r, nb, bs)
   s_enc = s_dec = None
   if f.kind == "nvfp4":
-    xf = x.astype(jnp.float32)
-    a = jnp.max(jnp.where(jnp.isfinite(xf), jnp.abs(xf), 0.0)) if amax is None else amax
-    s_enc = nvfp4.tensor_encode_scale(a)
-    s_dec = jnp.float32(1.0) / s_enc
+    s_enc, s_dec = nvfp4.tensor_scales(x, amax)
   if impl.startswith("pallas:mosaic"):  # Mosaic GPU kernel (kernels/mgpu_quantize.py; its own tiling)
     from kernels import mgpu_quantize
     codes, sb = mgpu_quantize.quantize_mgpu(x, f, bs, scale_mode, rounding, rb3, s_enc, s_dec)

@@ -135,11 +135,16 @@ def _q_partition(opts, mesh, arg_shapes, result_shape):
   return mesh, lambda x, r, a: _q_body(x, r, a, opts), (xs, xs), args
 
 
+def _make_cp(body, static_arg: int, partition, rule):
+  """``body`` under custom partitioning (its options pytree static at ``static_arg``)."""
+  cp = custom_partitioning(body, static_argnums=(static_arg,))
+  cp.def_partition(decode_shardings=False, partition=partition, sharding_rule=rule)
+  return cp
+
+
 @functools.cache
 def _q_cp():
-  cp = custom_partitioning(_q_body, static_argnums=(3,))
-  cp.def_partition(decode_shardings=False, partition=_q_partition, sharding_rule=_q_rule)
-  return cp
+  return _make_cp(_q_body, 3, _q_partition, _q_rule)
 
 
 def quantize(jit_fn):
@@ -151,7 +156,7 @@ def quantize(jit_fn):
     from kernels.mx_quantize import stochastic_bits
     from mx_jax.formats import get_format
     from mx_jax.qarray import QArray
-    from mx_jax import nvfp4
+    from mx_jax import fp8_tensor, nvfp4
     f = get_format(fmt)
     if _dispatch.resolve_impl(impl) == "xla" or x.ndim == 0 or x.size == 0 or f.kind not in ("mx", "nvfp4"):
       return jit_fn(x, key, rbits, amax, fmt, bs, scale_mode, rounding, impl, *tiling)
@@ -159,10 +164,8 @@ def quantize(jit_fn):
     rb = stochastic_bits(key, rbits, lead, -(-n // bs), bs) if rounding == "stochastic" else None
     s_dec = None
     if f.kind == "nvfp4":  # the global amax (XLA all-reduces it), as the kernel path computes it
-      if amax is None:
-        xf = x.astype(jnp.float32)
-        amax = jnp.max(jnp.where(jnp.isfinite(xf), jnp.abs(xf), 0.0))
-      s_dec = jnp.float32(1.0) / nvfp4.tensor_encode_scale(amax)
+      amax = fp8_tensor.finite_amax(x) if amax is None else amax
+      s_dec = nvfp4.tensor_scales(x, amax)[1]
     else:
       amax = None
     opts = (jit_fn, fmt, bs, scale_mode, rounding, impl) + tuple(tiling)
@@ -208,10 +211,8 @@ def _norm_partition(opts, mesh, arg_shapes, result_shape):
 
 @functools.cache
 def _norm_cp():
-  cp = custom_partitioning(_norm_body, static_argnums=(2,))
-  cp.def_partition(decode_shardings=False, partition=_norm_partition, sharding_rule=lambda opts, mesh, ops, res: (
+  return _make_cp(_norm_body, 2, _norm_partition, lambda opts, mesh, ops, res: (
       "... n, n -> ... n, ..." if len(ops) == 2 else "... n -> ... n, ...", dict(need_replication_factors=("n",))))
-  return cp
 
 
 def norm(fn):
@@ -251,9 +252,7 @@ def _nq_rule(opts, mesh, ops, res):
 
 @functools.cache
 def _nq_cp():
-  cp = custom_partitioning(_nq_body, static_argnums=(3,))
-  cp.def_partition(decode_shardings=False, partition=_nq_partition, sharding_rule=_nq_rule)
-  return cp
+  return _make_cp(_nq_body, 3, _nq_partition, _nq_rule)
 
 
 def norm_quantize(fn):
@@ -312,11 +311,9 @@ def _bwd_partition(opts, mesh, arg_shapes, result_shape):
 
 @functools.cache
 def _bwd_cp():
-  cp = custom_partitioning(_bwd_body, static_argnums=(4,))
-  cp.def_partition(decode_shardings=False, partition=_bwd_partition, sharding_rule=lambda opts, mesh, ops, res: (
+  return _make_cp(_bwd_body, 4, _bwd_partition, lambda opts, mesh, ops, res: (
       "... n, n, ..., ... n -> ... n, n" if len(ops) == 4 else "... n, ..., ... n -> ... n, n",
       dict(need_replication_factors=("n",))))
-  return cp
 
 
 def rms_norm_bwd(fn):
@@ -389,9 +386,7 @@ def _gemm_partition(opts, mesh, arg_shapes, result_shape):
 
 @functools.cache
 def _gemm_cp():
-  cp = custom_partitioning(_gemm_body, static_argnums=(4,))
-  cp.def_partition(decode_shardings=False, partition=_gemm_partition, sharding_rule=_gemm_rule)
-  return cp
+  return _make_cp(_gemm_body, 4, _gemm_partition, _gemm_rule)
 
 
 def gemm(fn):

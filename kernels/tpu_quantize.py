@@ -222,10 +222,7 @@ def _quantize_jit(x, key, rbits, amax, fmt, bs, scale_mode, rounding, block_rows
     rb2 = stochastic_bits(key, rbits, lead, nb, bs).reshape(r, nb * bs)
   s_enc = s_dec = None
   if f.kind == "nvfp4":
-    xf = x.astype(jnp.float32)
-    a = jnp.max(jnp.where(jnp.isfinite(xf), jnp.abs(xf), 0.0)) if amax is None else amax
-    s_enc = nvfp4.tensor_encode_scale(a)
-    s_dec = jnp.float32(1.0) / s_enc
+    s_enc, s_dec = nvfp4.tensor_scales(x, amax)
   codes, sb = quantize_2d(x.reshape(r, n), f.name, bs, scale_mode=scale_mode, rounding=rounding, rbits2=rb2,
                           s_enc=s_enc, s_dec=s_dec, block_rows=block_rows, block_blocks=block_blocks)
   data = codes_to_storage(codes.reshape(lead + (nb * bs,)), f.elem)

@@ -74,6 +74,14 @@ def _resolve(impl: str, why_not: str | None) -> str:
   return impl
 
 
+def _resolve_pair(impl: str, a: QArray, b: QArray) -> str:
+  """The GPU impl for an operand pair: the kernels' reason to refuse it (format, block size) -> "xla"."""
+  why = _glue().kernel_supports(a, b)
+  if why is None and a.block_size != b.block_size:
+    why = "operands with different block sizes"
+  return _resolve(impl, why)
+
+
 def _xla_dot(a: QArray, b: QArray, dimension_numbers, out_dtype):
   da = dequantize(a, jnp.float32)
   db = dequantize(b, jnp.float32)
@@ -102,17 +110,13 @@ def mx_matmul(a: QArray, b: QArray, *, out_dtype: Any = jnp.bfloat16, impl: str 
     return _xla_dot(a, b, (((1,), (1,)), ((), ())), out_dtype)
   if impl == "auto" and _tpu_takes(a, b):
     return _tpu().mx_gemm(a, b, out_dtype=out_dtype)
-  g = _glue()
-  why = g.kernel_supports(a, b)
-  if why is None and a.block_size != b.block_size:
-    why = "operands with different block sizes"
-  impl = _resolve(impl, why)
+  impl = _resolve_pair(impl, a, b)
   if impl == "xla":
     return _xla_dot(a, b, (((1,), (1,)), ((), ())), out_dtype)
   variant = {"mgpu": None, "mgpu_fp8": "fp8", "mgpu_bf16": "bf16"}[impl]
   if config is not None:
     variant = config.variant
-  return g.mx_gemm(a, b, out_dtype=out_dtype, variant=variant, config=config, interpret=interpret)
+  return _glue().mx_gemm(a, b, out_dtype=out_dtype, variant=variant, config=config, interpret=interpret)
 
 
 def _move_to_bmk(q: QArray, batch: tuple[int, ...], contract: int) -> QArray:
@@ -155,11 +159,7 @@ def mx_dot_general(lhs: QArray, rhs: QArray, dimension_numbers, *, out_dtype: An
     return _xla_dot(lhs, rhs, dn, out_dtype)
   if impl == "auto" and _tpu_takes(lhs, rhs):
     return _tpu().mx_dot_general(lhs, rhs, dn, out_dtype=out_dtype)
-  g = _glue()
-  why = g.kernel_supports(lhs, rhs)
-  if why is None and lhs.block_size != rhs.block_size:
-    why = "operands with different block sizes"
-  impl = _resolve(impl, why)
+  impl = _resolve_pair(impl, lhs, rhs)
   if impl == "xla":
     return _xla_dot(lhs, rhs, dn, out_dtype)
   lfree = [lhs.shape[d] for d in range(lhs.ndim) if d not in lb and d != lc0]

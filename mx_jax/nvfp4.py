@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mx_jax import _bits
+from mx_jax import _bits, fp8_tensor
 from mx_jax._blocks import from_blocks, to_blocks
 from mx_jax.formats import E2M1, E4M3
 
@@ -28,14 +28,17 @@ def tensor_encode_scale(amax: jax.Array) -> jax.Array:
   return jnp.where(ok, s, jnp.float32(1.0))
 
 
+def tensor_scales(x: jax.Array, amax: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """(S_enc, S_dec = 1 / S_enc) from amax over x's finite elements (or the given ``amax``)."""
+  s_enc = tensor_encode_scale(fp8_tensor.finite_amax(x) if amax is None else amax)
+  return s_enc, jnp.float32(1.0) / s_enc
+
+
 def nvfp4_quantize_blocks(x: jax.Array, axis: int, bs: int, rounding: str, key: jax.Array | None,
                           amax: jax.Array | None = None, fast: bool = False):
   """Returns (E2M1 values as float32 padded along axis, E4M3 block scales, FP32 tensor decode scale)."""
   x = x.astype(jnp.float32)
-  if amax is None:
-    amax = jnp.max(jnp.where(jnp.isfinite(x), jnp.abs(x), 0.0))
-  s_enc = tensor_encode_scale(amax)
-  s_dec = jnp.float32(1.0) / s_enc
+  s_enc, s_dec = tensor_scales(x, amax)
   xb = to_blocks(x, axis, bs)
   bad = jnp.any(~jnp.isfinite(xb), axis=axis + 1, keepdims=True)
   amax_b = jnp.max(jnp.abs(jnp.where(bad, 0.0, xb)), axis=axis + 1, keepdims=True)
