@@ -463,25 +463,16 @@ def main():
     wo_check = [mg.WeightOnlyConfig(64, 128, 1, 2)]
   t0 = time.time()
   try:
-    if "env" in secs:
-      section_env(args)
-    if "check" in secs:
-      section_check(args, check_cfgs, wo_check)
-      log(f"[{time.time() - t0:.0f} s]")
     best = {"fp8": glue.DEFAULT_FP8, "bf16": glue.DEFAULT_BF16}
     if SMOKE:
       best = {"fp8": sweep_cfgs[0], "bf16": sweep_cfgs[1]}
-    if "sweep" in secs:
-      best.update(section_sweep(args, sweep_cfgs))
-      log(f"[{time.time() - t0:.0f} s]")
-    if "wo" in secs:
-      section_wo(args)
-      log(f"[{time.time() - t0:.0f} s]")
-    if "sizes" in secs:
-      section_sizes(args, best)
-      log(f"[{time.time() - t0:.0f} s]")
-    if "acc" in secs:
-      section_acc(args, best)
+    run = {"env": lambda: section_env(args), "check": lambda: section_check(args, check_cfgs, wo_check),
+           "sweep": lambda: best.update(section_sweep(args, sweep_cfgs)), "wo": lambda: section_wo(args),
+           "sizes": lambda: section_sizes(args, best), "acc": lambda: section_acc(args, best)}
+    for sec in secs:  # in the order given
+      if sec not in run:
+        raise SystemExit(f"--sections: unknown section {sec!r}; choose from {sorted(run)}")
+      run[sec]()
       log(f"[{time.time() - t0:.0f} s]")
   except OutOfTime as e:
     log(f"STOPPED: {e}")

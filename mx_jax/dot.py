@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import math
 import zlib
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import jax
@@ -347,6 +348,10 @@ def quantized_dot_general(lhs, rhs, dimension_numbers, rec: Recipe | str, state:
   uses) instead of the sum that autodiff would form if the uses shared ``state`` directly.
   """
   del precision  # the recipe fixes the GEMM's input precision; accumulation is always FP32
+  if not isinstance(return_state, bool):
+    raise TypeError(f"return_state must be a bool; got {type(return_state).__name__}")
+  if state is not None and not isinstance(state, Mapping):
+    raise TypeError(f"state must be a dict from mx_jax.init_state (or None); got {type(state).__name__}")
   rec = get_recipe(rec)
   for name, v in (("lhs", lhs), ("rhs", rhs)):
     if not jnp.issubdtype(jnp.asarray(v).dtype, jnp.floating):

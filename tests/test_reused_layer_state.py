@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import mx_jax
 from mx_jax.flax import OVERWRITE_WITH_GRADIENT, MxDense
@@ -74,3 +75,13 @@ def test_functional_threading_matches_single_use():
     np.testing.assert_array_equal(np.asarray(s2[t]["amax_history"]), np.asarray(s1[t]["amax_history"]))
     assert float(s2[t]["scale"]) == float(s1[t]["scale"])
   assert float(s1["x"]["amax_history"][0]) == float(jnp.max(jnp.abs(x)))
+
+
+def test_quantized_dot_general_rejects_bad_state_args():
+  x = jnp.ones((4, 32), jnp.float32)
+  w = jnp.ones((32, 8), jnp.float32)
+  dn = (((1,), (0,)), ((), ()))
+  with pytest.raises(TypeError, match="return_state"):
+    mx_jax.quantized_dot_general(x, w, dn, "mxfp8", None, return_state="yes")
+  with pytest.raises(TypeError, match="state must be"):
+    mx_jax.quantized_dot_general(x, w, dn, "mxfp8", [1, 2])

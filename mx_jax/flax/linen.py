@@ -169,7 +169,8 @@ class QuantizedModel:
     if not isinstance(module, nn.Module):
       raise TypeError(f"model must be a flax.linen Module; got {type(module).__name__}")
     for name, pats in (("include", include), ("exclude", exclude)):
-      if pats is not None and (isinstance(pats, str) or not all(isinstance(p, str) for p in pats)):
+      if pats is not None and (isinstance(pats, str) or not isinstance(pats, (list, tuple, set, frozenset))
+                               or not all(isinstance(p, str) for p in pats)):
         raise TypeError(f"{name} must be a sequence of path patterns (strings); got {pats!r}")
     self.module = module
     self.recipe = get_recipe(recipe)

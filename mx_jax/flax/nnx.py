@@ -8,10 +8,12 @@ nnx.Any(nnx.Param, QuantState)))`` and call ``apply_quant_state(model, grads)`` 
 from __future__ import annotations
 
 import fnmatch
+import weakref
 from typing import Any, Sequence
 
 import jax
 from flax import nnx
+from jax._src import core as jax_core
 
 from mx_jax.dot import dot_general as _stateless_dot_general
 from mx_jax.dot import init_state, quantized_dot_general
@@ -34,8 +36,24 @@ class MxDotGeneral(nnx.Module):
   def __call__(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
     kw.pop("out_sharding", None)
     state = {k: {k2: v2[...] for k2, v2 in v.items()} for k, v in self.state.items()} or None
-    return quantized_dot_general(lhs, rhs, dimension_numbers, self.recipe, state, precision,
-                                 preferred_element_type)
+    if state is None:
+      return quantized_dot_general(lhs, rhs, dimension_numbers, self.recipe, None, precision,
+                                   preferred_element_type)
+    # Called again under the same transformation trace (a reused layer inside one grad): thread the
+    # state from the earlier call so the amax "gradients" of the uses merge by max, not sum.
+    trace = jax_core.trace_ctx.trace
+    entry = _THREADS.get(self)
+    if entry is not None and entry[0] is trace:
+      state = entry[1]
+    out, state_out = quantized_dot_general(lhs, rhs, dimension_numbers, self.recipe, state, precision,
+                                           preferred_element_type, return_state=True)
+    if not isinstance(trace, jax_core.EvalTrace):  # eager calls are separate steps: never threaded
+      _THREADS[self] = (trace, state_out)
+    return out
+
+
+# The state the module's last call passed on, with the trace it lives in (weakly keyed by the module).
+_THREADS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _dg(recipe):
@@ -79,7 +97,8 @@ def quantize_model(model: nnx.Module, recipe: Any, include: Sequence[str] | None
   if not isinstance(model, nnx.Module):
     raise TypeError(f"model must be an nnx.Module; got {type(model).__name__}")
   for name, pats in (("include", include), ("exclude", exclude)):
-    if pats is not None and (isinstance(pats, str) or not all(isinstance(p, str) for p in pats)):
+    if pats is not None and (isinstance(pats, str) or not isinstance(pats, (list, tuple, set, frozenset))
+                             or not all(isinstance(p, str) for p in pats)):
       raise TypeError(f"{name} must be a sequence of path patterns (strings); got {pats!r}")
   rec = get_recipe(recipe)
   new = nnx.clone(model)
