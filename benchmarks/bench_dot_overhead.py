@@ -5,6 +5,7 @@ fast FPU path) against an elementwise copy, and one Dense layer's forward+backwa
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 
@@ -55,8 +56,9 @@ def main():
   xa = jax.random.normal(jax.random.key(1), (m, k), jnp.bfloat16)
   w = jax.random.normal(jax.random.key(2), (k, n), jnp.float32) * 0.02
   dn = (((1,), (0,)), ((), ()))
-  for name in ("bf16", "fp8_current", "mxfp8", "mxfp4_weights", "nvfp4"):
-    dg = mx_jax.dot_general(name)
+  for name in ("bf16", "fp8_current", "mxfp8", "mxfp8@scaled_dot", "mxfp4_weights", "nvfp4"):
+    base, _, impl = name.partition("@")
+    dg = mx_jax.dot_general(dataclasses.replace(mx_jax.recipe(base), impl=impl) if impl else base)
     f = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(dg(x, w.astype(jnp.bfloat16) if name == "bf16" else w, dn,
                                                              preferred_element_type=jnp.bfloat16).astype(jnp.float32) ** 2), (0, 1)))
     t = bench(f, xa, w)

@@ -205,7 +205,7 @@ def _kernel_mode(rec: Recipe, sa: OperandSpec | None, sb: OperandSpec | None) ->
   The kernel takes two MX operands with 32-element blocks (per-tensor FP8 and NVFP4 GEMMs stay on XLA).
   ``impl="auto"``: the kernel on Hopper only; ``"pallas"``: also elsewhere, in the kernel interpreter.
   """
-  if rec.impl == "xla" or sa is None or sb is None:
+  if rec.impl in ("xla", "scaled_dot") or sa is None or sb is None:
     return None
   fa, fb = get_format(sa.fmt), get_format(sb.fmt)
   if fa.kind != "mx" or fb.kind != "mx" or (sa.block_size or 32) != 32 or (sb.block_size or 32) != 32:
@@ -221,7 +221,7 @@ def _native_fp8(rec: Recipe, sa: OperandSpec | None, sb: OperandSpec | None):
   tensor cores with their reduced-precision accumulation), None to read them as bf16 (emulation, FP32
   accumulation). Per-tensor FP8 operands only; ``impl="auto"`` on a GPU or ``"pallas"``; not E5M2 x E5M2
   (no such Hopper GEMM)."""
-  if rec.impl == "xla" or sa is None or sb is None:
+  if rec.impl in ("xla", "scaled_dot") or sa is None or sb is None:
     return None
   fa, fb = get_format(sa.fmt), get_format(sb.fmt)
   if fa.kind != "tensor" or fb.kind != "tensor" or fa.elem.mbits == fb.elem.mbits == 2:
@@ -246,6 +246,62 @@ def _kernel_gemm(a, b, dims, sa, sb, salt_a, salt_b, mode, want_stats):
   return out, stats
 
 
+def _scaled_dot_ok(rec: Recipe, sa: OperandSpec | None, sb: OperandSpec | None) -> bool:
+  """True when this GEMM runs as ``lax.scaled_dot`` (``impl="scaled_dot"``): both operands MXFP8 (E4M3/E5M2,
+  32-blocks, RNE)."""
+  if rec.impl != "scaled_dot" or sa is None or sb is None:
+    return False
+  return all(get_format(s.fmt).kind == "mx" and get_format(s.fmt).elem.name in ("e4m3", "e5m2")
+             and (s.block_size or 32) == 32 and s.rounding == "nearest_even" for s in (sa, sb))
+
+
+def _merged_operand(x, axes):
+  """(x with its contraction ``axes`` merged into one, the merged axis, {old kept axis: new axis})."""
+  axes = tuple(a % x.ndim for a in axes)
+  m, ax, _ = _merge_axes(x, axes)
+  rest = [d for d in range(x.ndim) if d not in axes]
+  return m, ax, {d: (i if i < ax else i + 1) for i, d in enumerate(rest)}
+
+
+def _lax_scaled_dot() -> bool:
+  """lax.scaled_dot itself, or (XLA:CPU, which lacks its decomposition's batched bf16 dot) the same math
+  written out in float32."""
+  return jax.default_backend() != "cpu"
+
+
+def _scaled_gemm(a, b, dims, sa, sb, want_stats):
+  """The GEMM as XLA's block-scaled dot: each operand quantized along its (merged) contraction axis in place
+  to FP8 elements + E8M0 scales, then ``lax.scaled_dot`` (on Hopper XLA fuses the dequantization into the
+  GEMM's operand load, so the GEMM reads 1 byte per element instead of bf16's 2); FP32 result."""
+  (ac, bc), (ab, bb) = dims
+  ops, stats = [], []
+  for x, axes, spec in ((a, ac, sa), (b, bc, sb)):
+    m, ax, where = _merged_operand(x, axes)
+    f = get_format(spec.fmt)
+    q, s = mx_block.mx_quantize_fast(m, f.elem, ax, 32, spec.scale_mode)
+    ops.append((q, s, ax, where))
+    stats.append(telemetry.quant_stats(m, quantize(m, f, axis=ax, scale_mode=spec.scale_mode))
+                 if want_stats else None)
+  (qa, sca, axa, wa), (qb, scb, axb, wb) = ops
+  ba, bb_ = tuple(wa[d] for d in ab), tuple(wb[d] for d in bb)
+  out_shape = ([qa.shape[d] for d in ba] + [n for d, n in enumerate(qa.shape) if d != axa and d not in ba]
+               + [n for d, n in enumerate(qb.shape) if d != axb and d not in bb_])
+  # scaled_dot wants operands of equal rank: lead the shorter one with unit free dims (a free reshape).
+  pad_a, pad_b = max(qb.ndim - qa.ndim, 0), max(qa.ndim - qb.ndim, 0)
+  qa, sca = (lax.expand_dims(t, tuple(range(pad_a))) for t in (qa, sca))
+  qb, scb = (lax.expand_dims(t, tuple(range(pad_b))) for t in (qb, scb))
+  dn = (((axa + pad_a,), (axb + pad_b,)), (tuple(d + pad_a for d in ba), tuple(d + pad_b for d in bb_)))
+  if not _lax_scaled_dot():
+    deq = lambda q, sc, ax: (to_blocks(q.astype(jnp.float32), ax, 32)
+                             * jnp.expand_dims(sc.astype(jnp.float32), ax + 1)).reshape(q.shape)
+    out = lax.dot_general(deq(qa, sca, dn[0][0][0]), deq(qb, scb, dn[0][1][0]), dn,
+                          preferred_element_type=jnp.float32)
+  else:
+    out = lax.scaled_dot(qa, qb, lhs_scale=sca, rhs_scale=scb, dimension_numbers=dn,
+                         preferred_element_type=jnp.float32)
+  return out.reshape(out_shape), tuple(stats)
+
+
 def _quantized_gemm(a, b, dims, rec: Recipe, state, op_a: str, op_b: str):
   """One training GEMM: operands ``a`` (recipe operand ``op_a``) and ``b`` quantized along their contraction
   dims in ``dims``; FP32 result and the two telemetry vectors (or None)."""
@@ -254,6 +310,8 @@ def _quantized_gemm(a, b, dims, rec: Recipe, state, op_a: str, op_b: str):
   mode = _kernel_mode(rec, sa, sb)
   if mode is not None:
     return _kernel_gemm(a, b, dims, sa, sb, op_a, op_b, mode, rec.telemetry)
+  if _scaled_dot_ok(rec, sa, sb):
+    return _scaled_gemm(a, b, dims, sa, sb, rec.telemetry)
   fp8 = _native_fp8(rec, sa, sb)
   cdt = _operand_dtype(rec)
   qa, pa, ta = quantize_operand(a, sa, ac, scale=_scale_of(state, op_a, rec), salt=op_a,

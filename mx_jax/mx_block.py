@@ -53,6 +53,16 @@ def e8m0_to_bytes(s: jax.Array) -> jax.Array:
   return lax.bitcast_convert_type(s, jnp.uint8)
 
 
+def _fast_blocks(x: jax.Array, elem: ElemFormat, axis: int, bs: int, scale_mode: str):
+  """(blocked element values as float32, blocked exponent e, non-finite-block mask) by FPU rounding."""
+  xb = to_blocks(x.astype(jnp.float32), axis, bs)
+  ab = _bits.abs_bits(xb)
+  amax = jnp.max(ab, axis=axis + 1, keepdims=True)
+  bad = _bits.is_nonfinite_bits(amax)
+  e = shared_exponent(jnp.where(bad, 0, amax), elem, scale_mode)
+  return _bits.round_to_elem_rne_fast(_bits.mul_pow2(xb, -e), elem), e, bad
+
+
 def mx_fake_quantize_fast(x: jax.Array, elem: ElemFormat, axis: int, bs: int, scale_mode: str) -> jax.Array:
   """Dequantized MX values (float32, padded along axis) via float scaling and FPU rounding (RNE only).
 
@@ -60,14 +70,15 @@ def mx_fake_quantize_fast(x: jax.Array, elem: ElemFormat, axis: int, bs: int, sc
   ``mx_dequantize_blocks(*mx_quantize_blocks(...))`` for inputs without FP32 subnormals; with them, a
   backend that flushes subnormals (XLA:CPU) may give zeros where the exact path gives tiny values.
   """
-  xb = to_blocks(x.astype(jnp.float32), axis, bs)
-  ab = _bits.abs_bits(xb)
-  amax = jnp.max(ab, axis=axis + 1, keepdims=True)
-  bad = _bits.is_nonfinite_bits(amax)
-  e = shared_exponent(jnp.where(bad, 0, amax), elem, scale_mode)
-  v = _bits.round_to_elem_rne_fast(_bits.mul_pow2(xb, -e), elem)
-  out = jnp.where(bad, jnp.nan, _bits.mul_pow2(v, e))
-  return from_blocks(out, axis)
+  v, e, bad = _fast_blocks(x, elem, axis, bs, scale_mode)
+  return from_blocks(jnp.where(bad, jnp.nan, _bits.mul_pow2(v, e)), axis)
+
+
+def mx_quantize_fast(x: jax.Array, elem: ElemFormat, axis: int, bs: int, scale_mode: str):
+  """(elements in ``elem``'s dtype, padded along axis; E8M0 scales) with the fast path's rounding (RNE)."""
+  v, e, bad = _fast_blocks(x, elem, axis, bs, scale_mode)
+  sb = jnp.squeeze(jnp.where(bad, E8M0_NAN, e + E8M0_BIAS), axis + 1)
+  return from_blocks(jnp.where(bad, 0.0, v), axis).astype(elem.dtype), scale_bytes_to_e8m0(sb)
 
 
 def mx_quantize_blocks(x: jax.Array, elem: ElemFormat, axis: int, bs: int, scale_mode: str,

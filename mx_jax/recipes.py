@@ -16,7 +16,7 @@ from mx_jax.mx_block import SCALE_MODES
 from mx_jax._bits import ROUNDINGS
 
 SCALINGS = ("current", "delayed")
-IMPLS = ("xla", "pallas", "auto")
+IMPLS = ("xla", "scaled_dot", "pallas", "auto")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """The quantized dot_general against an explicit reference: each GEMM's operands quantized along that
 GEMM's own contraction axis (mx_jax.quantize, itself checked against the spec), product in float64."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +10,15 @@ import pytest
 import mx_jax
 from mx_jax.dot import quantized_dot_general
 
-PRESETS = ["fp32", "bf16", "fp8_current", "mxfp8", "mxfp8_e5m2grad", "mxfp6", "mxfp4_weights", "nvfp4"]
+PRESETS = ["fp32", "bf16", "fp8_current", "mxfp8", "mxfp8_e5m2grad", "mxfp6", "mxfp4_weights", "nvfp4",
+           "mxfp8@scaled_dot", "mxfp8_e5m2grad@scaled_dot"]
+
+
+def _recipe(name):
+  """A preset, or "preset@impl" (the same quantization through another GEMM engine)."""
+  base, _, impl = name.partition("@")
+  rec = mx_jax.recipe(base)
+  return dataclasses.replace(rec, impl=impl) if impl else rec
 
 
 def fq(x, spec, axis):
@@ -32,7 +42,7 @@ def _data(b=24, k=70, n=40, seed=0):
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_dense_forward_and_both_gradients(name):
-  rec = mx_jax.recipe(name)
+  rec = _recipe(name)
   x, w, c = _data()
   dn = (((1,), (0,)), ((), ()))
   f = lambda x, w: quantized_dot_general(x, w, dn, rec)
@@ -72,8 +82,9 @@ def test_stochastic_grad_unbiased():
   assert np.linalg.norm(mean - exact) < 0.5 * np.linalg.norm(one - exact)
 
 
-def test_batch_dims_and_multi_contraction():
-  rec = mx_jax.recipe("mxfp8")
+@pytest.mark.parametrize("impl", ["xla", "scaled_dot"])
+def test_batch_dims_and_multi_contraction(impl):
+  rec = _recipe("mxfp8@" + impl)
   ks = jax.random.split(jax.random.key(3), 3)
   a = jax.random.normal(ks[0], (3, 5, 4, 16))   # batch 3, free 5, contract (4, 16) -> 64
   b = jax.random.normal(ks[1], (3, 16, 4, 7))   # batch 3, contract (16, 4), free 7
@@ -144,3 +155,22 @@ def test_jit_and_vmap_agree():
   np.testing.assert_allclose(np.asarray(jax.jit(f)(x)), np.asarray(f(x)), rtol=1e-6, atol=1e-6)
   xs = jnp.stack([x, 2 * x])
   np.testing.assert_allclose(np.asarray(jax.vmap(f)(xs)[1]), np.asarray(f(2 * x)), rtol=1e-6, atol=1e-6)
+
+
+def test_scaled_dot_impl_runs_lax_scaled_dot(monkeypatch):
+  """impl="scaled_dot" really lowers to lax.scaled_dot (forced on CPU for the 2D case XLA:CPU can run), with
+  the same forward and gradients as the emulated path."""
+  from mx_jax import dot
+  monkeypatch.setattr(dot, "_lax_scaled_dot", lambda: True)
+  x, w, c = _data(b=32, k=64, n=48)
+  dn = (((1,), (0,)), ((), ()))
+  outs = {}
+  for impl in ("xla", "scaled_dot"):
+    rec = _recipe("mxfp8@" + impl)
+    f = lambda x, w, rec=rec: quantized_dot_general(x, w, dn, rec)
+    y, vjp = jax.vjp(f, x, w)
+    outs[impl] = (y, *vjp(c))
+    jaxpr = str(jax.make_jaxpr(lambda x, w, c, f=f: jax.vjp(f, x, w)[1](c))(x, w, c))
+    assert ("scaled_dot" in jaxpr) == (impl == "scaled_dot")
+  for a, b in zip(outs["xla"], outs["scaled_dot"]):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6 * float(jnp.max(jnp.abs(a))))
