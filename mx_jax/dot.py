@@ -34,6 +34,12 @@ from mx_jax.recipes import OperandSpec, Recipe, recipe as get_recipe
 # integer path everywhere.
 FAST_OPERANDS = True
 
+# Each operand quantization reads its tensor through an optimization barrier. Without it XLA:GPU merges the
+# quantizations of one tensor along two different axes (e.g. dS along keys for dQ and along queries for dK) into
+# one multi-output fusion whose reduction and elementwise outputs are blocked differently: the writes of one of
+# them go strided, and that fusion took ~45% of a GPT train step on an H100 (BENCHMARKS.md). Values unchanged.
+ISOLATE_OPERANDS = True
+
 _TENSOR_OF = {"x": "x", "x_wgrad": "x", "w": "w", "w_dgrad": "w", "g_dgrad": "g", "g_wgrad": "g"}
 
 
@@ -111,6 +117,8 @@ def quantize_operand(x: jax.Array, spec: OperandSpec | None, axes: Sequence[int]
   f = get_format(spec.fmt)
   if spec.rounding == "stochastic" and key is None:
     key = _content_key(x, salt + spec.fmt)
+  if ISOLATE_OPERANDS:
+    x = lax.optimization_barrier(x)
   stats = None
   if f.kind == "tensor":  # one scale for the whole tensor: the axes don't matter
     s = scale if scale is not None else fp8_tensor.compute_scale(fp8_tensor.finite_amax(x), f.elem,
@@ -255,18 +263,52 @@ def _scaled_dot_ok(rec: Recipe, sa: OperandSpec | None, sb: OperandSpec | None) 
              and (s.block_size or 32) == 32 and s.rounding == "nearest_even" for s in (sa, sb))
 
 
+def _merged_layout(ndim, axes):
+  """Where ``_merge_axes`` puts things: (new ndim, merged axis, {old kept axis: new axis})."""
+  axes = tuple(a % ndim for a in axes)
+  rest = [d for d in range(ndim) if d not in axes]
+  ax = axes[0] if axes == tuple(range(axes[0], axes[0] + len(axes))) else len(rest)
+  return len(rest) + 1, ax, {d: (i if i < ax else i + 1) for i, d in enumerate(rest)}
+
+
 def _merged_operand(x, axes):
   """(x with its contraction ``axes`` merged into one, the merged axis, {old kept axis: new axis})."""
-  axes = tuple(a % x.ndim for a in axes)
   m, ax, _ = _merge_axes(x, axes)
-  rest = [d for d in range(x.ndim) if d not in axes]
-  return m, ax, {d: (i if i < ax else i + 1) for i, d in enumerate(rest)}
+  n, ax2, where = _merged_layout(x.ndim, axes)
+  assert (n, ax2) == (m.ndim, ax)
+  return m, ax, where
 
 
 def _lax_scaled_dot() -> bool:
   """lax.scaled_dot itself, or (XLA:CPU, which lacks its decomposition's batched bf16 dot) the same math
   written out in float32."""
   return jax.default_backend() != "cpu"
+
+
+def _free_dims(ndim, contract, batch):
+  return [d for d in range(ndim) if d != contract and d not in batch]
+
+
+def _merge_free(q, sc, contract, batch):
+  """(q, scales, contract axis, batch axes) with q's free dims (adjacent, ascending) merged into one."""
+  free = _free_dims(q.ndim, contract, batch)
+  if len(free) == 1:
+    return q, sc, contract, batch
+  f0, nf = free[0], len(free)
+  shape = lambda t: t.shape[:f0] + (math.prod(t.shape[f0:f0 + nf]),) + t.shape[f0 + nf:]
+  fix = lambda d: d if d < f0 else d - nf + 1
+  return q.reshape(shape(q)), sc.reshape(shape(sc)), fix(contract), tuple(fix(d) for d in batch)
+
+
+def _scaled_dot_dims_ok(a, b, dims) -> bool:
+  """XLA's scaled_dot takes one free dim per operand: true when each side's free dims are adjacent."""
+  (ac, bc), (ab, bb) = dims
+  for x, c, bt in ((a, ac, ab), (b, bc, bb)):
+    n, ax, where = _merged_layout(x.ndim, c)
+    free = _free_dims(n, ax, tuple(where[d % x.ndim] for d in bt))
+    if not free or free != list(range(free[0], free[0] + len(free))):
+      return False
+  return True
 
 
 def _scaled_gemm(a, b, dims, sa, sb, want_stats):
@@ -286,6 +328,9 @@ def _scaled_gemm(a, b, dims, sa, sb, want_stats):
   ba, bb_ = tuple(wa[d] for d in ab), tuple(wb[d] for d in bb)
   out_shape = ([qa.shape[d] for d in ba] + [n for d, n in enumerate(qa.shape) if d != axa and d not in ba]
                + [n for d, n in enumerate(qb.shape) if d != axb and d not in bb_])
+  # XLA's scaled_dot wants one free dim per operand: merge adjacent free dims in place.
+  qa, sca, axa, ba = _merge_free(qa, sca, axa, ba)
+  qb, scb, axb, bb_ = _merge_free(qb, scb, axb, bb_)
   # scaled_dot wants operands of equal rank: lead the shorter one with unit free dims (a free reshape).
   pad_a, pad_b = max(qb.ndim - qa.ndim, 0), max(qa.ndim - qb.ndim, 0)
   qa, sca = (lax.expand_dims(t, tuple(range(pad_a))) for t in (qa, sca))
@@ -310,7 +355,7 @@ def _quantized_gemm(a, b, dims, rec: Recipe, state, op_a: str, op_b: str):
   mode = _kernel_mode(rec, sa, sb)
   if mode is not None:
     return _kernel_gemm(a, b, dims, sa, sb, op_a, op_b, mode, rec.telemetry)
-  if _scaled_dot_ok(rec, sa, sb):
+  if _scaled_dot_ok(rec, sa, sb) and _scaled_dot_dims_ok(a, b, dims):
     return _scaled_gemm(a, b, dims, sa, sb, rec.telemetry)
   fp8 = _native_fp8(rec, sa, sb)
   cdt = _operand_dtype(rec)
