@@ -85,7 +85,9 @@ def part1(log):
 
 
 def _fusion_hlo(text: str, name: str) -> str:
-  m = re.search(rf"^\s*(ROOT )?%?{re.escape(name)} = .*$", text, re.M)
+  # The profiler writes "fusion_2" for the HLO instruction "fusion.2".
+  pat = re.sub(r"_(\d+)$", r"[._]\1", re.escape(name))
+  m = re.search(rf"^\s*(ROOT )?%?{pat} = .*$", text, re.M)
   if not m:
     return f"  (instruction {name} not found)"
   line = m.group(0).strip()
@@ -94,7 +96,7 @@ def _fusion_hlo(text: str, name: str) -> str:
   if c:
     body = re.search(rf"^%?{re.escape(c.group(1))} .*?^}}", text, re.M | re.S)
     if body:
-      out.append(body.group(0)[:6000])
+      out.append(body.group(0)[:12000])
   return "\n".join(out)
 
 

@@ -1,8 +1,9 @@
 """Glue between ``mx_jax.QArray`` operands and the Pallas block-scaled matmul kernels.
 
-* ``gemm_operand``: a (rows, K) MX QArray quantized along K -> (element data, (K/32, rows) float32 scales,
-  element kind) in a kernel's layout, zero-padded to the tile grid.
-* ``mx_gemm``: pads, picks a kernel design + tile config for the shape, runs it, crops.
+* ``gemm_operand``: a ([B,] rows, K) MX QArray quantized along K -> (element data, (K/32, [B,] rows) float32
+  scales, element kind) in a kernel's layout, zero-padded to the tile grid (each batch element alike).
+* ``mx_gemm``: pads, picks a kernel design + tile config for the shape, runs it (one launch, batched or
+  not), crops.
 * ``PreparedWeight`` / ``prepare_weight``: a weight QArray (N, K) re-laid out once for the weight-only
   kernel (FP4/FP6 packed in the kernel's byte order, scales transposed to float32); inference stores this.
 * ``weight_only_matmul``: bf16 activations (M, K) x prepared weight -> (M, N).
@@ -75,10 +76,12 @@ def _codes(q: QArray) -> jax.Array:
 
 
 def _pad2(x, rows, cols, value=0):
-  pr, pc = rows - x.shape[0], cols - x.shape[1]
+  """x (..., r, c) zero-padded (or ``value``-padded) at the end to (..., rows, cols)."""
+  pr, pc = rows - x.shape[-2], cols - x.shape[-1]
   if pr == 0 and pc == 0:
     return x
-  return jnp.pad(x, ((0, pr), (0, pc)), constant_values=jnp.asarray(value, x.dtype))
+  pads = ((0, 0),) * (x.ndim - 2) + ((0, pr), (0, pc))
+  return jnp.pad(x, pads, constant_values=jnp.asarray(value, x.dtype))
 
 
 def _round_up(x, m):
@@ -86,7 +89,8 @@ def _round_up(x, m):
 
 
 def gemm_operand(q: QArray, rows_p: int, k_p: int, *, widen_to_fp8: bool):
-  """(data, scales (k_p/32, rows_p) float32, elem kind) for the GEMM kernels, zero-padded."""
+  """(data ([B,] rows_p, k_p elements), scales (k_p/32, [B,] rows_p) float32, elem kind) for the GEMM kernels,
+  zero-padded (padding scales 1.0); q is ([B,] rows, K) quantized along its last axis."""
   q = unpack(q)
   kind = _MX_ELEM[q.fmt]
   scales = e8m0_to_f32(q.scales)
@@ -94,7 +98,7 @@ def gemm_operand(q: QArray, rows_p: int, k_p: int, *, widen_to_fp8: bool):
     if widen_to_fp8:
       raise ValueError("MXINT8 elements are not exact in e4m3; use the bf16 design")
     scales = scales * jnp.float32(2.0 ** -6)
-  scales = _pad2(scales, rows_p, k_p // BLOCK, 1.0).T
+  scales = jnp.moveaxis(_pad2(scales, rows_p, k_p // BLOCK, 1.0), -1, 0)  # K-block-major (2D: the transpose)
   if kind == "fp8":
     data = _pad2(q.data, rows_p, k_p)
   elif kind == "int8":
@@ -150,9 +154,15 @@ DEFAULT_BF16 = GemmConfig("bf16", tile_m=128, tile_n=128, tile_k=64, wg_dim="N",
 @partitioning.gemm
 def mx_gemm(a: QArray, b: QArray, *, out_dtype=jnp.bfloat16, variant: str | None = None,
             config: GemmConfig | None = None, interpret=False, num_sms: int | None = None) -> jax.Array:
-  """(M, N) = a (M, K) @ b (N, K)^T through the Hopper kernels; both quantized along K (axis 1)."""
-  m, k = a.shape
-  n = b.shape[0]
+  """(M, N) = a (M, K) @ b (N, K)^T through the Hopper kernels; both quantized along K (the last axis).
+
+  Batched: a (B, M, K), b (B, N, K) -> (B, M, N), out[i] = a[i] @ b[i]^T, in one kernel launch (every batch
+  element padded to the same tile grid at once; equal bit for bit to the per-element 2D calls).
+  """
+  if a.ndim != b.ndim or a.ndim not in (2, 3) or a.shape[:-2] != b.shape[:-2]:
+    raise ValueError(f"mx_gemm takes a (M, K), b (N, K) or a (B, M, K), b (B, N, K); got {a.shape}, {b.shape}")
+  m, k = a.shape[-2:]
+  n = b.shape[-2]
   cfg = config or fit_gemm_config(default_gemm_config(m, n, k, a.fmt, b.fmt, variant), a.fmt, b.fmt, out_dtype,
                                   bool(interpret))
   k_p = _round_up(max(k, 1), cfg.tile_k)  # tile_k is a multiple of 32 and of the packing group
@@ -163,7 +173,7 @@ def mx_gemm(a: QArray, b: QArray, *, out_dtype=jnp.bfloat16, variant: str | None
   out = mgpu.gemm(ad, bd, sa, sb, a_elem=ak, b_elem=bk, out_dtype=out_dtype, config=cfg, interpret=interpret,
                   num_sms=num_sms)
   if (m_p, n_p) != (m, n):
-    out = out[:m, :n]
+    out = out[..., :m, :n]
   return out
 
 

@@ -5,6 +5,9 @@ Operands arrive already laid out for the kernel (see ``kernels/mx_matmul.py`` fo
 * ``a``: (M, K) element codes, ``b``: (N, K) element codes ("NT": both K-major, as 8-bit wgmma wants B).
 * ``sa``: (K/32, M) float32 block scales of ``a`` (2^e, NaN for the E8M0 NaN byte); ``sb``: (K/32, N).
 * M, N, K are multiples of the tile sizes (the glue zero-pads).
+* Batched (one launch for all B): a (B, M, K), b (B, N, K), sa (K/32, B, M), sb (K/32, B, N) -> (B, M, N).
+  The kernel sees them batch-flattened ((B*M, K), (K/32, B*M), ...: free reshapes) and offsets each tile's
+  rows by its batch element; B = 1 is the unbatched kernel.
 
 Two GEMM designs, same contract ``out = sum_kb (a_kb @ b_kb^T) * sa[kb] (x) sb[kb]`` accumulated in FP32:
 
@@ -197,20 +200,20 @@ def gemm_smem_bytes(cfg: GemmConfig, a_elem: str = "fp8", b_elem: str = "fp8", o
 SMEM_LIMIT = 224 * 1024  # what the kernels get is 227 KiB; the estimate leaves barriers some room
 
 
-def gemm(a, b, sa, sb, *, a_elem=None, b_elem=None, out_dtype=jnp.bfloat16, config: GemmConfig = GemmConfig(),
-         num_sms: int | None = None, interpret=False):
-  """out (M, N) = MX block-scaled a (M, K) @ b (N, K)^T; see the module docstring for the layout.
-
-  ``a_elem``/``b_elem``: "fp8" (float8 dtypes, inferred), "int8" (inferred), or "e2m1"/"e3m2"/"e2m3" for
-  uint8 data packed by ``pack_fp4_kernel``/``pack_fp6_kernel`` (bf16 variant only). K = 32 * sa.shape[0].
-  """
-  cfg = config
-  a_elem, b_elem = elem_kind(a.dtype, a_elem), elem_kind(b.dtype, b_elem)
-  m, n, k = a.shape[0], b.shape[0], sa.shape[0] * BLOCK
-  if a.shape[1] != row_bytes(k, a_elem) or b.shape[1] != row_bytes(k, b_elem):
+def _gemm_dims(a, b, sa, sb, a_elem: str, b_elem: str, cfg: GemmConfig) -> tuple[int, int, int, int]:
+  """(B, M, N, K) of a GEMM call (B = 1 unbatched), after checking the operands against each other and ``cfg``."""
+  batched = a.ndim == 3
+  bsz = a.shape[0] if batched else 1
+  lead = (bsz,) if batched else ()
+  m, n, k = a.shape[-2], b.shape[-2], sa.shape[0] * BLOCK
+  if b.ndim != a.ndim or sa.ndim != a.ndim or sb.ndim != a.ndim or a.ndim not in (2, 3) or b.shape[:-2] != lead:
+    raise ValueError(f"a, b, sa, sb must all be 2D, or 3D with one batch size; got {a.shape}, {b.shape}, "
+                     f"{sa.shape}, {sb.shape}")
+  if a.shape[-1] != row_bytes(k, a_elem) or b.shape[-1] != row_bytes(k, b_elem):
     raise ValueError(f"a {a.shape} ({a_elem}) and b {b.shape} ({b_elem}) do not hold K={k} elements")
-  if sa.shape != (k // BLOCK, m) or sb.shape != (k // BLOCK, n):
-    raise ValueError(f"scales must be (K/32, M) and (K/32, N); got {sa.shape}, {sb.shape}")
+  if sa.shape != (k // BLOCK,) + lead + (m,) or sb.shape != (k // BLOCK,) + lead + (n,):
+    want = "(K/32, B, M) and (K/32, B, N)" if batched else "(K/32, M) and (K/32, N)"
+    raise ValueError(f"scales must be {want}; got {sa.shape}, {sb.shape}")
   if cfg.variant == "fp8" and (a_elem != "fp8" or b_elem != "fp8"):
     raise ValueError(f"variant 'fp8' needs float8 operands; got {a_elem}, {b_elem}")
   if cfg.variant == "bf16" and cfg.tile_k % max(ELEM_GROUP[a_elem][0], ELEM_GROUP[b_elem][0]):
@@ -220,6 +223,42 @@ def gemm(a, b, sa, sb, *, a_elem=None, b_elem=None, out_dtype=jnp.bfloat16, conf
   if m % cfg.cta_m or n % cfg.cta_n or k % cfg.tile_k:
     raise ValueError(f"shape ({m}, {n}, {k}) must be a multiple of the CTA tile ({cfg.cta_m}, {cfg.cta_n}, "
                      f"{cfg.tile_k}); pad first")
+  return bsz, m, n, k
+
+
+def _batch_row(bi, rows: int, off):
+  """Row ``off`` of batch element ``bi`` in a batch-flattened (B * rows, ...) array (``bi`` None: unbatched)."""
+  return off if bi is None else bi * rows + off
+
+
+def gemm(a, b, sa, sb, *, a_elem=None, b_elem=None, out_dtype=jnp.bfloat16, config: GemmConfig = GemmConfig(),
+         num_sms: int | None = None, interpret=False):
+  """out (M, N) = MX block-scaled a (M, K) @ b (N, K)^T; see the module docstring for the layout.
+
+  ``a_elem``/``b_elem``: "fp8" (float8 dtypes, inferred), "int8" (inferred), or "e2m1"/"e3m2"/"e2m3" for
+  uint8 data packed by ``pack_fp4_kernel``/``pack_fp6_kernel`` (bf16 variant only). K = 32 * sa.shape[0].
+
+  Batched (one launch): a (B, M, K), b (B, N, K), sa (K/32, B, M), sb (K/32, B, N) -> out (B, M, N) with
+  out[i] = gemm(a[i], b[i], sa[:, i], sb[:, i]) bit for bit. The scales are K-block-major so that every operand
+  and the output reshape for free into the 2D kernel's arrays: a (B*M, K), sa (K/32, B*M), out (B*M, N), ...
+  (M, N padded to the CTA tile, tiles never straddle two batch elements). The persistent loop runs over
+  (B, M/cta_m * N/cta_n) tiles, batch outermost (consecutive CTAs share one batch element's operands), the
+  planar snake inside each batch element. B = 1 (or 2D operands) lowers to the unbatched kernel.
+  """
+  cfg = config
+  a_elem, b_elem = elem_kind(a.dtype, a_elem), elem_kind(b.dtype, b_elem)
+  bsz, m, n, k = _gemm_dims(a, b, sa, sb, a_elem, b_elem, cfg)
+  if a.ndim == 3:
+    flat = lambda x: x.reshape(x.shape[0] * x.shape[1], x.shape[2])   # (B, rows, K) -> (B*rows, K)
+    kflat = lambda s: s.reshape(s.shape[0], s.shape[1] * s.shape[2])  # (K/32, B, rows) -> (K/32, B*rows)
+    out = _gemm(flat(a), flat(b), kflat(sa), kflat(sb), bsz, m, n, k, a_elem, b_elem, out_dtype, cfg, num_sms,
+                interpret)
+    return out.reshape(bsz, m, n)
+  return _gemm(a, b, sa, sb, 1, m, n, k, a_elem, b_elem, out_dtype, cfg, num_sms, interpret)
+
+
+def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig, num_sms, interpret):
+  """The kernel on batch-flattened operands: a (B*M, K), b (B*N, K), sa (K/32, B*M), sb (K/32, B*N)."""
   interp = _interpret_params(interpret)
   a_regs = cfg.a_regs and interp is None
   if num_sms is None:
@@ -261,16 +300,19 @@ def gemm(a, b, sa, sb, *, a_elem=None, b_elem=None, out_dtype=jnp.bfloat16, conf
     def _scope(allocs, bq=None, aq=None):
       wg = lax.axis_index("wg")
 
-      @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
-      def _tile_loop(info):
-        (lin,) = info.index
+      def tile(bi, lin):
+        """Output tile ``lin`` (planar-snake order) of batch element ``bi`` (None: unbatched)."""
         mi, ni = plgpu.planar_snake(lin, (m_iters, n_iters), minor, cfg.grid_tile_width)
+        # First rows of the tile in the batch-flattened arrays, traced anew at each use (as the unbatched
+        # kernel always did: its jaxpr stays exactly the same).
+        a_row = lambda: _batch_row(bi, m, mi * cta_m)
+        b_row = lambda: _batch_row(bi, n, ni * cta_n)
         if cfg.wg_dim == "M":
           wg_m, wg_n = pl.ds(wg * tile_m, tile_m), slice(None)
-          row0, col0 = mi * cta_m + wg * tile_m, ni * cta_n
+          row0, col0 = a_row() + wg * tile_m, ni * cta_n
         else:
           wg_m, wg_n = slice(None), pl.ds(wg * tile_n, tile_n)
-          row0, col0 = mi * cta_m, ni * cta_n + wg * tile_n
+          row0, col0 = a_row(), ni * cta_n + wg * tile_n
 
         def epilogue(acc):
           accv = acc.astype(out_dtype)
@@ -347,13 +389,22 @@ def gemm(a, b, sa, sb, *, a_elem=None, b_elem=None, out_dtype=jnp.bfloat16, conf
             return acc_ref
 
         pipeline(body, ctx)(
-            a_g.at[pl.ds(mi * cta_m, cta_m), :], b_g.at[pl.ds(ni * cta_n, cta_n), :],
-            sa_g.at[:, pl.ds(mi * cta_m, cta_m)], sb_g.at[:, pl.ds(ni * cta_n, cta_n)], allocations=allocs)
+            a_g.at[pl.ds(a_row(), cta_m), :], b_g.at[pl.ds(b_row(), cta_n), :],
+            sa_g.at[:, pl.ds(a_row(), cta_m)], sb_g.at[:, pl.ds(b_row(), cta_n)], allocations=allocs)
+
+      if bsz == 1:
+        @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
+        def _tile_loop(info):
+          tile(None, info.index[0])
+      else:  # batch outermost: the CTAs of one sweep mostly share a batch element
+        @plgpu.nd_loop((bsz, m_iters * n_iters), collective_axes="sm")
+        def _batched_tile_loop(info):
+          tile(*info.index)
 
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
   f = plgpu.kernel(
-      kernel, out_type=jax.ShapeDtypeStruct((m, n), out_dtype), grid=(num_sms,), grid_names=("sm",),
+      kernel, out_type=jax.ShapeDtypeStruct((bsz * m, n), out_dtype), grid=(num_sms,), grid_names=("sm",),
       num_threads=3, thread_name="wg",
       compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
       scratch_types=dict(o_smem=plgpu.SMEM((2, 2, tile_m, epi_n), out_dtype, transforms=out_tr)),
@@ -405,20 +456,20 @@ def decode_subbyte(code, elem: str):
 
 
 def pack_fp4_kernel(codes):
-  """(N, K) uint8 FP4 codes, K % 64 == 0 -> (N, K/2) bytes: in each 64-group, byte i = c[i] | c[32+i] << 4."""
-  n, k = codes.shape
-  g = codes.reshape(n, k // 64, 2, 32).astype(jnp.uint8)
-  return (g[:, :, 0] | (g[:, :, 1] << 4)).reshape(n, k // 2)
+  """(..., K) uint8 FP4 codes, K % 64 == 0 -> (..., K/2) bytes: in each 64-group, byte i = c[i] | c[32+i] << 4."""
+  lead, k = codes.shape[:-1], codes.shape[-1]
+  g = codes.reshape(lead + (k // 64, 2, 32)).astype(jnp.uint8)
+  return (g[..., 0, :] | (g[..., 1, :] << 4)).reshape(lead + (k // 2,))
 
 
 def pack_fp6_kernel(codes):
-  """(N, K) uint8 FP6 codes, K % 128 == 0 -> (N, 3K/4) bytes: per 128-group three 32-byte planes of the
+  """(..., K) uint8 FP6 codes, K % 128 == 0 -> (..., 3K/4) bytes: per 128-group three 32-byte planes of the
   24-bit words w_i = c[i] | c[32+i] << 6 | c[64+i] << 12 | c[96+i] << 18 (plane p = byte p of w)."""
-  n, k = codes.shape
-  g = codes.reshape(n, k // 128, 4, 32).astype(jnp.uint32)
-  w = g[:, :, 0] | (g[:, :, 1] << 6) | (g[:, :, 2] << 12) | (g[:, :, 3] << 18)
-  planes = jnp.stack([(w >> (8 * p)) & 0xFF for p in range(3)], axis=2)  # (n, k/128, 3, 32)
-  return planes.astype(jnp.uint8).reshape(n, 3 * k // 4)
+  lead, k = codes.shape[:-1], codes.shape[-1]
+  g = codes.reshape(lead + (k // 128, 4, 32)).astype(jnp.uint32)
+  w = g[..., 0, :] | (g[..., 1, :] << 6) | (g[..., 2, :] << 12) | (g[..., 3, :] << 18)
+  planes = jnp.stack([(w >> (8 * p)) & 0xFF for p in range(3)], axis=-2)  # (..., k/128, 3, 32)
+  return planes.astype(jnp.uint8).reshape(lead + (3 * k // 4,))
 
 
 # ----------------------------------------------------------------------------------------------------------

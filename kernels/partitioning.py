@@ -12,8 +12,9 @@ plus a per-shard function that runs the unwrapped kernel on the local piece. Rul
   axis is all-gathered (resharded to replicated along it) before the kernel. NVFP4 norm+cast runs as the
   partitioned norm, then the partitioned quantize. The gain gradient is a pairwise tree over the shards'
   partial sums (all-gathered: n floats per shard).
-* matmul a (M, K) . b (N, K)^T: M and N shard freely; a sharded K must be cut into whole 32-blocks, else
-  ValueError; each shard's partial product is kept in float32, summed over the K shards (psum), then cast.
+* matmul a ([B,] M, K) . b ([B,] N, K)^T: B, M and N shard freely (B: a's batch sharding, else b's); a
+  sharded K must be cut into whole 32-blocks, else ValueError; each shard's partial product is kept in
+  float32, summed over the K shards (psum), then cast.
 
 Everything but a K-sharded matmul (and the gain gradient when shards change its row grouping, see
 ``rms_norm_bwd``) is bit for bit the unsharded kernel. A ValueError raised while XLA partitions reaches the
@@ -332,7 +333,7 @@ def rms_norm_bwd(fn):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Matmul: kernels.mx_matmul.mx_gemm (a (M, K), b (N, K), both quantized along K)
+# Matmul: kernels.mx_matmul.mx_gemm (a ([B,] M, K), b ([B,] N, K), both quantized along K = the last axis)
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -341,7 +342,7 @@ def _meta(q):
 
 
 def _gemm_body(ad, as_, bd, bs_, opts):
-  return _gemm_shard(ad, as_, bd, bs_, opts, opts[1][2][1], ())
+  return _gemm_shard(ad, as_, bd, bs_, opts, opts[1][2][-1], ())
 
 
 def _gemm_shard(ad, as_, bd, bs_, opts, k, k_axes):
@@ -358,30 +359,34 @@ def _gemm_shard(ad, as_, bd, bs_, opts, k, k_axes):
 def _rebuild(meta, data, scales, k):
   from mx_jax.qarray import QArray
   fmt, axis, shape, bsz, packed = meta
-  return QArray(data, scales, None, fmt, axis, (data.shape[0], k), bsz, packed)
+  return QArray(data, scales, None, fmt, axis, tuple(data.shape[:-1]) + (k,), bsz, packed)
 
 
 def _gemm_rule(opts, mesh, ops, res):
   _, ma, mb, _, _ = opts
-  k, bsz = ma[2][1], ma[3]
-  ka, kb, nb = _shape(ops[0])[1], _shape(ops[2])[1], _shape(ops[1])[1]
+  k, bsz = ma[2][-1], ma[3]
+  ka, kb, nb = _shape(ops[0])[-1], _shape(ops[2])[-1], _shape(ops[1])[-1]
+  z = "z " if len(ma[2]) == 3 else ""  # the batch factor
   if k % bsz == 0 and ka % nb == 0 and kb % nb == 0:
-    return "m (b s), m b, n (b t), n b -> m n", dict(reduction_factors=("b",), need_replication_factors=("s", "t"),
-                                                     s=ka // nb, t=kb // nb)
-  return "m i, m b, n j, n c -> m n", {}
+    return (f"{z}m (b s), {z}m b, {z}n (b t), {z}n b -> {z}m n",
+            dict(reduction_factors=("b",), need_replication_factors=("s", "t"), s=ka // nb, t=kb // nb))
+  return f"{z}m i, {z}m b, {z}n j, {z}n c -> {z}m n", {}
 
 
 def _gemm_partition(opts, mesh, arg_shapes, result_shape):
   _, ma, mb, _, _ = opts
-  sa, ssa, sb, ssb = (_specs(a.sharding, 2, mesh) for a in arg_shapes)
-  k_axes = next((d[1] for d in (sa, ssa, sb, ssb) if d[1]), ())
-  check_blocked_axis("a (lhs, quantized along K)", ma[2], 1, k_axes, dict(mesh.shape), ma[3])
-  m_axes = tuple(a for a in sa[0] if a not in k_axes)
-  n_axes = tuple(a for a in sb[0] if a not in k_axes + m_axes)
-  a_s, b_s = _named(mesh, [m_axes, k_axes]), _named(mesh, [n_axes, k_axes])
-  k_local = ma[2][1] // _ways(mesh, k_axes)
+  nd = len(ma[2])
+  sa, ssa, sb, ssb = (_specs(a.sharding, nd, mesh) for a in arg_shapes)
+  z_axes = (sa[0] or sb[0]) if nd == 3 else ()  # batch: a's sharding, else b's
+  k_axes = next((d[-1] for d in (sa, ssa, sb, ssb) if d[-1] and not set(d[-1]) & set(z_axes)), ())
+  check_blocked_axis("a (lhs, quantized along K)", ma[2], nd - 1, k_axes, dict(mesh.shape), ma[3])
+  m_axes = tuple(a for a in sa[-2] if a not in z_axes + k_axes)
+  n_axes = tuple(a for a in sb[-2] if a not in z_axes + k_axes + m_axes)
+  z = [z_axes] if nd == 3 else []
+  a_s, b_s = _named(mesh, z + [m_axes, k_axes]), _named(mesh, z + [n_axes, k_axes])
+  k_local = ma[2][-1] // _ways(mesh, k_axes)
   lower = lambda ad, as_, bd, bs_: _gemm_shard(ad, as_, bd, bs_, opts, k_local, k_axes)
-  return mesh, lower, _named(mesh, [m_axes, n_axes]), (a_s, a_s, b_s, b_s)
+  return mesh, lower, _named(mesh, z + [m_axes, n_axes]), (a_s, a_s, b_s, b_s)
 
 
 @functools.cache
@@ -390,7 +395,8 @@ def _gemm_cp():
 
 
 def gemm(fn):
-  """Wraps ``mx_gemm(a, b, **kw)``: M / N shard freely; a K split must keep whole blocks (psum over it)."""
+  """Wraps ``mx_gemm(a, b, **kw)`` (2D, or batched 3D): B / M / N shard freely; a K split must keep whole
+  blocks (psum over it)."""
 
   @functools.wraps(fn)
   def wrapped(a, b, *, out_dtype=jnp.bfloat16, **kw):
@@ -399,7 +405,7 @@ def gemm(fn):
     if a.tensor_scale is not None or b.tensor_scale is not None or kw.get("interpret"):
       return fn(a, b, out_dtype=out_dtype, **kw)
     for q, nm in ((a, "a"), (b, "b")):
-      _eager_check(f"{nm} (quantized along K)", q.data, 1, q.block_size * q.data.shape[1] // q.shape[1])
+      _eager_check(f"{nm} (quantized along K)", q.data, -1, q.block_size * q.data.shape[-1] // q.shape[-1])
     opts = (fn, _meta(a), _meta(b), jnp.dtype(out_dtype), _opts(**kw))
     return _gemm_cp()(a.data, a.scales, b.data, b.scales, opts)
 

@@ -34,12 +34,6 @@ from mx_jax.recipes import OperandSpec, Recipe, recipe as get_recipe
 # integer path everywhere.
 FAST_OPERANDS = True
 
-# Each operand quantization reads its tensor through an optimization barrier. Without it XLA:GPU merges the
-# quantizations of one tensor along two different axes (e.g. dS along keys for dQ and along queries for dK) into
-# one multi-output fusion whose reduction and elementwise outputs are blocked differently: the writes of one of
-# them go strided, and that fusion took ~45% of a GPT train step on an H100 (BENCHMARKS.md). Values unchanged.
-ISOLATE_OPERANDS = True
-
 _TENSOR_OF = {"x": "x", "x_wgrad": "x", "w": "w", "w_dgrad": "w", "g_dgrad": "g", "g_wgrad": "g"}
 
 
@@ -117,8 +111,6 @@ def quantize_operand(x: jax.Array, spec: OperandSpec | None, axes: Sequence[int]
   f = get_format(spec.fmt)
   if spec.rounding == "stochastic" and key is None:
     key = _content_key(x, salt + spec.fmt)
-  if ISOLATE_OPERANDS:
-    x = lax.optimization_barrier(x)
   stats = None
   if f.kind == "tensor":  # one scale for the whole tensor: the axes don't matter
     s = scale if scale is not None else fp8_tensor.compute_scale(fp8_tensor.finite_amax(x), f.elem,

@@ -16,7 +16,8 @@ scale_b[n, kb], accumulated in FP32, returned in ``out_dtype``. Mixed formats ar
 
 ``mx_dot_general(lhs, rhs, dimension_numbers)``: lax.dot_general's contract on QArrays: one contracting dim
 per side, which must be each operand's quantized axis; batch dims allowed. Output dims are
-(batch..., lhs free..., rhs free...). Kernel paths move the batch / free dims into (B, M, K) x (B, N, K).
+(batch..., lhs free..., rhs free...). Kernel paths move the batch / free dims into (B, M, K) x (B, N, K); the
+Hopper kernel runs all B products in one launch (batched persistent tile loop).
 
 ``mx_weight_only_matmul(x, w)``: x (..., K) in bf16/float, w a (N, K) QArray (MXFP8/MXFP6/MXFP4/MXINT8 or
 NVFP4) or a ``prepare_weight_only(w)`` result (re-laid out once for the kernel: do this for inference).
@@ -113,10 +114,15 @@ def mx_matmul(a: QArray, b: QArray, *, out_dtype: Any = jnp.bfloat16, impl: str 
   impl = _resolve_pair(impl, a, b)
   if impl == "xla":
     return _xla_dot(a, b, (((1,), (1,)), ((), ())), out_dtype)
-  variant = {"mgpu": None, "mgpu_fp8": "fp8", "mgpu_bf16": "bf16"}[impl]
+  return _glue().mx_gemm(a, b, out_dtype=out_dtype, variant=_variant(impl, config), config=config,
+                         interpret=interpret)
+
+
+def _variant(impl: str, config: Any) -> str | None:
+  """The kernel design an "mgpu*" impl (or a config) asks for; None: picked per shape and format."""
   if config is not None:
-    variant = config.variant
-  return _glue().mx_gemm(a, b, out_dtype=out_dtype, variant=variant, config=config, interpret=interpret)
+    return config.variant
+  return {"mgpu": None, "mgpu_fp8": "fp8", "mgpu_bf16": "bf16"}[impl]
 
 
 def _move_to_bmk(q: QArray, batch: tuple[int, ...], contract: int) -> QArray:
@@ -167,16 +173,12 @@ def mx_dot_general(lhs: QArray, rhs: QArray, dimension_numbers, *, out_dtype: An
   bshape = [lhs.shape[d] for d in lb]
   l3 = _move_to_bmk(lhs, lb, lc0)
   r3 = _move_to_bmk(rhs, rb, rc0)
-
-  def one(l, r):
-    l2 = dataclasses.replace(l3, data=l[0], scales=l[1], axis=1, shape=l3.shape[1:])
-    r2 = dataclasses.replace(r3, data=r[0], scales=r[1], axis=1, shape=r3.shape[1:])
-    return mx_matmul(l2, r2, out_dtype=out_dtype, impl=impl, config=config, interpret=interpret)
-
-  if l3.shape[0] == 1:
-    out = one((l3.data[0], l3.scales[0]), (r3.data[0], r3.scales[0]))[None]
-  else:
-    out = lax.map(lambda lr: one(*lr), ((l3.data, l3.scales), (r3.data, r3.scales)))
+  if l3.shape[0] == 1:  # no batch: the 2D kernel
+    drop = lambda q: dataclasses.replace(q, data=q.data[0], scales=q.scales[0], axis=1, shape=q.shape[1:])
+    out = mx_matmul(drop(l3), drop(r3), out_dtype=out_dtype, impl=impl, config=config, interpret=interpret)[None]
+  else:  # one batched kernel launch for all B products
+    out = _glue().mx_gemm(l3, r3, out_dtype=out_dtype, variant=_variant(impl, config), config=config,
+                          interpret=interpret)
   return out.reshape(tuple(bshape) + tuple(lfree) + tuple(rfree))
 
 

@@ -145,12 +145,14 @@ def group_norm():
 
 
 def _xla_gemm(a, b, *, out_dtype, **kw):
-  """Stand-in for kernels.mx_matmul.mx_gemm (same contract; exact products, FP32 accumulation)."""
+  """Stand-in for kernels.mx_matmul.mx_gemm (same contract, batched or not; exact products, FP32 accumulation)."""
   import jax
   import jax.numpy as jnp
   import mx_jax
+  nd = a.ndim
+  batch = ((0,), (0,)) if nd == 3 else ((), ())
   out = jax.lax.dot_general(mx_jax.dequantize(a, jnp.float32), mx_jax.dequantize(b, jnp.float32),
-                            (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST)
+                            (((nd - 1,), (nd - 1,)), batch), precision=jax.lax.Precision.HIGHEST)
   return out.astype(out_dtype)
 
 
@@ -195,6 +197,28 @@ def group_matmul():
   a3s = a3.__class__(put(a3.data, None, "model"), a3.scales, None, a3.fmt, 1, a3.shape, 32, False)
   msg = _raises_block_error(f, a3s, b3)
   assert "axis 1 of length 96" in msg, msg
+  # batched (B, M, K) x (B, N, K): B shards freely (alone, with M / N, or with a K split and its psum)
+  a4 = mx_jax.quantize(jax.random.normal(jax.random.key(4), (4, 32, 256)), "mxfp8_e4m3", axis=2)
+  b4 = mx_jax.quantize(jax.random.normal(jax.random.key(5), (4, 48, 256)), "mxfp4_e2m1", axis=2)
+  ref4 = jax.jit(lambda a, b: _xla_gemm(a, b, out_dtype=jnp.float32))(a4, b4)
+  for sa, sb, out_spec in ((("data", None, None), (None, None, None), ("data", None, None)),
+                           ((None, None, None), ("data", "model", None), ("data", None, "model")),
+                           (("data", "model", None), ("data", None, None), ("data", "model", None))):
+    a_s, b_s = shard(a4, *sa), shard(b4, *sb)
+    out = f(a_s, b_s)
+    _same(out, ref4)
+    assert out.sharding.is_equivalent_to(jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*out_spec)),
+                                         3), out.sharding
+    assert not _gathered(_hlo(f, a_s, b_s)), (sa, sb)
+  a_s, b_s = shard(a4, "data", None, "model"), shard(b4, "data", None, "model")
+  np.testing.assert_allclose(np.asarray(f(a_s, b_s)), np.asarray(ref4), rtol=1e-6, atol=1e-5)
+  hlo = _hlo(f, a_s, b_s)
+  assert "all-reduce" in hlo and not _gathered(hlo)
+  a5 = mx_jax.quantize(jax.random.normal(jax.random.key(6), (4, 32, 96)), "mxfp8_e4m3", axis=2)
+  b5 = mx_jax.quantize(jax.random.normal(jax.random.key(7), (4, 8, 96)), "mxfp8_e4m3", axis=2)
+  msg = _raises_block_error(f, a5.__class__(put(a5.data, None, None, "model"), a5.scales, None, a5.fmt, 2, a5.shape,
+                                            32, False), b5)
+  assert "axis 2 of length 96" in msg, msg
 
 
 GROUPS = {"quantize": group_quantize, "norm": group_norm, "matmul": group_matmul}

@@ -15,6 +15,7 @@ import os
 if int(os.environ.get("NPROC", "0") or 0) < 32:
   os.environ["NPROC"] = "32"
 
+import dataclasses  # noqa: E402
 import itertools  # noqa: E402
 
 import jax  # noqa: E402
@@ -123,6 +124,48 @@ def test_kernel_writes_every_element(cfg):
   da = np.asarray(a, np.float64) * np.repeat(np.asarray(sa, np.float64).T, 32, axis=1)
   db = np.asarray(b, np.float64) * np.repeat(np.asarray(sb, np.float64).T, 32, axis=1)
   assert _rel(out, da @ db.T) < RTOL
+
+
+def _slice(q, i):
+  """Batch element i of a (B, rows, K) QArray quantized along K, as a 2D QArray."""
+  return dataclasses.replace(q, data=q.data[i], scales=q.scales[i], axis=1, shape=q.shape[1:])
+
+
+@pytest.mark.parametrize("fa,fb,cfg,packed", [
+    ("mxfp8_e4m3", "mxfp8_e5m2", FP8_CFG, False),   # design (a), mixed FP8
+    ("mxfp4_e2m1", "mxfp8_e4m3", BF16_CFG, True),   # design (b), FP4 unpacked inside the kernel
+])
+def test_batched_kernel_equals_2d_and_f64(fa, fb, cfg, packed):
+  """dot_general with a batch dim runs one batched launch: bit for bit the per-element 2D kernel."""
+  bsz, m, n, k = 3, 70, 130, 96  # nothing a tile multiple: every batch element padded alike
+  a = mx_jax.quantize(_data((bsz, m, k), 31), fa, axis=2, packed=packed)
+  b = mx_jax.quantize(_data((bsz, n, k), 32), fb, axis=2, packed=packed)
+  out = mx_dot_general(a, b, (((2,), (2,)), ((0,), (0,))), out_dtype=jnp.float32, impl="mgpu", config=cfg,
+                       interpret=True)
+  assert out.shape == (bsz, m, n)
+  assert _rel(out, np.einsum("bmk,bnk->bmn", _f64(a), _f64(b))) < RTOL
+  for i in range(bsz):
+    one = mx_matmul(_slice(a, i), _slice(b, i), out_dtype=jnp.float32, impl="mgpu", config=cfg, interpret=True)
+    np.testing.assert_array_equal(np.asarray(out[i]), np.asarray(one))
+
+
+@pytest.mark.parametrize("cfg", [FP8_CFG, BF16_CFG])
+def test_batched_kernel_writes_every_element(cfg):
+  """Straight at the batched kernel (no crop): 2 batch elements x 2 tiles on 3 simulated SMs, so one CTA's
+  persistent loop crosses from one batch element into the next."""
+  bsz, m, n, k = 2, cfg.cta_m, 2 * cfg.cta_n, 2 * cfg.tile_k
+  rng = np.random.default_rng(33)
+  a = jnp.asarray(rng.standard_normal((bsz, m, k)) * 8, jnp.float8_e4m3fn)
+  b = jnp.asarray(rng.standard_normal((bsz, n, k)) * 8, jnp.float8_e5m2)
+  sa = jnp.asarray(np.exp2(rng.integers(-5, 5, (k // 32, bsz, m))), jnp.float32)
+  sb = jnp.asarray(np.exp2(rng.integers(-5, 5, (k // 32, bsz, n))), jnp.float32)
+  out = mg.gemm(a, b, sa, sb, out_dtype=jnp.float32, config=cfg, num_sms=3, interpret=True)
+  da = np.asarray(a, np.float64) * np.repeat(np.moveaxis(np.asarray(sa, np.float64), 0, -1), 32, axis=-1)
+  db = np.asarray(b, np.float64) * np.repeat(np.moveaxis(np.asarray(sb, np.float64), 0, -1), 32, axis=-1)
+  assert out.shape == (bsz, m, n)
+  assert _rel(out, np.einsum("bmk,bnk->bmn", da, db)) < RTOL
+  one = mg.gemm(a[1], b[1], sa[:, 1], sb[:, 1], out_dtype=jnp.float32, config=cfg, num_sms=3, interpret=True)
+  np.testing.assert_array_equal(np.asarray(out[1]), np.asarray(one))
 
 
 def test_nan_scale_propagates():
