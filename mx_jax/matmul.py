@@ -36,7 +36,7 @@ from mx_jax.qarray import QArray
 from mx_jax.quantize import dequantize
 
 IMPLS = ("auto", "xla", "mgpu", "mgpu_fp8", "mgpu_bf16")
-WO_IMPLS = ("auto", "xla", "mgpu")
+WO_IMPLS = ("auto", "xla", "mgpu", "triton")
 
 
 def _glue():
@@ -194,11 +194,21 @@ def mx_weight_only_matmul(x: jax.Array, w: Any, *, out_dtype: Any = jnp.bfloat16
 
   The kernel multiplies in bf16 (x is rounded to bf16; dequantized W is exact in bf16 for MX formats) with
   FP32 accumulation; impl="xla" multiplies x (as given) by W dequantized to float32 at HIGHEST precision.
+  impl="triton": the Pallas Triton kernel (kernels/wo_triton.py), also picked for a
+  ``kernels.wo_triton.prepare_weight_triton(w)`` weight under impl="auto".
   """
   _check_impl(impl, WO_IMPLS)
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(f"x must be floating point; got {x.dtype}")
+  triton_w = type(w).__module__ == "kernels.wo_triton"
+  if impl == "triton" or triton_w:
+    # Pallas Triton weight-only kernel (kernels/wo_triton.py): w a QArray or a prepare_weight_triton(w) result;
+    # ``config`` a kernels.wo_triton.WOConfig; interpret=True runs the Pallas interpreter (CPU).
+    if impl not in ("triton", "auto"):
+      raise ValueError(f"impl={impl!r}: w is a prepare_weight_triton(...) weight; use impl='triton'")
+    from kernels import wo_triton
+    return wo_triton.wo_matmul(x, w, out_dtype=out_dtype, config=config, interpret=interpret)
   prepared = not isinstance(w, QArray)
   if prepared and not hasattr(w, "elem"):
     raise TypeError(f"w must be a QArray or a prepare_weight_only(...) result; got {type(w).__name__}")
