@@ -1,0 +1,676 @@
+"""Weight-only GEMM for small batches in Pallas on the Triton backend: out (M, N) = x (M, K) bf16 @ W^T.
+
+W is an (N, K) MX-quantized weight (MXFP8 e4m3/e5m2, MXFP6 e2m3/e3m2, MXFP4 e2m1, MXINT8: blocks of 32 along K
+with E8M0 scales; NVFP4: E2M1, blocks of 16 with E4M3 scales and an FP32 tensor scale). Small M makes this a
+stream over the weight bytes, so the kernel is a plain K loop that Triton software-pipelines (``num_stages``):
+every load in the loop body is a separate pointer load of a power-of-two tile, issued ``num_stages - 1``
+iterations ahead by Triton's pipeliner.
+
+Prepared layout (``prepare_weight_triton``; once per weight): N is zero-padded to a multiple of 128, K to a
+multiple of 256 (zero elements, scale 1.0). K is cut into *groups* of G elements whose bytes form 32-byte
+*planes*; one plane row of 32 bytes holds P = G / 32 blocks of 32 elements:
+
+  format        G    planes  bytes/elem  plane p of group g (32 bytes, byte i)
+  8-bit         32   1       1           code[32g + i]
+  FP4 (MX/NV)   64   1       1/2         code[64g + i] | code[64g + 32 + i] << 4   (block 2g: low nibbles)
+  FP6           128  3       3/4         byte p of w_i = c[i] | c[32+i] << 6 | c[64+i] << 12 | c[96+i] << 18
+
+(the FP4 / FP6 orders are ``kernels.mx_matmul_mgpu``'s ``pack_fp4_kernel`` / ``pack_fp6_kernel``: a 32-wide
+block of codes comes out of one or three 32-byte loads with shifts and masks, no interleaving). The kernel
+views W as (N_p, K_p/G, planes, 32) bytes, x as (M, K_p/G, P, 32) bf16 (a free reshape), so block j of group g
+of x is a contiguous 64-byte row slice. Scales stay 1 byte: (N_p, K_p/block) uint8 (E8M0 bytes, or NVFP4's
+E4M3 bytes); NVFP4's FP32 tensor scale multiplies the FP32 accumulator in the kernel's epilogue.
+
+Decode (``WOConfig.decode``), value = elem * 2^c with a per-format constant c, 2^-c applied to the FP32
+accumulator at the end (exact, a power of two):
+  * "jnp" (default; the same code runs in the CPU interpreter, no arithmetic on subnormals):
+    - e4m3 / e5m2: the byte is the FP8 code: bitcast, ``astype(f32).astype(bf16)`` (exact; the f32 hop makes
+      Triton emit F2FP + HADD2.F32 + F2FP.BF16.PACK_AB instead of the quarter-rate F2F.BF16.F16 per element).
+    - e2m1 / e2m3 / e3m2: sign and exponent|mantissa bits moved into an e4m3 byte (``_fp8_byte``): elem * 2^c
+      (c = -6, -6, -4), subnormal codes landing on e4m3 subnormals, so the hardware convert is exact.
+    - MXINT8 (k * 2^-6): f16 bits 0x6400 | (k ^ 0x80) = 1152 + k, minus 1152 in f16 (exact): k (c = 6).
+  * "asm" (compiled only; the interpreter uses "jnp"): inline PTX on 4 bytes per 32-bit register (see
+    ``_ASM_FP4_LO`` etc.): byte-parallel shifts/masks build bf16 high/low bytes, PRMT interleaves them, one
+    mul.rn.bf16x2 by 2^120 (2^112 for MXINT8) rescales: the same values as "jnp". About half the SASS
+    instructions per element for FP4 / FP6 (Pallas lowers byte-wise jnp ops to per-byte PRMT/IMAD/LOP3).
+    Relies on sm_90 keeping bf16 subnormal inputs of mul.bf16x2 (FP4 0.5, FP6 / e4m3 subnormal codes);
+    benchmarks/bench_wo.py checks every code against the XLA reference on the GPU before timing.
+
+Scaling (``WOConfig.scale_mode``):
+  * "block" (promotion): one dot per 32-element block (16 for NVFP4) on the unscaled element values, then
+    acc += partial * scale (FP32). Exact for every E8M0 scale (2^-127 .. 2^127) up to FP32 range of the
+    result; FP32 accumulation as the XLA reference.
+  * "elem": W tile * scale in bf16 (the scale broadcast along its 32 elements), one dot per K step. Exact when
+    every nonzero |elem| * 2^(e + c) is a normal bf16 (and the weight finite), i.e. e in
+    ``elem_exact_range(fmt)`` (e4m3: -117..119, e5m2: -110..112, e2m3: -117..125, e3m2: -118..123,
+    e2m1: -119..125, int8: -126..121 — far wider than trained weights' scales). Below it, products that land
+    on bf16 subnormals rely on the GPU keeping them (XLA:CPU in interpret mode flushes them); above it,
+    overflow becomes Inf. NVFP4 is always exact here (|e2m1 * e4m3| in [2^-10, 2688]).
+
+Grid (cdiv(N, BN), SPLIT_K); each program loops over K_p / SPLIT_K in BK steps (``lax.fori_loop`` -> scf.for).
+``orient``: "xw" computes (Mp, BN) = x_tile @ W_tile^T (x is the MMA A operand, mma.sync for Mp < 64);
+"wt" computes (BN, Mp) = W_tile @ x_tile^T (the decoded W is the A operand, so Hopper wgmma can take it from
+registers) and transposes the tile before the store. Output: SPLIT_K == 1 writes ``out_dtype`` (M, N)
+directly (masked rows / columns: no padding or slicing kernels); SPLIT_K > 1 writes FP32 partials
+(SPLIT_K, M, N) that XLA sums (one small fusion). Mp = M rounded up to a power of two >= 16 (tl.dot's
+minimum); rows >= M are masked loads. M > 256 runs in row chunks of 256.
+
+``interpret=True`` runs the same kernel body in the Pallas interpreter (CPU tests). x travels as its bf16
+bits (uint16) and floats come out as bits in interpret mode (XLA:CPU flushes subnormals in pads/selects).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+from jax import lax
+from jax.experimental import pallas as pl
+
+from mx_jax import _bits
+from mx_jax.packing import unpack
+from mx_jax.qarray import QArray
+
+N_ALIGN = 128
+K_ALIGN = 256
+MAX_ROWS = 256          # rows per kernel call (Mp <= 256); larger M runs in chunks
+SMEM_BUDGET = 160 * 1024  # pipeline buffers we allow (H100: 227 KB per CTA; leave room for layout scratch)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+  elem: str       # decode kind: e4m3 | e5m2 | int8 | e2m1 | e2m3 | e3m2
+  group: int      # K elements per packing group
+  planes: int     # 32-byte planes per group
+  block: int      # scale block (32 MX, 16 NVFP4)
+  shift: int      # decoded value = elem * 2^shift
+  bits: int       # storage bits per element
+  nv: bool = False
+
+  @property
+  def p(self) -> int:  # 32-element blocks per group
+    return self.group // 32
+
+  @property
+  def spb(self) -> int:  # scales per 32 elements
+    return 32 // self.block
+
+
+SPECS = {
+    "mxfp8_e4m3": _Spec("e4m3", 32, 1, 32, 0, 8),
+    "mxfp8_e5m2": _Spec("e5m2", 32, 1, 32, 0, 8),
+    "mxint8": _Spec("int8", 32, 1, 32, 6, 8),
+    "mxfp4_e2m1": _Spec("e2m1", 64, 1, 32, -6, 4),
+    "mxfp6_e2m3": _Spec("e2m3", 128, 3, 32, -6, 6),
+    "mxfp6_e3m2": _Spec("e3m2", 128, 3, 32, -4, 6),
+    "nvfp4": _Spec("e2m1", 64, 1, 16, -6, 4, nv=True),
+}
+FORMATS = tuple(SPECS)
+
+
+@dataclasses.dataclass(frozen=True)
+class WOConfig:
+  """Tile / pipeline choice of the Triton weight-only kernel.
+
+  block_n: weight rows per program; block_k: K elements per loop step; split_k: programs along K (FP32
+  partials summed by XLA when > 1); num_warps / num_stages: Triton's; scale_mode: "block" (promotion per
+  scale block, exact for all scales) or "elem" (scale applied to the bf16 W tile; see module docstring);
+  orient: "xw" (x is the MMA A operand) or "wt" (decoded W is the A operand); evict_w: load W with
+  evict_first (streamed once) and x with evict_last (re-read by every program).
+  """
+  block_n: int = 64
+  block_k: int = 256
+  split_k: int = 1
+  num_warps: int = 4
+  num_stages: int = 4
+  scale_mode: str = "block"
+  orient: str = "xw"
+  evict_w: bool = True
+  decode: str = "jnp"
+
+  def __post_init__(self):
+    if self.scale_mode not in ("block", "elem"):
+      raise ValueError(f"scale_mode must be 'block' or 'elem'; got {self.scale_mode!r}")
+    if self.decode not in ("jnp", "asm"):
+      raise ValueError(f"decode must be 'jnp' or 'asm'; got {self.decode!r}")
+    if self.orient not in ("xw", "wt"):
+      raise ValueError(f"orient must be 'xw' or 'wt'; got {self.orient!r}")
+    for nm in ("block_n", "block_k"):
+      v = getattr(self, nm)
+      if v < 16 or v & (v - 1):
+        raise ValueError(f"{nm} must be a power of two >= 16; got {v}")
+    if self.split_k < 1 or self.num_warps < 1 or self.num_stages < 1:
+      raise ValueError(f"split_k, num_warps, num_stages must be >= 1; got {self}")
+
+  def name(self) -> str:
+    return (f"n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}st{self.num_stages}"
+            f"_{self.scale_mode}_{self.orient}{'' if self.evict_w else '_noevict'}"
+            f"{'_asm' if self.decode == 'asm' else ''}")
+
+
+DEFAULT_CONFIG = WOConfig()
+# Candidates for the H100 sweep (benchmarks/bench_wo.py). Memory-bound, so the axes are bytes in flight per SM
+# (block_n x block_k x num_stages; programs per SM via split_k) and instructions per weight element (decode
+# path, where the scale is applied, which operand the decoded W is). Static SASS counts (Triton 3.9, sm_90a,
+# M=16) put "elem"+"xw" lowest for 8-bit formats (~5.4 instructions / element) and decode="asm" at about half
+# the jnp decode's count for FP4 / FP6 (~5.7 vs ~12 / element).
+CANDIDATES = (
+    WOConfig(64, 256, 1, 4, 4, "block", "xw"),                 # the small-M default
+    WOConfig(64, 256, 1, 4, 4, "elem", "xw"),                  # fewest instructions for 8-bit formats
+    WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="asm"),    # fewest for FP4 / FP6
+    WOConfig(128, 256, 2, 8, 4, "elem", "xw", decode="asm"),   # 8 warps for the decode, split-K 2
+    WOConfig(128, 256, 2, 4, 3, "block", "wt", decode="asm"),  # decoded W as the wgmma A operand
+    WOConfig(64, 128, 2, 8, 3, "elem", "xw"),                  # the large-M default
+)
+
+
+def default_config(mp: int, fmt: str) -> WOConfig:
+  """The kernel's default for Mp rows (before ``fit_config``); a guess from static SASS counts until the H100
+  sweep (benchmarks/bench_wo.py) replaces it. Promotion ("block": exact for every scale) at small M, where its
+  FP32 epilogue costs Mp/32 FMAs per weight element; per-element scaling above. decode="jnp" (the path the
+  CPU tests run) until the inline-PTX decode has passed the GPU exactness check."""
+  del fmt
+  if mp <= 32:
+    return DEFAULT_CONFIG
+  return WOConfig(64, 128 if mp >= 128 else 256, 2, 8 if mp >= 128 else 4, 3, "elem", "xw")
+
+
+def _round_up(a: int, m: int) -> int:
+  return -(-a // m) * m
+
+
+def _next_pow2(n: int) -> int:
+  return 1 << max(0, int(n) - 1).bit_length()
+
+
+def fit_config(cfg: WOConfig, fmt: str, mp: int, n_p: int, k_p: int) -> WOConfig:
+  """Adapts ``cfg`` to a problem: block_n divides N_p, block_k >= the packing group, block_k * split_k
+  divides K_p, the pipeline fits ``SMEM_BUDGET``, the FP32 accumulator stays <= 64 registers a thread."""
+  spec = SPECS[fmt]
+  bn, bk, sk, nw, ns = cfg.block_n, max(cfg.block_k, spec.group), cfg.split_k, cfg.num_warps, cfg.num_stages
+  while n_p % bn:
+    bn //= 2
+  while k_p % (bk * sk):
+    if sk > 1:
+      sk -= 1
+    else:
+      bk //= 2
+  stage = lambda bk_: mp * bk_ * 2 + bn * bk_ * spec.bits // 8 + bn * bk_ // spec.block
+  while ns * stage(bk) > SMEM_BUDGET:
+    if ns > 2:
+      ns -= 1
+    elif bk > spec.group:
+      bk //= 2
+    else:
+      break
+  while mp * bn > 64 * 32 * nw:
+    if nw < 8:
+      nw *= 2
+    elif bn > 16:
+      bn //= 2
+    else:
+      break
+  return dataclasses.replace(cfg, block_n=bn, block_k=bk, split_k=sk, num_warps=nw, num_stages=ns)
+
+
+def elem_exact_range(fmt: str) -> tuple[int, int]:
+  """Scale exponents e (2^e) for which scale_mode="elem" is exact on every backend: every nonzero element
+  times 2^(e + shift) is a normal bf16 and every weight elem * 2^e is finite in bf16. (FP32 accumulation of
+  products below 2^-126 is subject to the backend's subnormal handling, as in the XLA reference.) NVFP4:
+  always exact; returns the E4M3 scale's own exponent range."""
+  from mx_jax.formats import get_format
+  spec = SPECS[fmt]
+  if spec.nv:
+    return (-9, 8)
+  f = get_format(fmt).elem
+  bf16_max = float(ml_dtypes.finfo(jnp.bfloat16).max)
+  lo = next(e for e in range(-140, 140) if f.min_subnormal * 2.0 ** (e + spec.shift) >= 2.0 ** -126)
+  # the decoded product and the weight itself (the FP32 result is rescaled by 2^-shift) stay finite
+  hi = max(e for e in range(-140, 140) if f.max_normal * 2.0 ** (e + max(spec.shift, 0)) <= bf16_max)
+  return max(lo, -127), min(hi, 127)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Prepared weight
+# ----------------------------------------------------------------------------------------------------------
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TritonWeight:
+  """An (N, K) weight laid out for ``wo_matmul``: ``data`` (N_p, K_p * bits / 8) uint8 in the group/plane
+  order above, ``scales`` (N_p, K_p / block) uint8 (E8M0 or E4M3 bytes), ``tensor_scale`` () float32 for
+  NVFP4. ``fmt``, ``n``, ``k`` (logical shape) are static."""
+  data: jax.Array
+  scales: jax.Array
+  tensor_scale: jax.Array | None
+  fmt: str = dataclasses.field(metadata=dict(static=True))
+  n: int = dataclasses.field(metadata=dict(static=True))
+  k: int = dataclasses.field(metadata=dict(static=True))
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    return (self.n, self.k)
+
+  @property
+  def ndim(self) -> int:
+    return 2
+
+  @property
+  def k_padded(self) -> int:
+    return self.scales.shape[1] * SPECS[self.fmt].block
+
+  @property
+  def nbytes(self) -> int:
+    """Bytes the kernel streams (elements + scales + tensor scale)."""
+    t = 0 if self.tensor_scale is None else 4
+    return int(self.data.size + self.scales.size + t)
+
+
+def _pad2(a, rows, cols, value=0):
+  pr, pc = rows - a.shape[0], cols - a.shape[1]
+  if pr == 0 and pc == 0:
+    return a
+  return jnp.pad(a, ((0, pr), (0, pc)), constant_values=jnp.asarray(value, a.dtype))
+
+
+def pack_fp4(codes: jax.Array) -> jax.Array:
+  """(N, K) FP4 codes, K % 64 == 0 -> (N, K/2): per 64-group byte i = c[i] | c[32 + i] << 4."""
+  n, k = codes.shape
+  g = codes.astype(jnp.uint8).reshape(n, k // 64, 2, 32)
+  return (g[:, :, 0] | (g[:, :, 1] << 4)).reshape(n, k // 2)
+
+
+def pack_fp6(codes: jax.Array) -> jax.Array:
+  """(N, K) FP6 codes, K % 128 == 0 -> (N, 3K/4): per 128-group three 32-byte planes, plane p = byte p of
+  w_i = c[i] | c[32+i] << 6 | c[64+i] << 12 | c[96+i] << 18."""
+  n, k = codes.shape
+  g = codes.reshape(n, k // 128, 4, 32).astype(jnp.uint32)
+  w = g[:, :, 0] | (g[:, :, 1] << 6) | (g[:, :, 2] << 12) | (g[:, :, 3] << 18)
+  planes = jnp.stack([(w >> (8 * p)) & 0xFF for p in range(3)], axis=2)
+  return planes.astype(jnp.uint8).reshape(n, 3 * k // 4)
+
+
+def _codes(q: QArray) -> jax.Array:
+  """uint8 element codes of an unpacked 2D QArray."""
+  elem = q.format.elem
+  if elem.bits == 8:
+    return lax.bitcast_convert_type(q.data, jnp.uint8)
+  if elem.bits == 6:
+    return q.data.astype(jnp.uint8)  # FP6 storage is already the code
+  return _bits.elem_to_code(_bits.from_elem_dtype(q.data, elem), elem)
+
+
+def prepare_weight_triton(w: QArray) -> TritonWeight:
+  """Lays out an (N, K) weight QArray quantized along K (axis 1) for ``wo_matmul`` (do it once)."""
+  if not isinstance(w, QArray):
+    raise TypeError(f"w must be a QArray (mx_jax.quantize(...)); got {type(w).__name__}")
+  if w.fmt not in SPECS:
+    raise ValueError(f"w has format {w.fmt!r}; the Triton weight-only kernel takes {FORMATS}")
+  spec = SPECS[w.fmt]
+  if w.ndim != 2 or w.axis != 1:
+    raise ValueError(f"w must be an (N, K) QArray quantized along axis 1; got {w!r}")
+  if w.block_size != spec.block:
+    raise ValueError(f"w has block_size {w.block_size}; the Triton weight-only kernel takes {spec.block} "
+                     f"for {w.fmt}")
+  return _prepare(w)
+
+
+@jax.jit
+def _prepare(w: QArray) -> TritonWeight:
+  spec = SPECS[w.fmt]
+  n, k = w.shape
+  w = unpack(w)
+  codes = _codes(w)
+  n_p, k_p = _round_up(n, N_ALIGN), _round_up(max(codes.shape[1], 1), K_ALIGN)
+  codes = _pad2(codes, n_p, k_p)
+  if spec.bits == 4:
+    data = pack_fp4(codes)
+  elif spec.bits == 6:
+    data = pack_fp6(codes)
+  else:
+    data = codes
+  sb = lax.bitcast_convert_type(w.scales, jnp.uint8)
+  scales = _pad2(sb, n_p, k_p // spec.block, 0 if spec.nv else 127)
+  ts = w.tensor_scale.astype(jnp.float32).reshape(()) if spec.nv else None
+  return TritonWeight(data, scales, ts, w.fmt, n, k)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Kernel body pieces (jnp on tiles: the same code runs in Triton and in the interpreter)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _fp8_byte(code, elem: str):
+  """Element code (uint8, low bits) -> e4m3 byte whose value is elem * 2^shift (sign bit to bit 7; exponent
+  and mantissa bits placed so subnormal codes land on e4m3 subnormals)."""
+  if elem == "e2m1":
+    return ((code & 0x08) << 4) | ((code & 0x07) << 2)
+  if elem == "e2m3":
+    return ((code & 0x20) << 2) | (code & 0x1F)
+  if elem == "e3m2":
+    return ((code & 0x20) << 2) | ((code & 0x1F) << 1)
+  return code
+
+
+def _decode(code, elem: str):
+  """uint8 code tile -> bf16 tile of elem * 2^shift (exact)."""
+  if elem == "int8":
+    h = code.astype(jnp.uint16) ^ jnp.uint16(0x6480)  # f16 bits of 1152 + k
+    f = lax.bitcast_convert_type(h, jnp.float16) - jnp.float16(1152.0)  # k, exact
+    return f.astype(jnp.float32).astype(jnp.bfloat16)
+  if elem == "e5m2":  # Triton's own e5m2 -> bf16 convert (GPU exactness: benchmarks/bench_wo.py)
+    return lax.bitcast_convert_type(code, jnp.float8_e5m2).astype(jnp.bfloat16)
+  f8 = lax.bitcast_convert_type(_fp8_byte(code, elem), jnp.float8_e4m3fn)
+  return f8.astype(jnp.float32).astype(jnp.bfloat16)
+
+
+def _decode_fp4_pair(b):
+  """Packed FP4 bytes -> (low-nibble e4m3 bytes, high-nibble e4m3 bytes), fused masks."""
+  lo = ((b & 0x08) << 4) | ((b & 0x07) << 2)
+  hi = (b & 0x80) | ((b >> 2) & 0x1C)
+  return lo, hi
+
+
+def _block_codes(planes, spec: _Spec):
+  """The P per-block tiles (codes, or e4m3 bytes for FP4) of one group's planes."""
+  if spec.bits == 4:
+    lo, hi = _decode_fp4_pair(planes[0])
+    return [lo, hi]
+  if spec.bits == 6:
+    p0, p1, p2 = planes
+    return [p0 & 0x3F, (p0 >> 6) | ((p1 & 0x0F) << 2), (p1 >> 4) | ((p2 & 0x03) << 4), p2 >> 2]
+  return [planes[0]]
+
+
+def _decode_block(c, spec: _Spec):
+  if spec.bits == 4:  # already e4m3 bytes
+    return lax.bitcast_convert_type(c, jnp.float8_e4m3fn).astype(jnp.float32).astype(jnp.bfloat16)
+  return _decode(c, spec.elem)
+
+
+# Inline-PTX decode (compiled Triton only; pack=4: one 32-bit register holds 4 consecutive bytes of a tile,
+# each bf16 result tile comes back in two registers). Byte-parallel integer ops place each code's sign,
+# exponent and mantissa bits into bf16 bits (value = elem * 2^(1 - 127) for e2m1 / e2m3, 2^(3 - 127) for
+# e3m2; subnormal codes become bf16 subnormals), PRMT interleaves high/low bytes into bf16x2 words, and one
+# mul.rn.bf16x2 by 2^120 rescales (exact: power of two, bf16 subnormal inputs are kept on sm_90), giving the
+# same values elem * 2^shift as the jnp decode. ~2.5 instructions per element instead of ~10 for byte-wise
+# jnp ops. Verified against the XLA reference on the GPU by benchmarks/bench_wo.py (all codes, extreme scales).
+_PTX_MUL = "0x7B807B80"  # bf16x2 (2^120, 2^120)
+
+# One asm per output tile (Pallas' lowering of elementwise_inline_asm takes a single result). Operands: $0, $1
+# the two bf16x2 output registers (elements 0,1 and 2,3), then the inputs' 32-bit registers (4 bytes each).
+_ASM_TAIL = ("prmt.b32 $0, l, h, 0x5140; prmt.b32 $1, l, h, 0x7362; mov.b32 k, %s; "
+             "mul.rn.bf16x2 $0, $0, k; mul.rn.bf16x2 $1, $1, k;" % _PTX_MUL)
+# FP4 low nibble (s e1 e0 m in bits 3..0): bf16 high byte = s << 7 | e1, low byte = (e0 m) << 6.
+_ASM_FP4_LO = ("{ .reg .b32 h, l, t, k; shl.b32 h, $2, 4; and.b32 h, h, 0x80808080; shr.b32 t, $2, 2; "
+               "and.b32 t, t, 0x01010101; or.b32 h, h, t; shl.b32 l, $2, 6; and.b32 l, l, 0xC0C0C0C0; "
+               + _ASM_TAIL + " }")
+# FP4 high nibble (bits 7..4): high byte = s << 7 | e1 (bit 6 -> 0), low byte = (e0 m) (bits 5, 4) << 2.
+_ASM_FP4_HI = ("{ .reg .b32 h, l, t, k; and.b32 h, $2, 0x80808080; shr.b32 t, $2, 6; and.b32 t, t, 0x01010101; "
+               "or.b32 h, h, t; shl.b32 l, $2, 2; and.b32 l, l, 0xC0C0C0C0; " + _ASM_TAIL + " }")
+# FP6 code j of a 128-group from its planes (byte-parallel), then the bf16 bytes of that code.
+_FP6_CODE = (
+    ("and.b32 c, $2, 0x3F3F3F3F;", 1),
+    ("shr.b32 c, $2, 6; and.b32 c, c, 0x03030303; shl.b32 t, $3, 2; and.b32 t, t, 0x3C3C3C3C; or.b32 c, c, t;", 2),
+    ("shr.b32 c, $2, 4; and.b32 c, c, 0x0F0F0F0F; shl.b32 t, $3, 4; and.b32 t, t, 0x30303030; or.b32 c, c, t;", 2),
+    ("shr.b32 c, $2, 2; and.b32 c, c, 0x3F3F3F3F;", 1),
+)
+_FP6_PLANES = ((0,), (0, 1), (1, 2), (2,))  # planes each code reads
+_FP6_BYTES = {
+    # e2m3 (s e1 e0 m2 m1 m0): high byte = s << 7 | e1, low byte = (e0 m2 m1 m0) << 4
+    "e2m3": "shl.b32 h, c, 2; and.b32 h, h, 0x80808080; shr.b32 t, c, 4; and.b32 t, t, 0x01010101; "
+            "or.b32 h, h, t; shl.b32 l, c, 4; and.b32 l, l, 0xF0F0F0F0;",
+    # e3m2 (s e2 e1 e0 m1 m0): high byte = s << 7 | e2 e1, low byte = (e0 m1 m0) << 5
+    "e3m2": "shl.b32 h, c, 2; and.b32 h, h, 0x80808080; shr.b32 t, c, 3; and.b32 t, t, 0x03030303; "
+            "or.b32 h, h, t; shl.b32 l, c, 5; and.b32 l, l, 0xE0E0E0E0;",
+}
+
+
+# e4m3 byte (s eeee mmm): high byte = s << 7 | e3 e2 e1, low byte = (e0 m2 m1 m0) << 4 (value * 2^-120).
+_ASM_E4M3 = ("{ .reg .b32 h, l, t, k; and.b32 h, $2, 0x80808080; shr.b32 t, $2, 4; and.b32 t, t, 0x07070707; "
+             "or.b32 h, h, t; shl.b32 l, $2, 4; and.b32 l, l, 0xF0F0F0F0; " + _ASM_TAIL + " }")
+# MXINT8 code k: f16 bits 0x64 | (k ^ 0x80) = 1152 + k, minus 1152 (exact) = k; f16 -> bf16 by bits
+# (sign | (bits >> 3) & 0x0FFF reads k * 2^-112: k has <= 7 significant bits), times 2^112.
+_ASM_INT8 = ("{ .reg .b32 t, a, b, k; xor.b32 t, $2, 0x80808080; "
+             "prmt.b32 a, t, 0x64646464, 0x4140; prmt.b32 b, t, 0x64646464, 0x4342; mov.b32 k, 0x64806480; "
+             "sub.rn.f16x2 a, a, k; sub.rn.f16x2 b, b, k; "
+             "shr.b32 t, a, 3; and.b32 t, t, 0x0FFF0FFF; and.b32 a, a, 0x80008000; or.b32 $0, a, t; "
+             "shr.b32 t, b, 3; and.b32 t, t, 0x0FFF0FFF; and.b32 b, b, 0x80008000; or.b32 $1, b, t; "
+             "mov.b32 k, 0x77807780; mul.rn.bf16x2 $0, $0, k; mul.rn.bf16x2 $1, $1, k; }")
+
+
+def _asm_decode(asm: str, args):
+  from jax.experimental.pallas import triton as pltriton
+  out = jax.ShapeDtypeStruct(args[0].shape, jnp.bfloat16)
+  cons = "=r,=r," + ",".join(["r"] * len(args))
+  [res] = pltriton.elementwise_inline_asm(asm, args=list(args), constraints=cons, pack=4,
+                                          result_shape_dtypes=[out])
+  return res
+
+
+def _decode_planes(planes, spec: _Spec, use_asm: bool):
+  """A group's planes (uint8 tiles) -> the P decoded bf16 tiles (elem * 2^shift, exact)."""
+  if use_asm and spec.bits == 4:
+    return [_asm_decode(_ASM_FP4_LO, planes), _asm_decode(_ASM_FP4_HI, planes)]
+  if use_asm and spec.elem == "e4m3":
+    return [_asm_decode(_ASM_E4M3, planes)]
+  if use_asm and spec.elem == "int8":
+    return [_asm_decode(_ASM_INT8, planes)]
+  if use_asm and spec.bits == 6:
+    outs = []
+    for (code, _), reads in zip(_FP6_CODE, _FP6_PLANES):
+      asm = "{ .reg .b32 c, h, l, t, k; " + code + " " + _FP6_BYTES[spec.elem] + " " + _ASM_TAIL + " }"
+      outs.append(_asm_decode(asm, [planes[p] for p in reads]))
+    return outs
+  return [_decode_block(c, spec) for c in _block_codes(planes, spec)]
+
+
+def _scale_bf16(sb, spec: _Spec):
+  """Scale bytes -> bf16 scale values: E8M0 byte b -> bits b << 7 (2^(b-127); 0 -> 2^-127, 255 -> NaN);
+  NVFP4 E4M3 bytes -> their value."""
+  if spec.nv:
+    return lax.bitcast_convert_type(sb, jnp.float8_e4m3fn).astype(jnp.bfloat16)
+  b = sb.astype(jnp.uint16)
+  bits = jnp.where(b == 255, jnp.uint16(0x7FC0), jnp.where(b == 0, jnp.uint16(0x0040), b << 7))
+  return lax.bitcast_convert_type(bits, jnp.bfloat16)
+
+
+def _scale_f32(sb, spec: _Spec):
+  """Scale bytes -> float32 scale values (exact; E8M0 0 -> 2^-127, 255 -> NaN)."""
+  if spec.nv:
+    return lax.bitcast_convert_type(sb, jnp.float8_e4m3fn).astype(jnp.float32)
+  b = sb.astype(jnp.uint32)
+  bits = jnp.where(b == 255, jnp.uint32(0x7FC00000), jnp.where(b == 0, jnp.uint32(0x00400000), b << 23))
+  return lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def _i(v):
+  """A static index as an int32 scalar array (the interpreter's load discharge wants array indices)."""
+  return jnp.int32(v)
+
+
+def _dot_nt(a, b):
+  """a (R, K) . b (C, K)^T -> (R, C) float32."""
+  return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps: int, t_groups: int,
+               has_ts: bool, out_mul: float, out_dtype, interpret: bool):
+  x_ref, w_ref, s_ref = refs[:3]
+  ts_ref = refs[3] if has_ts else None
+  o_ref = refs[-1]
+  from jax.experimental.pallas import triton as pltriton
+
+  bn, T, P, NP, SPB = cfg.block_n, t_groups, spec.p, spec.planes, spec.spb
+  D = spec.block if cfg.scale_mode == "block" else 32
+  ew = "evict_first" if cfg.evict_w else None
+  ex = "evict_last" if cfg.evict_w else None
+  row_mask = None
+  if m < mp:
+    row_mask = lax.broadcasted_iota(jnp.int32, (mp, 1), 0) < m
+
+  def ld_w(view):
+    return pltriton.load(view, eviction_policy=ew)
+
+  def ld_x(view):
+    if row_mask is None:
+      v = pltriton.load(view, eviction_policy=ex)
+    else:
+      mask = row_mask.reshape((mp,) + (1,) * (len(view.shape) - 1))
+      v = pltriton.load(view, mask=mask, other=0, eviction_policy=ex)
+    return lax.bitcast_convert_type(v, jnp.bfloat16)
+
+  use_asm = cfg.decode == "asm" and not interpret
+  xw = cfg.orient == "xw"
+  acc_shape = (mp, bn) if xw else (bn, mp)
+
+  def mma(xt, wt):
+    return _dot_nt(xt, wt) if xw else _dot_nt(wt, xt)
+
+  if cfg.scale_mode == "elem":
+    nsc = T * P * SPB
+
+    def step(t, acc):
+      g0 = t * T
+      planes = [ld_w(w_ref.at[:, pl.ds(g0, T), _i(p), :]) for p in range(NP)]  # (bn, T, 32) uint8
+      # one contiguous scale tile per step (a strided per-block load would not be pipelined), split by block
+      st = _scale_bf16(pltriton.load(s_ref.at[:, pl.ds(g0 * P * SPB, nsc)]), spec).reshape(bn, T, P, SPB)
+      scs = jnp.split(st, P, axis=2) if P > 1 else [st]
+      for j, v in enumerate(_decode_planes(planes, spec, use_asm)):        # (bn, T, 32) bf16
+        sc = scs[j].reshape(bn, T, SPB)
+        sc = lax.broadcast_in_dim(sc, (bn, T, SPB, 32 // SPB), (0, 1, 2)).reshape(bn, T, 32)
+        wt = (v * sc).reshape(bn, T * 32)
+        xt = ld_x(x_ref.at[:, pl.ds(g0, T), _i(j), :]).reshape(mp, T * 32)
+        acc = acc + mma(xt, wt)
+      return acc
+  else:
+    nsc = T * P * SPB
+
+    def step(t, acc):
+      g0 = t * T
+      sf = _scale_f32(pltriton.load(s_ref.at[:, pl.ds(g0 * P * SPB, nsc)]), spec)  # (bn, nsc)
+      cols = jnp.split(sf, nsc, axis=1) if nsc > 1 else [sf]
+      for tt in range(T):
+        g = g0 + tt
+        for sub in range(SPB):
+          planes = [ld_w(w_ref.at[:, g, _i(p), pl.ds(sub * D, D)]) for p in range(NP)]  # (bn, D)
+          for j, v in enumerate(_decode_planes(planes, spec, use_asm)):
+            xt = ld_x(x_ref.at[:, g, _i(j), pl.ds(sub * D, D)])                   # (mp, D)
+            s = cols[(tt * P + j) * SPB + sub]                                 # (bn, 1)
+            part = mma(xt, v)
+            acc = acc + part * (s.reshape(1, bn) if xw else s)
+      return acc
+
+  acc = lax.fori_loop(0, steps, step, jnp.zeros(acc_shape, jnp.float32))
+  mul = out_mul
+  if has_ts:
+    mul = pltriton.load(ts_ref).reshape(1, 1) * jnp.float32(out_mul)
+  if has_ts or out_mul != 1.0:
+    acc = acc * mul
+  if not xw:
+    acc = acc.T
+  out = acc.astype(out_dtype)
+  if interpret:
+    out = lax.bitcast_convert_type(out, jnp.dtype(f"uint{jnp.dtype(out_dtype).itemsize * 8}"))
+  cols_ok = pl.program_id(0) * bn + lax.broadcasted_iota(jnp.int32, (1, bn), 1) < n
+  mask = cols_ok if row_mask is None else (row_mask & cols_ok)
+  pltriton.store(o_ref, out, mask=jnp.broadcast_to(mask, (mp, bn)))
+
+
+def _uint_of(dtype):
+  return jnp.dtype(f"uint{jnp.dtype(dtype).itemsize * 8}")
+
+
+def _call(xb, pw: TritonWeight, m: int, mp: int, cfg: WOConfig, out_dtype, interpret: bool):
+  """One kernel launch on x bits (m, K_p) uint16 -> (m, N) out_dtype."""
+  spec = SPECS[pw.fmt]
+  n_p, k_p = pw.data.shape[0], pw.k_padded
+  n = pw.n
+  kg = k_p // spec.group
+  bn, sk = cfg.block_n, cfg.split_k
+  kg_s = kg // sk                      # groups per program
+  t_groups = cfg.block_k // spec.group  # groups per step
+  steps = kg_s // t_groups
+  x4 = xb.reshape(m, kg, spec.p, 32)
+  w4 = pw.data.reshape(n_p, kg, spec.planes, 32)
+  grid = (pl.cdiv(n, bn), sk)
+  in_specs = [pl.BlockSpec((mp, kg_s, spec.p, 32), lambda i, s: (0, s, 0, 0)),
+              pl.BlockSpec((bn, kg_s, spec.planes, 32), lambda i, s: (i, s, 0, 0))]
+  sc = pw.scales
+  in_specs.append(pl.BlockSpec((bn, sc.shape[1] // sk), lambda i, s: (i, s)))
+  args = [x4, w4, sc]
+  has_ts = pw.tensor_scale is not None
+  if has_ts:
+    args.append(pw.tensor_scale.reshape(1, 1).astype(jnp.float32))
+    in_specs.append(pl.BlockSpec((1, 1), lambda i, s: (0, 0)))
+  o_dtype = jnp.dtype(out_dtype) if sk == 1 else jnp.dtype(jnp.float32)
+  store_dtype = _uint_of(o_dtype) if interpret else o_dtype
+  if sk == 1:
+    out_shape = jax.ShapeDtypeStruct((m, n), store_dtype)
+    out_spec = pl.BlockSpec((mp, bn), lambda i, s: (0, i))
+  else:
+    out_shape = jax.ShapeDtypeStruct((sk, m, n), store_dtype)
+    out_spec = pl.BlockSpec((pl.squeezed, mp, bn), lambda i, s: (s, 0, i))
+  kernel = functools.partial(
+      _wo_kernel, spec=spec, cfg=cfg, m=m, n=n, mp=mp, steps=steps, t_groups=t_groups, has_ts=has_ts,
+      out_mul=float(2.0 ** -spec.shift), out_dtype=o_dtype, interpret=interpret)
+  params = None
+  if not interpret:
+    from jax.experimental.pallas import triton as pltriton
+    params = pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+  out = pl.pallas_call(
+      kernel, out_shape=out_shape, grid=grid, in_specs=in_specs, out_specs=out_spec, interpret=interpret,
+      compiler_params=params, name=f"wo_triton_{pw.fmt}_{cfg.name()}",
+  )(*args)
+  if interpret:
+    out = lax.bitcast_convert_type(out, o_dtype)
+  if sk > 1:
+    out = jnp.sum(out, axis=0).astype(out_dtype)
+  return out
+
+
+@functools.partial(jax.jit, static_argnames=("out_dtype", "config", "interpret"))
+def _wo_matmul(x2, pw: TritonWeight, *, out_dtype, config, interpret):
+  m, k = x2.shape
+  k_p = pw.k_padded
+  xb = lax.bitcast_convert_type(x2.astype(jnp.bfloat16), jnp.uint16)  # bits: exact on every backend
+  if k_p != k:
+    xb = jnp.pad(xb, ((0, 0), (0, k_p - k)))
+  outs = []
+  for r0 in range(0, m, MAX_ROWS):
+    xr = xb[r0:r0 + MAX_ROWS]
+    mr = xr.shape[0]
+    mp = max(16, _next_pow2(mr))
+    cfg = fit_config(config or default_config(mp, pw.fmt), pw.fmt, mp, pw.data.shape[0], k_p)
+    outs.append(_call(xr, pw, mr, mp, cfg, out_dtype, interpret))
+  return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
+
+
+def wo_matmul(x: jax.Array, w, *, out_dtype=jnp.bfloat16, config: WOConfig | None = None,
+              interpret: bool = False) -> jax.Array:
+  """(..., N) = x (..., K) @ W^T, W an (N, K) QArray or ``prepare_weight_triton`` result. x is rounded to
+  bf16 (the MMA input); FP32 accumulation. ``config``: a ``WOConfig`` (fitted to the shape), default per M."""
+  if isinstance(w, QArray):
+    w = prepare_weight_triton(w)
+  if not isinstance(w, TritonWeight):
+    raise TypeError(f"w must be a QArray or a prepare_weight_triton(...) result; got {type(w).__name__}")
+  if config is not None and not isinstance(config, WOConfig):
+    raise TypeError(f"config must be a WOConfig; got {type(config).__name__}")
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"x must be a floating-point array (bf16, f16, f32); got dtype {x.dtype}")
+  if x.ndim < 1 or x.shape[-1] != w.k:
+    raise ValueError(f"x's last dim ({x.shape[-1] if x.ndim else None}) does not match the weight's K={w.k} "
+                     f"(w is (N, K) = {w.shape})")
+  out_dtype = jnp.dtype(out_dtype)
+  if not jnp.issubdtype(out_dtype, jnp.floating):
+    raise TypeError(f"out_dtype must be a floating dtype; got {out_dtype}")
+  lead = x.shape[:-1]
+  x2 = x.reshape((-1, w.k))
+  if x2.shape[0] == 0:
+    return jnp.zeros(lead + (w.n,), out_dtype)
+  out = _wo_matmul(x2, w, out_dtype=out_dtype, config=config, interpret=bool(interpret))
+  return out.reshape(lead + (w.n,))

@@ -1,0 +1,264 @@
+"""kernels/wo_triton.py: the Pallas Triton weight-only GEMM, run in the Pallas interpreter on CPU.
+
+Reference: W dequantized by mx_jax.dequantize to float64, x rounded to bf16, float64 matmul. The kernel
+accumulates in FP32, so the check is |out - ref| <= 1e-5 * (|x| @ |W|^T) element-wise (FP32 accumulation order;
+the decoded weights and the scaling are exact). The compiled path (Triton on a GPU) runs the same kernel body;
+its lowering to Triton IR is checked here for every format, its numerics by benchmarks/bench_wo.py on the GPU.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mx_jax
+from kernels import wo_triton as wt
+from mx_jax.formats import get_format
+from mx_jax.matmul import mx_weight_only_matmul
+from mx_jax.qarray import QArray
+
+FORMATS = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp4_e2m1", "mxint8", "nvfp4"]
+N, K = 200, 320  # N not a multiple of block_n, K not a multiple of block_k (a multiple of 32: 10 blocks)
+RTOL = 1e-5
+
+
+def _ref(x, q):
+  xd = np.asarray(jnp.asarray(x).astype(jnp.bfloat16), np.float64)
+  wd = np.asarray(mx_jax.dequantize(q, jnp.float32), np.float64)
+  return xd @ wd.T, np.abs(xd) @ np.abs(wd).T
+
+
+def _check(out, x, q, rtol=RTOL):
+  ref, bound = _ref(x, q)
+  out = np.asarray(out, np.float64)
+  assert out.shape == ref.shape
+  err = np.abs(out - ref)
+  bad = ~(err <= rtol * bound)
+  assert not bad.any(), (f"{bad.sum()} of {bad.size} outside tolerance; worst err {err[bad].max():.3g} "
+                         f"bound {bound[bad][np.argmax(err[bad])]:.3g}")
+
+
+def _weight(fmt, n=N, k=K, seed=0):
+  w = jax.random.normal(jax.random.key(seed), (n, k), jnp.float32)
+  return mx_jax.quantize(w, fmt, axis=1)
+
+
+def _x(m, k=K, seed=1):
+  return jax.random.normal(jax.random.key(seed), (m, k), jnp.float32).astype(jnp.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def weights():
+  return {f: _weight(f) for f in FORMATS}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("m", [1, 16, 33])
+def test_formats_default_config(weights, fmt, m):
+  q = weights[fmt]
+  x = _x(m)
+  out = wt.wo_matmul(x, q, out_dtype=jnp.float32, interpret=True)
+  _check(out, x, q)
+
+
+SMALL_CONFIGS = [
+    wt.WOConfig(64, 128, 2, 4, 3, "elem", "xw"),
+    wt.WOConfig(128, 256, 2, 4, 3, "elem", "wt", decode="asm"),  # asm: interpreter falls back to the jnp decode
+    wt.WOConfig(32, 128, 4, 4, 2, "block", "wt"),
+]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("cfg", SMALL_CONFIGS, ids=lambda c: c.name())
+def test_configs(weights, fmt, cfg):
+  q = weights[fmt]
+  x = _x(33)
+  _check(wt.wo_matmul(x, q, out_dtype=jnp.float32, config=cfg, interpret=True), x, q)
+
+
+def test_dispatch_bf16_out_and_prepared(weights):
+  q = weights["mxfp4_e2m1"]
+  x = _x(16)
+  pw = wt.prepare_weight_triton(q)
+  out = mx_weight_only_matmul(x, q, impl="triton", interpret=True)
+  assert out.dtype == jnp.bfloat16 and out.shape == (16, N)
+  out2 = mx_weight_only_matmul(x, pw, interpret=True)  # a prepared Triton weight picks the kernel under auto
+  np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(out2, np.float32))
+  ref, bound = _ref(x, q)
+  assert np.all(np.abs(np.asarray(out, np.float64) - ref) <= 2.0 ** -8 * np.abs(ref) + RTOL * bound)
+  # leading dims, jit with the prepared pytree as an argument
+  x3 = x.reshape(2, 8, K)
+  f = jax.jit(lambda x, w: mx_weight_only_matmul(x, w, impl="triton", out_dtype=jnp.float32, interpret=True))
+  out3 = f(x3, pw)
+  assert out3.shape == (2, 8, N)
+  _check(out3.reshape(16, N), x, q)
+
+
+def test_prepared_layout():
+  for fmt, bpe in (("mxfp8_e4m3", 1.0), ("mxfp4_e2m1", 0.5), ("mxfp6_e3m2", 0.75), ("nvfp4", 0.5)):
+    pw = wt.prepare_weight_triton(_weight(fmt))
+    n_p, k_p = 256, 512
+    assert pw.data.dtype == jnp.uint8 and pw.data.shape == (n_p, int(k_p * bpe))
+    blk = 16 if fmt == "nvfp4" else 32
+    assert pw.scales.dtype == jnp.uint8 and pw.scales.shape == (n_p, k_p // blk)  # 1-byte scales, not widened
+    assert (pw.tensor_scale is not None) == (fmt == "nvfp4")
+    assert pw.shape == (N, K) and pw.nbytes == pw.data.size + pw.scales.size + (4 if fmt == "nvfp4" else 0)
+
+
+def test_row_chunks(weights, monkeypatch):
+  monkeypatch.setattr(wt, "MAX_ROWS", 16)
+  q = weights["mxfp8_e4m3"]
+  x = _x(33)
+  _check(wt.wo_matmul(x, q, out_dtype=jnp.float32, interpret=True), x, q)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Extreme scales
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _qarray_with_scales(fmt, row_exps, seed=0, positive=True, n_rows=None):
+  """(len(row_exps), K) QArray: random element codes (positive ones if ``positive``, so nothing cancels),
+  row r's E8M0 scales all 2^row_exps[r]."""
+  f = get_format(fmt)
+  rng = np.random.default_rng(seed)
+  n = len(row_exps)
+  nb = K // 32
+  if f.elem.bits == 8 and f.elem.is_int:
+    codes = rng.integers(-127, 128, size=(n, K)).astype(np.int8)
+    if positive:
+      codes = np.abs(codes).astype(np.int8)
+    data = jnp.asarray(codes)
+  else:
+    vals = f.elem.max_normal * np.asarray(jax.random.uniform(jax.random.key(seed), (n, K), jnp.float32))
+    vals = np.where(rng.random((n, K)) < 0.1, f.elem.min_subnormal, vals)  # subnormal codes too
+    if not positive:
+      vals = vals * np.where(rng.random((n, K)) < 0.5, -1.0, 1.0)
+    q0 = mx_jax.quantize(jnp.asarray(vals, jnp.float32), fmt, axis=1)  # scale 2^0 here: codes on the grid
+    data = q0.data
+  sb = np.repeat(np.asarray(row_exps, np.int32)[:, None] + 127, nb, axis=1).astype(np.uint8)
+  scales = jax.lax.bitcast_convert_type(jnp.asarray(sb), jnp.float8_e8m0fnu)
+  return QArray(data, scales, None, fmt, 1, (n, K), 32, False)
+
+
+MX = [f for f in FORMATS if f != "nvfp4"]
+
+
+@pytest.mark.parametrize("fmt", MX)
+def test_extreme_scales_block_mode(fmt):
+  """Promotion (scale_mode="block") is exact for any E8M0 scale: rows scaled 2^-120 / 2^100 / 2^-127 / 2^0."""
+  f = get_format(fmt).elem
+  top = 127 - int(np.ceil(np.log2(f.max_normal * K * 2 * 2)))  # keep the FP32 result finite
+  exps = [-120, min(100, top), -110, 0] * 4
+  q = _qarray_with_scales(fmt, exps)
+  x = jnp.asarray(np.random.default_rng(3).uniform(0.5, 2.0, (16, K)), jnp.bfloat16)
+  cfg = wt.WOConfig(64, 128, 1, 4, 2, "block", "xw")
+  out = wt.wo_matmul(x, q, out_dtype=jnp.float32, config=cfg, interpret=True)
+  _check(out, x, q)
+  ref, _ = _ref(x, q)
+  assert np.all(np.abs(ref[:, 0::4]) < 2.0 ** -85) and np.all(np.abs(ref[:, 1::4]) > 2.0 ** 80)
+
+
+@pytest.mark.parametrize("fmt", MX)
+def test_extreme_scales_elem_mode(fmt):
+  """scale_mode="elem" is exact over elem_exact_range(fmt), checked at both ends (and signed codes). At the low
+  end the weights reach 2^-126, so x >= 2 keeps every product an FP32 normal (XLA:CPU flushes FP32 subnormals,
+  and the range is about the decoded weights, not about FP32 accumulation of subnormal products); positive codes
+  there, so no partial sum cancels into the subnormal range either."""
+  lo, hi = wt.elem_exact_range(fmt)
+  q_lo = _qarray_with_scales(fmt, [lo] * 16, positive=True)  # no cancellation: FP32 partial sums stay normal
+  q_hi = _qarray_with_scales(fmt, [hi] * 16, positive=False, seed=5)
+  cfg = wt.WOConfig(64, 128, 1, 4, 2, "elem", "xw")
+  x = jnp.asarray(np.random.default_rng(4).uniform(2.0, 8.0, (16, K)), jnp.bfloat16)
+  _check(wt.wo_matmul(x, q_lo, out_dtype=jnp.float32, config=cfg, interpret=True), x, q_lo)
+  x_small = (x.astype(jnp.float32) * 2.0 ** -24).astype(jnp.bfloat16)  # keep the FP32 sum finite
+  _check(wt.wo_matmul(x_small, q_hi, out_dtype=jnp.float32, config=cfg, interpret=True), x_small, q_hi)
+
+
+def test_elem_exact_range_values():
+  assert wt.elem_exact_range("mxfp8_e4m3") == (-117, 119)
+  assert wt.elem_exact_range("mxfp4_e2m1") == (-119, 125)
+  assert wt.elem_exact_range("mxint8") == (-126, 121)
+
+
+@pytest.mark.parametrize("mode", ["block", "elem"])
+def test_nvfp4_extremes(mode):
+  """NVFP4: E4M3 block scales at their extremes (2^-9 subnormal, 448) and tiny / huge FP32 tensor scales."""
+  rng = np.random.default_rng(7)
+  q = _weight("nvfp4", n=64)
+  sb = rng.choice(np.array([0x01, 0x7E, 0x38, 0x08], np.uint8), size=q.scales.shape)  # 2^-9, 448, 1, 2^-6
+  scales = jax.lax.bitcast_convert_type(jnp.asarray(sb), jnp.float8_e4m3fn)
+  x = _x(16)
+  cfg = wt.WOConfig(64, 128, 1, 4, 2, mode, "xw")
+  for ts in (2.0 ** -60, 2.0 ** 60):
+    qq = dataclasses.replace(q, scales=scales, tensor_scale=jnp.float32(ts))
+    _check(wt.wo_matmul(x, qq, out_dtype=jnp.float32, config=cfg, interpret=True), x, qq)
+
+
+@pytest.mark.parametrize("mode", ["block", "elem"])
+def test_nan_scale(mode):
+  q = _qarray_with_scales("mxfp8_e4m3", [0] * 16, positive=False)
+  sb = np.full((16, K // 32), 127, np.uint8)
+  sb[3, 2] = 255  # E8M0 NaN: row 3's outputs are NaN, the others are not
+  q = dataclasses.replace(q, scales=jax.lax.bitcast_convert_type(jnp.asarray(sb), jnp.float8_e8m0fnu))
+  x = _x(4)
+  out = np.asarray(wt.wo_matmul(x, q, out_dtype=jnp.float32, config=wt.WOConfig(scale_mode=mode),
+                                interpret=True))
+  assert np.isnan(out[:, 3]).all() and np.isfinite(np.delete(out, 3, axis=1)).all()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Errors and lowering
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_invalid_inputs(weights):
+  q = weights["mxfp8_e4m3"]
+  with pytest.raises(TypeError, match="x"):
+    wt.wo_matmul(jnp.ones((4, K), jnp.int32), q, interpret=True)
+  with pytest.raises(TypeError, match="x"):
+    mx_weight_only_matmul(jnp.ones((4, K), jnp.int32), q, impl="triton", interpret=True)
+  with pytest.raises(ValueError, match="K"):
+    wt.wo_matmul(jnp.ones((4, K + 32), jnp.bfloat16), q, interpret=True)
+  with pytest.raises(ValueError, match="K"):
+    mx_weight_only_matmul(jnp.ones((4, K + 32), jnp.bfloat16), q, impl="triton", interpret=True)
+  per_tensor = mx_jax.quantize(jnp.ones((N, K)), "fp8_e4m3")
+  with pytest.raises(ValueError, match="w has format"):
+    wt.prepare_weight_triton(per_tensor)
+  with pytest.raises(ValueError, match="block_size"):
+    wt.prepare_weight_triton(mx_jax.quantize(jnp.ones((N, K)), "mxfp8_e4m3", axis=1, block_size=16))
+  with pytest.raises(ValueError, match="axis"):
+    wt.prepare_weight_triton(mx_jax.quantize(jnp.ones((N, K)), "mxfp8_e4m3", axis=0))
+  with pytest.raises(TypeError, match="w must be"):
+    wt.wo_matmul(jnp.ones((4, K), jnp.bfloat16), np.ones((N, K)), interpret=True)
+  with pytest.raises(TypeError, match="config"):
+    wt.wo_matmul(jnp.ones((4, K), jnp.bfloat16), q, config="fast", interpret=True)
+  with pytest.raises(ValueError, match="scale_mode"):
+    wt.WOConfig(scale_mode="row")
+  with pytest.raises(ValueError, match="block_n"):
+    wt.WOConfig(block_n=48)
+  with pytest.raises(ValueError, match="impl"):
+    mx_weight_only_matmul(jnp.ones((4, K), jnp.bfloat16), q, impl="cuda")
+  with pytest.raises(ValueError, match="impl='triton'"):
+    mx_weight_only_matmul(jnp.ones((4, K), jnp.bfloat16), wt.prepare_weight_triton(q), impl="xla")
+
+
+def test_fit_config():
+  c = wt.fit_config(wt.WOConfig(256, 512, 3, 4, 4), "mxfp6_e2m3", 256, 256, 768)
+  assert 256 % c.block_n == 0 and 768 % (c.block_k * c.split_k) == 0 and c.block_k >= 128
+  assert 256 * c.block_n <= 64 * 32 * c.num_warps
+  assert c.num_stages * (256 * c.block_k * 2 + c.block_n * c.block_k) <= wt.SMEM_BUDGET
+
+
+@pytest.mark.parametrize("fmt,cfg", [(f, wt.CANDIDATES[0]) for f in FORMATS]
+                         + [(f, c) for f in ("mxfp4_e2m1", "mxfp6_e3m2", "mxint8", "mxfp8_e4m3")
+                            for c in (wt.CANDIDATES[2], wt.CANDIDATES[4])])
+def test_lowers_to_triton(fmt, cfg):
+  """The compiled path lowers to Triton IR (every primitive has a Pallas Triton rule), on a CPU host."""
+  from kernels import _dispatch
+  q = jax.eval_shape(lambda w: mx_jax.quantize(w, fmt, axis=1), jax.ShapeDtypeStruct((512, 1024), jnp.float32))
+  pw = jax.eval_shape(wt.prepare_weight_triton, q)
+  x = jax.ShapeDtypeStruct((5, 1024), jnp.bfloat16)
+  txt = _dispatch.lower_for_cuda(lambda x, w: wt.wo_matmul(x, w, config=cfg), x, pw)
+  assert "__gpu$xla.gpu.triton" in txt
