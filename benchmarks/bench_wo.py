@@ -84,7 +84,11 @@ def left() -> float:
 def measure(call, x, ws):
   """(device µs, wall µs) per call of call(x, w): one jit of REPS calls cycling through the weight copies."""
   guard(5)
-  multi = jax.jit(lambda x, ws: [call(x, ws[i % len(ws)]) for i in range(REPS)])
+  # Each call gets its own x (x scaled by a distinct power of two): identical (x, w) pairs would be merged by
+  # XLA's CSE, and the time per call divided by REPS would count only the distinct ones.
+  xs = [x * jnp.asarray(2.0 ** -(i // len(ws)), x.dtype) for i in range(REPS)]
+  multi = jax.jit(lambda xs, ws: [call(xs[i], ws[i % len(ws)]) for i in range(REPS)])
+  x = xs
   jax.block_until_ready(multi(x, ws))
   dev = float("nan")
   if not INTERPRET:
