@@ -66,6 +66,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import ml_dtypes
+import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
@@ -163,18 +164,27 @@ CANDIDATES = (
     WOConfig(128, 256, 2, 8, 4, "elem", "xw", decode="asm"),   # 8 warps for the decode, split-K 2
     WOConfig(128, 256, 2, 4, 3, "block", "wt", decode="asm"),  # decoded W as the wgmma A operand
     WOConfig(64, 128, 2, 8, 3, "elem", "xw"),                  # the large-M default
+    # More bytes in flight / more programs per SM (session-3 second sweep at M = 16):
+    WOConfig(64, 512, 1, 4, 4, "elem", "xw", decode="asm"),
+    WOConfig(64, 256, 2, 4, 4, "elem", "xw", decode="asm"),
+    WOConfig(32, 256, 1, 4, 4, "elem", "xw", decode="asm"),
+    WOConfig(64, 256, 1, 4, 6, "elem", "xw", decode="asm"),
+    WOConfig(64, 256, 1, 8, 4, "elem", "xw", decode="asm"),
+    WOConfig(32, 512, 1, 4, 4, "elem", "xw", decode="asm"),
 )
 
 
-def default_config(mp: int, fmt: str) -> WOConfig:
-  """The kernel's default for Mp rows (before ``fit_config``); a guess from static SASS counts until the H100
-  sweep (benchmarks/bench_wo.py) replaces it. Promotion ("block": exact for every scale) at small M, where its
-  FP32 epilogue costs Mp/32 FMAs per weight element; per-element scaling above. decode="jnp" (the path the
-  CPU tests run) until the inline-PTX decode has passed the GPU exactness check."""
-  del fmt
+def default_config(mp: int, fmt: str, elem_ok: bool = False) -> WOConfig:
+  """The kernel's default for Mp rows (before ``fit_config``), from the H100 sweep (BENCHMARKS.md, session 3:
+  at M = 16 per-element scaling beats per-block promotion 1.7x; the inline-PTX decode halves FP4/FP6/INT8
+  decode cost and passed the GPU exactness check). Per-element scaling only when ``elem_ok`` (every scale of
+  the weight inside ``elem_exact_range``, checked by ``prepare_weight_triton``); promotion otherwise, which is
+  exact for every scale."""
+  mode = "elem" if elem_ok else "block"
+  decode = "jnp" if SPECS[fmt].bits == 8 and not fmt.startswith("mxint") else "asm"
   if mp <= 32:
-    return DEFAULT_CONFIG
-  return WOConfig(64, 128 if mp >= 128 else 256, 2, 8 if mp >= 128 else 4, 3, "elem", "xw")
+    return WOConfig(64, 256, 1, 4, 4, mode, "xw", decode=decode)
+  return WOConfig(64, 128 if mp >= 128 else 256, 2, 8 if mp >= 128 else 4, 3, mode, "xw")
 
 
 def _round_up(a: int, m: int) -> int:
@@ -249,6 +259,7 @@ class TritonWeight:
   fmt: str = dataclasses.field(metadata=dict(static=True))
   n: int = dataclasses.field(metadata=dict(static=True))
   k: int = dataclasses.field(metadata=dict(static=True))
+  elem_ok: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
   @property
   def shape(self) -> tuple[int, int]:
@@ -315,7 +326,22 @@ def prepare_weight_triton(w: QArray) -> TritonWeight:
   if w.block_size != spec.block:
     raise ValueError(f"w has block_size {w.block_size}; the Triton weight-only kernel takes {spec.block} "
                      f"for {w.fmt}")
-  return _prepare(w)
+  tw = _prepare(w)
+  return dataclasses.replace(tw, elem_ok=_elem_scaling_exact(tw))
+
+
+def _elem_scaling_exact(tw: TritonWeight) -> bool:
+  """True when per-element scaling is exact for this weight (NVFP4 always; MX when every scale exponent lies
+  in ``elem_exact_range`` or is the NaN scale). False when the scales are traced (not known here)."""
+  if SPECS[tw.fmt].nv:
+    return True
+  try:
+    sb = np.asarray(tw.scales).astype(np.int32)
+  except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+    return False
+  lo, hi = elem_exact_range(tw.fmt)
+  e = sb - 127
+  return bool(np.all((sb == 255) | ((e >= lo) & (e <= hi))))
 
 
 @jax.jit
@@ -644,7 +670,7 @@ def _wo_matmul(x2, pw: TritonWeight, *, out_dtype, config, interpret):
     xr = xb[r0:r0 + MAX_ROWS]
     mr = xr.shape[0]
     mp = max(16, _next_pow2(mr))
-    cfg = fit_config(config or default_config(mp, pw.fmt), pw.fmt, mp, pw.data.shape[0], k_p)
+    cfg = fit_config(config or default_config(mp, pw.fmt, pw.elem_ok), pw.fmt, mp, pw.data.shape[0], k_p)
     outs.append(_call(xr, pw, mr, mp, cfg, out_dtype, interpret))
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
 

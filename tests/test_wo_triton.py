@@ -262,3 +262,18 @@ def test_lowers_to_triton(fmt, cfg):
   x = jax.ShapeDtypeStruct((5, 1024), jnp.bfloat16)
   txt = _dispatch.lower_for_cuda(lambda x, w: wt.wo_matmul(x, w, config=cfg), x, pw)
   assert "__gpu$xla.gpu.triton" in txt
+
+
+@pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "mxfp4_e2m1"])
+def test_default_config_promotes_when_scales_leave_elem_range(fmt):
+  """The default per-element scaling is chosen only when every scale is inside elem_exact_range; a weight with
+  a 2^-120 scale gets promotion (exact) — never a silently wrong default."""
+  lo, hi = wt.elem_exact_range(fmt)
+  ok = wt.prepare_weight_triton(_qarray_with_scales(fmt, [lo, hi, 0, -3] * 4))
+  bad_q = _qarray_with_scales(fmt, [-120, 0, 0, -3] * 4)
+  bad = wt.prepare_weight_triton(bad_q)
+  assert ok.elem_ok and not bad.elem_ok
+  assert wt.default_config(16, fmt, ok.elem_ok).scale_mode == "elem"
+  assert wt.default_config(16, fmt, bad.elem_ok).scale_mode == "block"
+  x = jnp.asarray(np.random.default_rng(4).uniform(0.5, 2.0, (16, K)), jnp.bfloat16)
+  _check(wt.wo_matmul(x, bad, out_dtype=jnp.float32, interpret=True), x, bad_q)
