@@ -61,7 +61,8 @@ def _recipe(name: str):
   return dataclasses.replace(rec, impl=impl) if impl else rec
 
 
-def time_recipe(name, model, tok, warmup, iters, exclude, profile=False):
+def make_train_step(name, model, tok, exclude):
+  """(un-jitted AdamW step(state, tok) -> (state, loss), initial state, param count) for recipe ``name``."""
   m = model if name == "bf16" else mx_jax.quantize_model(model, _recipe(name), exclude=exclude)
   v = m.init(jax.random.key(0), tok[:1, :16])
   params = {"params": v["params"]}
@@ -69,13 +70,19 @@ def time_recipe(name, model, tok, warmup, iters, exclude, profile=False):
     params[OVERWRITE_WITH_GRADIENT] = v[OVERWRITE_WITH_GRADIENT]
   st = train_state.TrainState.create(apply_fn=m.apply, params=params, tx=optax.adamw(1e-4))
 
-  @jax.jit
   def step(st, tok):
     def loss_fn(p):
       logits = st.apply_fn(p, tok[:, :-1]).astype(jnp.float32)
       return optax.softmax_cross_entropy_with_integer_labels(logits, tok[:, 1:]).mean()
     loss, g = jax.value_and_grad(loss_fn)(st.params)
     return st.apply_gradients(grads=g), loss
+
+  return step, st, sum(x.size for x in jax.tree.leaves(v["params"]))
+
+
+def time_recipe(name, model, tok, warmup, iters, exclude, profile=False):
+  step, st, nparams = make_train_step(name, model, tok, exclude)
+  step = jax.jit(step)
 
   t0 = time.perf_counter()
   st, loss = step(st, tok)
@@ -98,7 +105,6 @@ def time_recipe(name, model, tok, warmup, iters, exclude, profile=False):
       holder[0], loss = step(holder[0], tok)
       return loss
     print_top(f"{name} train step", one, tok, calls=3, n=30)
-  nparams = sum(x.size for x in jax.tree.leaves(v["params"]))
   return dict(recipe=name, median_ms=1e3 * statistics.median(times), min_ms=1e3 * min(times),
               compile_s=compile_s, loss=float(loss), params=nparams)
 

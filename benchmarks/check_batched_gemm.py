@@ -6,25 +6,13 @@ attention shapes of the GPT benchmark (batch 8 x 12 heads).
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 import mx_jax
+from benchmarks.profile_util import median_ms
 from mx_jax.matmul import mx_dot_general
-
-
-def _time(f, *a, iters=20):
-  jax.block_until_ready(f(*a))
-  ts = []
-  for _ in range(iters):
-    t = time.perf_counter()
-    jax.block_until_ready(f(*a))
-    ts.append(time.perf_counter() - t)
-  return statistics.median(ts) * 1e3
 
 
 def main():
@@ -40,10 +28,10 @@ def main():
     got = jax.jit(lambda a, c: mx_dot_general(a, c, dn, out_dtype=jnp.float32, impl="mgpu"))(qa, qb)
     err = float(jnp.linalg.norm(got - ref) / jnp.linalg.norm(ref))
     xb, yb = x.astype(jnp.bfloat16), y.astype(jnp.bfloat16)
-    t_k = _time(f, qa, qb)
-    t_bf = _time(jax.jit(lambda a, c: jnp.einsum("bmk,bnk->bmn", a, c, preferred_element_type=jnp.float32)
+    t_k = median_ms(f, qa, qb)
+    t_bf = median_ms(jax.jit(lambda a, c: jnp.einsum("bmk,bnk->bmn", a, c, preferred_element_type=jnp.float32)
                          .astype(jnp.bfloat16)), xb, yb)
-    t_sd = _time(jax.jit(lambda a, c: lax.scaled_dot(a.data, c.data, lhs_scale=a.scales, rhs_scale=c.scales,
+    t_sd = median_ms(jax.jit(lambda a, c: lax.scaled_dot(a.data, c.data, lhs_scale=a.scales, rhs_scale=c.scales,
                                                      dimension_numbers=dn, preferred_element_type=jnp.bfloat16)),
                  qa, qb)
     print(f"B={b} M={m} N={n} K={k}: rel err vs XLA {err:.2e} | kernel {t_k:.3f} ms, bf16 einsum {t_bf:.3f} ms, "

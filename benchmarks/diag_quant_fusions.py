@@ -13,27 +13,16 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 import mx_jax
+from benchmarks.profile_util import median_ms
 from mx_jax import _bits
 from mx_jax._blocks import to_blocks
 from mx_jax.dot import quantize_operand
-
-
-def _time(fn, *args, iters=20):
-  jax.block_until_ready(fn(*args))
-  ts = []
-  for _ in range(iters):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    ts.append(time.perf_counter() - t)
-  return statistics.median(ts)
 
 
 def amax_variants(axis):
@@ -70,15 +59,15 @@ def part1(log):
   nbytes = x.size * 2
   spec = mx_jax.recipe("mxfp8").operands["x"]
   copy = jax.jit(lambda x: x * 2)
-  tc = _time(copy, x)
+  tc = 1e-3 * median_ms(copy, x)
   log(f"bf16 x*2 copy of {x.shape}: {tc * 1e3:.3f} ms ({2 * nbytes / tc / 1e12:.2f} TB/s)")
   for axis in (3, 2):
     q = jax.jit(lambda x, axis=axis: quantize_operand(x, spec, (axis,), dtype=jnp.bfloat16)[0])
-    t = _time(q, x)
+    t = 1e-3 * median_ms(q, x)
     log(f"axis {axis}: quantize_operand (fake-quant, bf16 out) {t * 1e3:.3f} ms = {t / tc:.2f} copies")
     for name, fn in amax_variants(axis).items():
       try:
-        t = _time(jax.jit(fn), x)
+        t = 1e-3 * median_ms(jax.jit(fn), x)
         log(f"axis {axis}: amax {name:14s} {t * 1e3:.3f} ms ({nbytes / t / 1e12:.2f} TB/s read)")
       except Exception as e:  # noqa: BLE001
         log(f"axis {axis}: amax {name:14s} ERR {type(e).__name__}: {str(e)[:200]}")
@@ -101,28 +90,12 @@ def _fusion_hlo(text: str, name: str) -> str:
 
 
 def part2(log, layers, recipe, exclude_attn, top):
-  from benchmarks.bench_train_step import GPT, _recipe
+  from benchmarks.bench_train_step import GPT, make_train_step
   from benchmarks.profile_util import top_kernels
-  import optax
-  from flax.training import train_state
-  from mx_jax.flax import OVERWRITE_WITH_GRADIENT
   model = GPT(layers=layers)
   tok = jax.random.randint(jax.random.key(1), (8, 1025), 0, model.vocab)
   exclude = ["embed", "head"] + (["*attn"] if exclude_attn else [])
-  m = model if recipe == "bf16" else mx_jax.quantize_model(model, _recipe(recipe), exclude=exclude)
-  v = m.init(jax.random.key(0), tok[:1, :16])
-  params = {"params": v["params"]}
-  if OVERWRITE_WITH_GRADIENT in v:
-    params[OVERWRITE_WITH_GRADIENT] = v[OVERWRITE_WITH_GRADIENT]
-  st = train_state.TrainState.create(apply_fn=m.apply, params=params, tx=optax.adamw(1e-4))
-
-  def step(st, tok):
-    def loss_fn(p):
-      logits = st.apply_fn(p, tok[:, :-1]).astype(jnp.float32)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, tok[:, 1:]).mean()
-    loss, g = jax.value_and_grad(loss_fn)(st.params)
-    return st.apply_gradients(grads=g), loss
-
+  step, st, _ = make_train_step(recipe, model, tok, exclude)
   compiled = jax.jit(step).lower(st, tok).compile()
   text = compiled.as_text()
   rows, total = top_kernels(lambda s, t: compiled(s, t)[1], st, tok, calls=3, n=top)

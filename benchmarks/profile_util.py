@@ -1,4 +1,4 @@
-"""Per-kernel device time of a jitted function, from JAX's own profiler (no TensorBoard needed).
+"""Timing helpers: per-kernel device time of a jitted function, from JAX's own profiler (no TensorBoard needed).
 
 ``top_kernels(fn, *args)`` traces a few calls with ``jax.profiler.trace``, reads the XSpace back with
 ``jax.profiler.ProfileData`` and sums event durations by name on the device planes (on a GPU: the
@@ -9,9 +9,23 @@ from __future__ import annotations
 import collections
 import glob
 import os
+import statistics
 import tempfile
+import time
 
 import jax
+
+
+def median_ms(fn, *args, iters: int = 20, warmup: int = 1) -> float:
+  """Median wall milliseconds of ``fn(*args)`` (``block_until_ready`` each call) after ``warmup`` calls."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  ts = []
+  for _ in range(iters):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    ts.append(time.perf_counter() - t)
+  return 1e3 * statistics.median(ts)
 
 
 def _device_events(pd):
