@@ -34,3 +34,17 @@ def test_fast_path_is_bit_identical(fmt):
     flushed = (np.abs(exact) < 2.0 ** -126) & (fast == 0) & (np.signbit(fast) == np.signbit(exact))
     assert np.all(same | flushed), (fmt, mode, int(np.sum(~(same | flushed))))
     assert np.sum(same) > 0.99 * same.size
+
+
+def test_block_max_halving_is_exact():
+  """mx_block._block_max (even/odd max, then a half-size reduce: a fusion-shape device) equals a plain max for
+  every block length, NaN/Inf bit patterns included."""
+  import numpy as np
+  from mx_jax.mx_block import _block_max
+  rng = np.random.default_rng(0)
+  for n in (1, 2, 3, 4, 6, 16, 32):
+    bits = rng.integers(0, 2 ** 31, size=(5, n, 7), dtype=np.uint32)
+    bits[0, 0, 0] = 0x7FC00000  # NaN
+    bits[1, -1, 1] = 0x7F800000  # Inf
+    got = np.asarray(_block_max(jnp.asarray(bits), 1))
+    np.testing.assert_array_equal(got, bits.max(axis=1, keepdims=True))
