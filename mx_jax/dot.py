@@ -200,7 +200,8 @@ def _operand_dtype(rec: Recipe):
 
 
 def _kernel_mode(rec: Recipe, sa: OperandSpec | None, sb: OperandSpec | None) -> str | None:
-  """"mgpu" / "interpret" when this GEMM runs on the block-scaled Pallas kernel, None for the XLA GEMM.
+  """"mgpu" / "interpret" when this GEMM runs on the block-scaled Pallas kernel, "native" on Blackwell's
+  block-scaled tensor cores (MXFP8, ``impl="auto"``), None for the XLA GEMM.
 
   The kernel takes two MX operands with 32-element blocks (per-tensor FP8 and NVFP4 GEMMs stay on XLA).
   ``impl="auto"``: the kernel on Hopper only; ``"pallas"``: also elsewhere, in the kernel interpreter.
@@ -210,6 +211,9 @@ def _kernel_mode(rec: Recipe, sa: OperandSpec | None, sb: OperandSpec | None) ->
   fa, fb = get_format(sa.fmt), get_format(sb.fmt)
   if fa.kind != "mx" or fb.kind != "mx" or (sa.block_size or 32) != 32 or (sb.block_size or 32) != 32:
     return None
+  from mx_jax.matmul import _NATIVE_FMTS, on_blackwell
+  if rec.impl == "auto" and on_blackwell():  # block-scaled tensor cores (jax.nn.scaled_matmul) for MXFP8
+    return "native" if sa.fmt in _NATIVE_FMTS and sb.fmt in _NATIVE_FMTS else None
   from kernels import mx_matmul
   if mx_matmul.on_hopper():
     return "mgpu"
@@ -241,7 +245,8 @@ def _kernel_gemm(a, b, dims, sa, sb, salt_a, salt_b, mode, want_stats):
   rest_a = [d for d in range(a.ndim) if d not in ac]
   rest_b = [d for d in range(b.ndim) if d not in bc]
   dn = (((qa.ndim - 1,), (qb.ndim - 1,)), (tuple(rest_a.index(d) for d in ab), tuple(rest_b.index(d) for d in bb)))
-  out = mx_dot_general(qa, qb, dn, out_dtype=jnp.float32, impl="mgpu", interpret=mode == "interpret")
+  out = mx_dot_general(qa, qb, dn, out_dtype=jnp.float32, impl="native" if mode == "native" else "mgpu",
+                       interpret=mode == "interpret")
   stats = (telemetry.quant_stats(fa, qa), telemetry.quant_stats(fb, qb)) if want_stats else (None, None)
   return out, stats
 
@@ -345,6 +350,8 @@ def _quantized_gemm(a, b, dims, rec: Recipe, state, op_a: str, op_b: str):
   sa, sb = rec.operands[op_a], rec.operands[op_b]
   (ac, bc), _ = dims
   mode = _kernel_mode(rec, sa, sb)
+  if mode == "native" and math.prod(a.shape[d] for d in ac) % 32:
+    mode = None  # cuDNN's block-scaled GEMM wants whole 32-blocks along K: emulate this one
   if mode is not None:
     return _kernel_gemm(a, b, dims, sa, sb, op_a, op_b, mode, rec.telemetry)
   if _scaled_dot_ok(rec, sa, sb) and _scaled_dot_dims_ok(a, b, dims):

@@ -10,7 +10,10 @@ scale_b[n, kb], accumulated in FP32, returned in ``out_dtype``. Mixed formats ar
   "mgpu"      the Hopper Pallas/Mosaic GPU kernels (kernels/mx_matmul_mgpu.py); the design (FP8 wgmma with
               per-block promotion, or dequantize-to-bf16 wgmma) is picked per shape and format.
   "mgpu_fp8" / "mgpu_bf16"   force one design.
-  "auto"      "mgpu" on an H100/H200 when the formats are supported, the Pallas TPU kernel
+  "native"    ``jax.nn.scaled_matmul`` (MXFP8, K a multiple of 32): cuDNN's block-scaled tensor-core GEMM on
+              Blackwell, JAX's own decomposition elsewhere.
+  "auto"      "native" on Blackwell (compute capability >= 10) for MXFP8 pairs; "mgpu" on an H100/H200 when
+              the formats are supported, the Pallas TPU kernel
               (kernels/tpu_matmul.py) on a TPU, else "xla".
 ``interpret=True`` runs the Pallas kernels in Mosaic GPU's CPU interpreter (tests).
 
@@ -35,7 +38,7 @@ from jax import lax
 from mx_jax.qarray import QArray
 from mx_jax.quantize import dequantize
 
-IMPLS = ("auto", "xla", "mgpu", "mgpu_fp8", "mgpu_bf16")
+IMPLS = ("auto", "xla", "native", "mgpu", "mgpu_fp8", "mgpu_bf16")
 WO_IMPLS = ("auto", "xla", "mgpu", "triton")
 # impl="auto" on Hopper: the Triton weight-only kernel up to this many rows (measured faster than the bf16
 # GEMM there: 1.4-1.8x at M = 16; slower from M = 64), the Mosaic kernel above.
@@ -57,6 +60,43 @@ def _tpu_takes(a: QArray, b: QArray | None = None) -> bool:
     return False
   t = _tpu()
   return t.supported(a, b) and (b is None or a.block_size == b.block_size)
+
+
+_NATIVE_FMTS = ("mxfp8_e4m3", "mxfp8_e5m2")
+
+
+def on_blackwell() -> bool:
+  """True on an NVIDIA GPU of compute capability >= 10 (block-scaled tensor cores: cuDNN's MXFP8 GEMM)."""
+  try:
+    d = jax.devices()[0]
+  except Exception:  # pragma: no cover
+    return False
+  cc = getattr(d, "compute_capability", None)
+  return d.platform == "gpu" and isinstance(cc, str) and int(cc.split(".")[0]) >= 10
+
+
+def _native_why_not(a: QArray, b: QArray) -> str | None:
+  """None when ``jax.nn.scaled_matmul`` takes the pair, else why not."""
+  for q in (a, b):
+    if q.fmt not in _NATIVE_FMTS or q.block_size != 32 or q.packed:
+      return f"format {q.fmt!r} / block {q.block_size} (native block-scaled GEMMs take MXFP8 with 32-blocks)"
+    if q.shape[q.axis] % 32:
+      return f"K = {q.shape[q.axis]} (native block-scaled GEMMs need K a multiple of 32)"
+  return None
+
+
+def _native_bmk(a3: QArray, b3: QArray, out_dtype) -> jax.Array:
+  """(B, M, N) from (B, M, K) x (B, N, K) QArrays through ``jax.nn.scaled_matmul`` (cuDNN's block-scaled GEMM
+  on Blackwell; its own decomposition elsewhere). FP32 result cast to ``out_dtype``."""
+  out = jax.nn.scaled_matmul(a3.data, b3.data, a3.scales, b3.scales, preferred_element_type=jnp.float32)
+  return out.astype(out_dtype)
+
+
+def _use_native(impl: str, a: QArray, b: QArray) -> bool:
+  why = _native_why_not(a, b)
+  if impl == "native" and why is not None:
+    raise ValueError(f"impl='native': {why}; use impl='xla'")
+  return impl == "native" or (impl == "auto" and why is None and on_blackwell())
 
 
 def _check_q(q: Any, name: str) -> QArray:
@@ -114,6 +154,9 @@ def mx_matmul(a: QArray, b: QArray, *, out_dtype: Any = jnp.bfloat16, impl: str 
     return _xla_dot(a, b, (((1,), (1,)), ((), ())), out_dtype)
   if impl == "auto" and _tpu_takes(a, b):
     return _tpu().mx_gemm(a, b, out_dtype=out_dtype)
+  if _use_native(impl, a, b):
+    add = lambda q: dataclasses.replace(q, data=q.data[None], scales=q.scales[None], axis=2, shape=(1,) + q.shape)
+    return _native_bmk(add(a), add(b), out_dtype)[0]
   impl = _resolve_pair(impl, a, b)
   if impl == "xla":
     return _xla_dot(a, b, (((1,), (1,)), ((), ())), out_dtype)
@@ -168,15 +211,19 @@ def mx_dot_general(lhs: QArray, rhs: QArray, dimension_numbers, *, out_dtype: An
     return _xla_dot(lhs, rhs, dn, out_dtype)
   if impl == "auto" and _tpu_takes(lhs, rhs):
     return _tpu().mx_dot_general(lhs, rhs, dn, out_dtype=out_dtype)
-  impl = _resolve_pair(impl, lhs, rhs)
-  if impl == "xla":
-    return _xla_dot(lhs, rhs, dn, out_dtype)
+  native = _use_native(impl, lhs, rhs)
+  if not native:
+    impl = _resolve_pair(impl, lhs, rhs)
+    if impl == "xla":
+      return _xla_dot(lhs, rhs, dn, out_dtype)
   lfree = [lhs.shape[d] for d in range(lhs.ndim) if d not in lb and d != lc0]
   rfree = [rhs.shape[d] for d in range(rhs.ndim) if d not in rb and d != rc0]
   bshape = [lhs.shape[d] for d in lb]
   l3 = _move_to_bmk(lhs, lb, lc0)
   r3 = _move_to_bmk(rhs, rb, rc0)
-  if l3.shape[0] == 1:  # no batch: the 2D kernel
+  if native:
+    out = _native_bmk(l3, r3, out_dtype)
+  elif l3.shape[0] == 1:  # no batch: the 2D kernel
     drop = lambda q: dataclasses.replace(q, data=q.data[0], scales=q.scales[0], axis=1, shape=q.shape[1:])
     out = mx_matmul(drop(l3), drop(r3), out_dtype=out_dtype, impl=impl, config=config, interpret=interpret)[None]
   else:  # one batched kernel launch for all B products
