@@ -85,3 +85,31 @@ def test_quantized_dot_general_rejects_bad_state_args():
     mx_jax.quantized_dot_general(x, w, dn, "mxfp8", None, return_state="yes")
   with pytest.raises(TypeError, match="state must be"):
     mx_jax.quantized_dot_general(x, w, dn, "mxfp8", [1, 2])
+
+
+class _ScanBody(nn.Module):
+  @nn.compact
+  def __call__(self, c, x):
+    return c * 2.0, MxDense(16, recipe="fp8_delayed", use_bias=False, name="shared")(x * c)
+
+
+def test_layer_reused_across_scan_iterations_merges_by_max():
+  """nn.scan with the state collection carried (variable_carry): each iteration reads the state the previous one
+  passed on, so the step's amax is the max over iterations (a broadcast collection would sum them). Flax cannot
+  initialize carried variables inside the scan: the body is initialized on its own first (Flax issue #2052)."""
+  xs = jax.random.normal(jax.random.key(5), (3, 4, 16))
+  v = _ScanBody().init(jax.random.key(1), jnp.float32(1.0), xs[0])
+  scanned = nn.scan(_ScanBody, variable_broadcast="params", variable_carry=OVERWRITE_WITH_GRADIENT,
+                    split_rngs={"params": False}, length=3)()
+
+  def loss(v):
+    (_, ys), _ = scanned.apply(v, jnp.float32(1.0), xs, mutable=[OVERWRITE_WITH_GRADIENT])
+    return jnp.sum(ys ** 2)
+
+  st = jax.jit(jax.grad(loss))(v)[OVERWRITE_WITH_GRADIENT]["shared"]["MxDotGeneral_0"]
+  xn = np.asarray(xs)
+  ax = max(np.abs(xn[i] * 2.0 ** i).max() for i in range(3))  # iteration i multiplies x by 2^i
+  aw = np.abs(np.asarray(v["params"]["shared"]["kernel"])).max()
+  assert float(st["x_amax_history"][0]) == np.float32(ax)
+  assert float(st["w_amax_history"][0]) == np.float32(aw)
+  assert float(st["x_scale"]) == _fp8_scale(ax, 448.0)

@@ -59,6 +59,11 @@ class MxDotGeneral(nn.Module):
     out, state_out = quantized_dot_general(lhs, rhs, dimension_numbers, rec, state, precision,
                                            preferred_element_type, return_state=True)
     _thread(self, state_out)
+    if self.is_mutable_collection(OVERWRITE_WITH_GRADIENT) and not self.is_initializing():
+      # Same values (a pass-through), written so that a transform *carrying* the collection
+      # (nn.scan(..., variable_carry=OVERWRITE_WITH_GRADIENT)) threads the state across iterations too.
+      for name, v in _flat_names(state_out).items():
+        self.put_variable(OVERWRITE_WITH_GRADIENT, name, v)
     return out
 
 
