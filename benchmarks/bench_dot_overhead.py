@@ -6,8 +6,6 @@ fast FPU path) against an elementwise copy, and one Dense layer's forward+backwa
 from __future__ import annotations
 
 import dataclasses
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -16,17 +14,11 @@ import numpy as np
 import mx_jax
 from mx_jax import dot as D
 from mx_jax.recipes import OperandSpec
+from benchmarks.profile_util import median_ms
 
 
 def bench(f, *args, iters=30, warmup=3):
-  for _ in range(warmup):
-    jax.block_until_ready(f(*args))
-  ts = []
-  for _ in range(iters):
-    t = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    ts.append(time.perf_counter() - t)
-  return 1e3 * statistics.median(ts)
+  return median_ms(f, *args, iters=iters, warmup=warmup)
 
 
 def main():

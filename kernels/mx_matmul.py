@@ -41,12 +41,8 @@ _MX_ELEM = {"mxfp8_e4m3": "fp8", "mxfp8_e5m2": "fp8", "mxint8": "int8", "mxfp4_e
 
 def on_hopper() -> bool:
   """True when the default backend is an NVIDIA GPU of compute capability 9.x (H100 / H200)."""
-  try:
-    d = jax.devices()[0]
-  except Exception:  # pragma: no cover
-    return False
-  cc = getattr(d, "compute_capability", None)
-  return d.platform == "gpu" and isinstance(cc, str) and cc.split(".")[0] == "9"
+  from mx_jax.matmul import gpu_compute_major
+  return gpu_compute_major() == 9
 
 
 def kernel_supports(a: QArray, b: QArray | None = None) -> str | None:

@@ -65,14 +65,19 @@ def _tpu_takes(a: QArray, b: QArray | None = None) -> bool:
 _NATIVE_FMTS = ("mxfp8_e4m3", "mxfp8_e5m2")
 
 
-def on_blackwell() -> bool:
-  """True on an NVIDIA GPU of compute capability >= 10 (block-scaled tensor cores: cuDNN's MXFP8 GEMM)."""
+def gpu_compute_major() -> int | None:
+  """The default device's CUDA compute-capability major version (9: Hopper, 10+: Blackwell); None off NVIDIA."""
   try:
     d = jax.devices()[0]
   except Exception:  # pragma: no cover
-    return False
+    return None
   cc = getattr(d, "compute_capability", None)
-  return d.platform == "gpu" and isinstance(cc, str) and int(cc.split(".")[0]) >= 10
+  return int(cc.split(".")[0]) if d.platform == "gpu" and isinstance(cc, str) else None
+
+
+def on_blackwell() -> bool:
+  """True on an NVIDIA GPU of compute capability >= 10 (block-scaled tensor cores: cuDNN's MXFP8 GEMM)."""
+  return (gpu_compute_major() or 0) >= 10
 
 
 def _native_why_not(a: QArray, b: QArray) -> str | None:
