@@ -17,6 +17,8 @@ import os
 import jax
 import jax.numpy as jnp
 
+from mx_jax._blocks import padded_len as round_up  # noqa: F401  (round x up to a multiple of m)
+
 IMPLS = ("auto", "xla", "pallas")
 
 
@@ -168,6 +170,15 @@ def kernel_arith():
     return TritonArith()
   from mx_jax.norms import _Arith
   return _Arith(barrier=True)
+
+
+def pad_to(x: jax.Array, rows: int, cols: int, value=0) -> jax.Array:
+  """x (..., r, c) padded at the end with ``value`` to (..., rows, cols)."""
+  pr, pc = rows - x.shape[-2], cols - x.shape[-1]
+  if pr == 0 and pc == 0:
+    return x
+  pads = ((0, 0),) * (x.ndim - 2) + ((0, pr), (0, pc))
+  return jnp.pad(x, pads, constant_values=jnp.asarray(value, x.dtype))
 
 
 def uint_of(dtype):

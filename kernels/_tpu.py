@@ -20,6 +20,7 @@ from jax import lax
 from jax.experimental.pallas import tpu as pltpu
 
 from kernels._dispatch import as_bits, uint_of  # noqa: F401  (the kernels' float-as-bits I/O)
+from kernels._dispatch import round_up  # noqa: F401
 
 LANES = 128
 # Rows of a tile are a multiple of 32: uint8 arrays are tiled (32, 128) on TPU.
@@ -144,10 +145,6 @@ def mxu_select(v_int: jax.Array, sel: jax.Array) -> jax.Array:
   """Exact v (ints in [0, 255]) @ sel (0/1, one nonzero per output) on the MXU -> int32."""
   out = jnp.dot(v_int.astype(jnp.float32).astype(jnp.bfloat16), sel, preferred_element_type=jnp.float32)
   return out.astype(jnp.int32)
-
-
-def round_up(x: int, m: int) -> int:
-  return -(-x // m) * m
 
 
 def row_tile(r: int, target_rows: int) -> int:

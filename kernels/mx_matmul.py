@@ -27,8 +27,9 @@ from jax import lax
 
 from kernels import mx_matmul_mgpu as mgpu
 from kernels import partitioning
+from kernels._dispatch import pad_to, round_up
 from mx_jax import _bits
-from mx_jax.packing import unpack
+from mx_jax.packing import element_codes, unpack
 from mx_jax.qarray import QArray
 
 BLOCK = mgpu.BLOCK
@@ -65,25 +66,6 @@ def e8m0_to_f32(s: jax.Array) -> jax.Array:
   return jnp.where(b == 255, jnp.float32(jnp.nan), v)
 
 
-def _codes(q: QArray) -> jax.Array:
-  """uint8 element codes (rows, Kd) of an unpacked 2D QArray (FP6 already holds codes)."""
-  elem = q.format.elem
-  return _bits.elem_to_code(_bits.from_elem_dtype(q.data, elem), elem)
-
-
-def _pad2(x, rows, cols, value=0):
-  """x (..., r, c) zero-padded (or ``value``-padded) at the end to (..., rows, cols)."""
-  pr, pc = rows - x.shape[-2], cols - x.shape[-1]
-  if pr == 0 and pc == 0:
-    return x
-  pads = ((0, 0),) * (x.ndim - 2) + ((0, pr), (0, pc))
-  return jnp.pad(x, pads, constant_values=jnp.asarray(value, x.dtype))
-
-
-def _round_up(x, m):
-  return -(-x // m) * m
-
-
 def gemm_operand(q: QArray, rows_p: int, k_p: int, *, widen_to_fp8: bool):
   """(data ([B,] rows_p, k_p elements), scales (k_p/32, [B,] rows_p) float32, elem kind) for the GEMM kernels,
   zero-padded (padding scales 1.0); q is ([B,] rows, K) quantized along its last axis."""
@@ -94,17 +76,17 @@ def gemm_operand(q: QArray, rows_p: int, k_p: int, *, widen_to_fp8: bool):
     if widen_to_fp8:
       raise ValueError("MXINT8 elements are not exact in e4m3; use the bf16 design")
     scales = scales * jnp.float32(2.0 ** -6)
-  scales = jnp.moveaxis(_pad2(scales, rows_p, k_p // BLOCK, 1.0), -1, 0)  # K-block-major (2D: the transpose)
+  scales = jnp.moveaxis(pad_to(scales, rows_p, k_p // BLOCK, 1.0), -1, 0)  # K-block-major (2D: the transpose)
   if kind == "fp8":
-    data = _pad2(q.data, rows_p, k_p)
+    data = pad_to(q.data, rows_p, k_p)
   elif kind == "int8":
-    data = _pad2(q.data, rows_p, k_p)
+    data = pad_to(q.data, rows_p, k_p)
   elif widen_to_fp8:
     vals = _bits.from_elem_dtype(q.data, q.format.elem)
-    data = _pad2(vals.astype(jnp.float8_e4m3fn), rows_p, k_p)
+    data = pad_to(vals.astype(jnp.float8_e4m3fn), rows_p, k_p)
     kind = "fp8"
   else:
-    codes = _pad2(_codes(q), rows_p, k_p)
+    codes = pad_to(element_codes(q), rows_p, k_p)
     data = mgpu.pack_fp4_kernel(codes) if kind == "e2m1" else mgpu.pack_fp6_kernel(codes)
   return data, scales, kind
 
@@ -161,8 +143,8 @@ def mx_gemm(a: QArray, b: QArray, *, out_dtype=jnp.bfloat16, variant: str | None
   n = b.shape[-2]
   cfg = config or fit_gemm_config(default_gemm_config(m, n, k, a.fmt, b.fmt, variant), a.fmt, b.fmt, out_dtype,
                                   bool(interpret))
-  k_p = _round_up(max(k, 1), cfg.tile_k)  # tile_k is a multiple of 32 and of the packing group
-  m_p, n_p = _round_up(m, cfg.cta_m), _round_up(n, cfg.cta_n)
+  k_p = round_up(max(k, 1), cfg.tile_k)  # tile_k is a multiple of 32 and of the packing group
+  m_p, n_p = round_up(m, cfg.cta_m), round_up(n, cfg.cta_n)
   widen = cfg.variant == "fp8"
   ad, sa, ak = gemm_operand(a, m_p, k_p, widen_to_fp8=widen)
   bd, sb, bk = gemm_operand(b, n_p, k_p, widen_to_fp8=widen)
@@ -221,7 +203,7 @@ def prepare_weight(w: QArray, *, n_align: int = WO_N_ALIGN, k_align: int = WO_K_
   n, k = w.shape
   w = unpack(w)
   kind = _MX_ELEM[w.fmt]
-  n_p, k_p = _round_up(n, n_align), _round_up(max(w.data.shape[1], 1), k_align)
+  n_p, k_p = round_up(n, n_align), round_up(max(w.data.shape[1], 1), k_align)
   if w.fmt == "nvfp4":
     block = 16
     scales = w.scales.astype(jnp.float32)
@@ -232,11 +214,11 @@ def prepare_weight(w: QArray, *, n_align: int = WO_N_ALIGN, k_align: int = WO_K_
     scales = e8m0_to_f32(w.scales)
     if kind == "int8":
       scales = scales * jnp.float32(2.0 ** -6)
-  scales = _pad2(scales, n_p, k_p // block, 1.0).T
+  scales = pad_to(scales, n_p, k_p // block, 1.0).T
   if kind in ("fp8", "int8"):
-    data = _pad2(w.data, n_p, k_p)
+    data = pad_to(w.data, n_p, k_p)
   else:
-    codes = _pad2(_codes(w), n_p, k_p)
+    codes = pad_to(element_codes(w), n_p, k_p)
     data = mgpu.pack_fp4_kernel(codes) if kind == "e2m1" else mgpu.pack_fp6_kernel(codes)
   return PreparedWeight(data, scales, tensor_scale, kind, block, n, k, w.fmt)
 
@@ -299,17 +281,17 @@ def weight_only_matmul(x: jax.Array, pw: PreparedWeight, *, out_dtype=jnp.bfloat
   while rows > 8:  # the x tile and the output tile grow with the rows: fall back to row chunks
     c = fit_weight_only_config(config or default_weight_only_config(rows, pw, bool(interpret)), rows, pw.elem,
                                pw.block, k_p)
-    if weight_only_smem(c, min(rows, _round_up(max(m, 8), 8)), pw.elem, pw.block) <= SMEM_BUDGET:
+    if weight_only_smem(c, min(rows, round_up(max(m, 8), 8)), pw.elem, pw.block) <= SMEM_BUDGET:
       break
     rows //= 2
   outs = []
   for r0 in range(0, max(m, 1), rows):
     xr = x[r0:r0 + rows]
     mr = xr.shape[0]
-    mp = _round_up(max(mr, 8), 8)
+    mp = round_up(max(mr, 8), 8)
     cfg = fit_weight_only_config(config or default_weight_only_config(mp, pw, bool(interpret)), mp, pw.elem,
                                  pw.block, k_p)
-    xp = _pad2(xr.astype(jnp.bfloat16), mp, k_p)
+    xp = pad_to(xr.astype(jnp.bfloat16), mp, k_p)
     part = mgpu.weight_only(xp, pw.data, pw.scales, elem=pw.elem, block=pw.block, config=cfg,
                             out_dtype=jnp.float32, interpret=interpret)
     acc = part[0] if part.shape[0] == 1 else jnp.sum(part, axis=0)

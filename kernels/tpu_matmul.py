@@ -24,7 +24,7 @@ from jax.experimental.pallas import tpu as pltpu
 from kernels import _tpu
 from mx_jax import _bits
 from mx_jax.formats import get_format
-from mx_jax.packing import unpack
+from mx_jax.packing import element_codes, unpack
 from mx_jax.qarray import QArray
 
 MX_FORMATS = ("mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1", "mxint8")
@@ -52,16 +52,6 @@ def kernel_supports(a: QArray, b: QArray | None = None) -> str | None:
 
 def supported(a: QArray, b: QArray | None = None) -> bool:
   return kernel_supports(a, b) is None
-
-
-def _codes(q: QArray) -> jax.Array:
-  """uint8 element codes of an unpacked QArray (bitcasts for 8-bit data, FP6 is stored as codes)."""
-  elem = q.format.elem
-  if elem.bits == 8:
-    return lax.bitcast_convert_type(q.data, jnp.uint8)
-  if elem.bits == 6:
-    return q.data
-  return _bits.elem_to_code(_bits.from_elem_dtype(q.data, elem), elem)
 
 
 def _scales3(sbytes: jax.Array, tk: int, bs: int) -> jax.Array:
@@ -185,7 +175,7 @@ def _gemm3(a_data, a_sc, a_fmt, b_data, b_sc, b_fmt, k_valid, *, out_dtype, conf
 
 def _operand(q: QArray):
   q = unpack(q)
-  return _codes(q), lax.bitcast_convert_type(q.scales, jnp.uint8)
+  return element_codes(q), lax.bitcast_convert_type(q.scales, jnp.uint8)
 
 
 def mx_gemm(a: QArray, b: QArray, *, out_dtype=jnp.bfloat16, variant=None, config: TpuGemmConfig | None = None,

@@ -70,8 +70,9 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
+from kernels._dispatch import pad_to, round_up
 from mx_jax import _bits
-from mx_jax.packing import unpack
+from mx_jax.packing import element_codes, unpack
 from mx_jax.qarray import QArray
 
 N_ALIGN = 128
@@ -187,10 +188,6 @@ def default_config(mp: int, fmt: str, elem_ok: bool = False) -> WOConfig:
   return WOConfig(64, 128 if mp >= 128 else 256, 2, 8 if mp >= 128 else 4, 3, mode, "xw")
 
 
-def _round_up(a: int, m: int) -> int:
-  return -(-a // m) * m
-
-
 def _next_pow2(n: int) -> int:
   return 1 << max(0, int(n) - 1).bit_length()
 
@@ -280,13 +277,6 @@ class TritonWeight:
     return int(self.data.size + self.scales.size + t)
 
 
-def _pad2(a, rows, cols, value=0):
-  pr, pc = rows - a.shape[0], cols - a.shape[1]
-  if pr == 0 and pc == 0:
-    return a
-  return jnp.pad(a, ((0, pr), (0, pc)), constant_values=jnp.asarray(value, a.dtype))
-
-
 def pack_fp4(codes: jax.Array) -> jax.Array:
   """(N, K) FP4 codes, K % 64 == 0 -> (N, K/2): per 64-group byte i = c[i] | c[32 + i] << 4."""
   n, k = codes.shape
@@ -302,16 +292,6 @@ def pack_fp6(codes: jax.Array) -> jax.Array:
   w = g[:, :, 0] | (g[:, :, 1] << 6) | (g[:, :, 2] << 12) | (g[:, :, 3] << 18)
   planes = jnp.stack([(w >> (8 * p)) & 0xFF for p in range(3)], axis=2)
   return planes.astype(jnp.uint8).reshape(n, 3 * k // 4)
-
-
-def _codes(q: QArray) -> jax.Array:
-  """uint8 element codes of an unpacked 2D QArray."""
-  elem = q.format.elem
-  if elem.bits == 8:
-    return lax.bitcast_convert_type(q.data, jnp.uint8)
-  if elem.bits == 6:
-    return q.data.astype(jnp.uint8)  # FP6 storage is already the code
-  return _bits.elem_to_code(_bits.from_elem_dtype(q.data, elem), elem)
 
 
 def prepare_weight_triton(w: QArray) -> TritonWeight:
@@ -349,9 +329,9 @@ def _prepare(w: QArray) -> TritonWeight:
   spec = SPECS[w.fmt]
   n, k = w.shape
   w = unpack(w)
-  codes = _codes(w)
-  n_p, k_p = _round_up(n, N_ALIGN), _round_up(max(codes.shape[1], 1), K_ALIGN)
-  codes = _pad2(codes, n_p, k_p)
+  codes = element_codes(w)
+  n_p, k_p = round_up(n, N_ALIGN), round_up(max(codes.shape[1], 1), K_ALIGN)
+  codes = pad_to(codes, n_p, k_p)
   if spec.bits == 4:
     data = pack_fp4(codes)
   elif spec.bits == 6:
@@ -359,7 +339,7 @@ def _prepare(w: QArray) -> TritonWeight:
   else:
     data = codes
   sb = lax.bitcast_convert_type(w.scales, jnp.uint8)
-  scales = _pad2(sb, n_p, k_p // spec.block, 0 if spec.nv else 127)
+  scales = pad_to(sb, n_p, k_p // spec.block, 0 if spec.nv else 127)
   ts = w.tensor_scale.astype(jnp.float32).reshape(()) if spec.nv else None
   return TritonWeight(data, scales, ts, w.fmt, n, k)
 

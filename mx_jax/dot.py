@@ -334,8 +334,7 @@ def _scaled_gemm(a, b, dims, sa, sb, want_stats):
   qb, scb = (lax.expand_dims(t, tuple(range(pad_b))) for t in (qb, scb))
   dn = (((axa + pad_a,), (axb + pad_b,)), (tuple(d + pad_a for d in ba), tuple(d + pad_b for d in bb_)))
   if not _lax_scaled_dot():
-    deq = lambda q, sc, ax: (to_blocks(q.astype(jnp.float32), ax, 32)
-                             * jnp.expand_dims(sc.astype(jnp.float32), ax + 1)).reshape(q.shape)
+    deq = lambda q, sc, ax: mx_block.mx_dequantize_blocks(q.astype(jnp.float32), mx_block.e8m0_to_bytes(sc), ax, 32)
     out = lax.dot_general(deq(qa, sca, dn[0][0][0]), deq(qb, scb, dn[0][1][0]), dn,
                           preferred_element_type=jnp.float32)
   else:

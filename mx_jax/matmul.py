@@ -281,7 +281,7 @@ def mx_weight_only_matmul(x: jax.Array, w: Any, *, out_dtype: Any = jnp.bfloat16
   if impl == "auto" and not prepared and x2.shape[0] <= WO_TRITON_MAX_M and _glue().on_hopper():
     from kernels import wo_triton
     spec = wo_triton.SPECS.get(w.fmt)
-    if spec is not None and w.block_size == spec.block and w.ndim == 2 and w.axis == 1:
+    if spec is not None and w.block_size == spec.block:  # (N, K) along axis 1: checked above
       return wo_triton.wo_matmul(x, w, out_dtype=out_dtype)
   if impl == "xla" or (impl == "auto" and not prepared and _glue().kernel_supports(w) is not None):
     if prepared:

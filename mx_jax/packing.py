@@ -56,6 +56,16 @@ def unpack_codes(packed: jax.Array, bits: int, axis: int) -> jax.Array:
   return jnp.moveaxis(out.astype(jnp.uint8), -1, axis)
 
 
+def element_codes(q: QArray) -> jax.Array:
+  """uint8 bit codes of an unpacked QArray's elements (bitcast for FP8/INT8; FP6 is stored as codes)."""
+  elem = q.format.elem
+  if elem.bits == 8:
+    return jax.lax.bitcast_convert_type(q.data, jnp.uint8)
+  if elem.bits == 6:
+    return q.data.astype(jnp.uint8)
+  return _bits.elem_to_code(_bits.from_elem_dtype(q.data, elem), elem)
+
+
 def pack(q: QArray) -> QArray:
   """Packs ``q.data`` into its true bit width (a no-op for an already packed QArray)."""
   if not isinstance(q, QArray):
