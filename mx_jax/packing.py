@@ -58,6 +58,10 @@ def unpack_codes(packed: jax.Array, bits: int, axis: int) -> jax.Array:
 
 def element_codes(q: QArray) -> jax.Array:
   """uint8 bit codes of an unpacked QArray's elements (bitcast for FP8/INT8; FP6 is stored as codes)."""
+  if not isinstance(q, QArray):
+    raise TypeError(f"q must be a QArray; got {type(q).__name__}")
+  if q.packed:
+    raise ValueError("q is packed: call mx_jax.packing.unpack(q) first (element_codes reads one code per element)")
   elem = q.format.elem
   if elem.bits == 8:
     return jax.lax.bitcast_convert_type(q.data, jnp.uint8)

@@ -13,7 +13,7 @@ import pytest
 from jax import lax
 
 import mx_jax
-from mx_jax import scaling
+from mx_jax import _bits, scaling
 
 BLOCK_FMTS = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1", "mxint8", "nvfp4"]
 
@@ -205,3 +205,21 @@ def test_einsum_and_quantize_model_reject_bad_input():
     mx_jax.quantize_model(nn.Dense(4), "mxfp8", include="mlp")
   with pytest.raises(ValueError, match="recipe name"):
     mx_jax.quantize_model(nn.Dense(4), "mxfp9")
+
+
+def test_element_codes_match_the_spec_codes_and_reject_bad_input():
+  """packing.element_codes (the kernels' uint8 element codes) equals the codes of the spec reference for every
+  MX element format, and names its argument when misused."""
+  from mx_jax.packing import element_codes, pack
+  from tests.spec_reference import ref_mx_quantize
+  x = jax.random.normal(jax.random.key(7), (4, 64)) * 3
+  for fmt in ("mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1", "mxint8"):
+    q = mx_jax.quantize(x, fmt, axis=1)
+    elems, _, _ = ref_mx_quantize(np.asarray(x), fmt, axis=1)
+    got = np.asarray(element_codes(q))
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(np.asarray(_bits.code_to_elem(jnp.asarray(got), q.format.elem)), elems, err_msg=fmt)
+  with pytest.raises(TypeError, match="q must be a QArray"):
+    element_codes(np.zeros((2, 32)))
+  with pytest.raises(ValueError, match="packed"):
+    element_codes(pack(mx_jax.quantize(x, "mxfp4_e2m1", axis=1)))
