@@ -89,7 +89,7 @@ def _fusion_hlo(text: str, name: str) -> str:
   return "\n".join(out)
 
 
-def part2(log, layers, recipe, exclude_attn, top):
+def part2(log, layers, recipe, exclude_attn, top, hlo_grep=None, hlo_max=6):
   from benchmarks.bench_train_step import GPT, make_train_step
   from benchmarks.profile_util import top_kernels
   model = GPT(layers=layers)
@@ -102,10 +102,17 @@ def part2(log, layers, recipe, exclude_attn, top):
   log(f"\n== {recipe} (layers={layers}, exclude_attn={exclude_attn}): device total {total:.0f} us per step")
   for name, us, c in rows:
     log(f"   {us:9.1f} us  x{c:4.0f}  {name[:110]}")
-  for name, us, c in rows[:6]:
-    if "gemm" in name or "nvjet" in name or "cutlass" in name:
+  shown = 0
+  for name, us, c in rows if hlo_grep else rows[:6]:
+    if shown >= hlo_max:
+      break
+    if "nvjet" in name or "cutlass" in name or (not hlo_grep and "gemm" in name):
       continue
-    log(f"\n--- {name} ({us:.0f} us per step)\n{_fusion_hlo(text, name)}")
+    hlo = _fusion_hlo(text, name)
+    if hlo_grep and not re.search(hlo_grep, hlo):
+      continue  # e.g. the attention softmax or the loss: fusions every recipe has
+    shown += 1
+    log(f"\n--- {name} ({us:.0f} us per step)\n{hlo}")
 
 
 def main():
@@ -114,6 +121,9 @@ def main():
   p.add_argument("--parts", default="1,2")
   p.add_argument("--recipes", default="mxfp8")
   p.add_argument("--top", type=int, default=16)
+  p.add_argument("--hlo-grep", default=None,
+                 help="print the HLO of the top fusions whose text matches this regex (default: top 6 non-GEMM)")
+  p.add_argument("--hlo-max", type=int, default=6)
   p.add_argument("--out", default=None)
   a = p.parse_args()
   path = os.path.join(a.out, "diag_quant_fusions.log") if a.out else None
@@ -130,7 +140,7 @@ def main():
   if "2" in a.parts.split(","):
     for r in a.recipes.split(","):
       ex = r.endswith("-noattn")
-      part2(log, a.layers, r.removesuffix("-noattn"), ex, a.top)
+      part2(log, a.layers, r.removesuffix("-noattn"), ex, a.top, a.hlo_grep, a.hlo_max)
 
 
 if __name__ == "__main__":
