@@ -6,8 +6,7 @@ One process; every number comes from this run. Run on the H100 machine:
   python3 benchmarks/bench_matmul.py --sections check,sweep --out $OUT        # a subset
   JAX_PLATFORMS=cpu python benchmarks/bench_matmul.py --smoke                 # CPU dry run (interpret mode)
 
-Sections: env, fresh (fresh FP8 partials by wgmma scale-d = 0 vs zero-filled: bits and
-speed), sass (the FP8 kernel's opcode counts), check (kernels vs an FP32-HIGHEST reference, poisoned outputs), sweep (tile configs of both
+Sections: env, sass (the FP8 kernel's SASS opcode counts and ptxas resource report), check (kernels vs an FP32-HIGHEST reference, poisoned outputs), sweep (tile configs of both
 designs at 8192^3), sizes (best configs vs jax.lax.scaled_dot, bf16 jnp.dot, cuBLAS FP8), acc (error vs an
 exact float64 sum at K = 1024..16384), wo (weight-only at M = 1..256, K = N = 8192).
 
@@ -308,89 +307,35 @@ def section_sizes(args, best):
   return results
 
 
-def section_fresh(args):
-  """Fresh FP8 partials by wgmma scale-d = 0 (kernels/wgmma_overwrite) vs zero-filled ones: same bits, speed."""
-  log("\n## fresh partials: wgmma scale-d = 0 vs zero-filled registers (design (a))")
-  G = mg.GemmConfig
-  key = jax.random.key(7)
-  pairs = [G("fp8", 64, 128, 256, "M", 2, pair=True), G("fp8", 64, 128, 256, "M", 2),
-           G("fp8", 64, 128, 128, "M", 4, pair=True), G("fp8", 64, 128, 128, "M", 3, pair=True),
-           G("fp8", 64, 128, 256, "N", 2, pair=True)]
-  if SMOKE:
-    pairs = [G("fp8", 64, 64, 64, "M", 2)]
-  shapes = [((256, 256, 256), "mxfp8_e4m3", "mxfp8_e5m2")] if SMOKE else [
-      ((1000, 520, 1000), "mxfp8_e4m3", "mxfp8_e5m2"), ((1024, 1024, 4096), "mxfp8_e4m3", "mxfp8_e4m3")]
-  ok_all = True
-  for (m, n, k), fa, fb in shapes:
-    a = rand_q(jax.random.fold_in(key, 1), (m, k), fa)
-    b = rand_q(jax.random.fold_in(key, 2), (n, k), fb)
-    for cfg in pairs[:2]:
-      outs = []
-      for ow in (False, True):
-        c = dataclasses.replace(cfg, overwrite=ow)
-        poison()
-        outs.append(np.asarray(jax.jit(lambda a, b, c=c: mx_matmul(a, b, out_dtype=jnp.float32, impl="mgpu",
-                                                                   config=c, interpret=SMOKE))(a, b)))
-      same = bool(np.array_equal(outs[0], outs[1])) and bool(np.isfinite(outs[1]).all())
-      ok_all &= same
-      log(f"  {'OK ' if same else 'BAD'} {cfg.name()} {fa}x{fb} {m}x{n}x{k}: overwrite == zero-fill bit for bit: {same}")
-  log(f"fresh check: {'ALL OK' if ok_all else 'FAILURES ABOVE'}")
-  m = n = k = 256 if SMOKE else 8192
-  sets = gemm_inputs(m, n, k)
-  flops = 2 * m * n * k
-  nbytes = q_bytes(sets[0][0]) + q_bytes(sets[0][1]) + m * n * 2
-  t_sd = timeit(scaled_dot_fn, sets)
-  log("  " + fmt_row("lax.scaled_dot (XLA)", t_sd, flops, nbytes, PEAK_BF16))
-  best = None
-  for cfg in pairs:
-    for ow in (False, True):
-      c = dataclasses.replace(cfg, overwrite=ow)
-      try:
-        t = timeit(gemm_fn(c), sets)
-        log("  " + fmt_row(c.name() + ("_overwrite" if ow else ""), t, flops, nbytes, PEAK_FP8)
-            + f" | x scaled_dot {t_sd / t:.2f}")
-        if ow and (best is None or t < best[1]):
-          best = (c, t)
-      except Exception as e:
-        log(f"  ERR {c.name()}: {type(e).__name__}: {str(e)[:300]}")
-  t_sd2 = timeit(scaled_dot_fn, sets)
-  log("  " + fmt_row("lax.scaled_dot (XLA), again", t_sd2, flops, nbytes, PEAK_BF16))
-  if best:
-    log(f"  best overwrite config: {best[0].name()} {flops / best[1] / 1e12:.1f} TFLOP/s, "
-        f"x scaled_dot {min(t_sd, t_sd2) / best[1]:.2f} (vs the faster of the two baseline runs)")
-  return {"fp8": best[0]} if best else {}
-
-
 def section_sass(args):
-  """Instruction mix of the FP8 kernel's SASS with and without fresh-partial overwrite (MOSAIC_GPU_DUMP_SASS)."""
+  """Instruction mix of the default FP8 kernel's SASS (MOSAIC_GPU_DUMP_SASS / _PTXAS; nvdisasm must be on PATH)."""
   import collections
   import re
   import tempfile
-  log("\n## sass: opcode counts of the FP8 GEMM kernel (m64n128k256 s2 pair)")
-  m = n = 1024
-  k = 1024
-  sets = gemm_inputs(m, n, k, nsets=1)
-  for ow in (False, True):
-    c = dataclasses.replace(glue.DEFAULT_FP8, overwrite=ow)
-    with tempfile.TemporaryDirectory() as d:
-      os.environ["MOSAIC_GPU_DUMP_SASS"] = "1"
-      os.environ["MOSAIC_GPU_DUMP_TO"] = d
-      try:
-        jax.block_until_ready(jax.jit(gemm_fn(c))(*sets[0]))
-      finally:
-        os.environ.pop("MOSAIC_GPU_DUMP_SASS")
-        os.environ.pop("MOSAIC_GPU_DUMP_TO")
-      files = sorted(os.listdir(d))
-      text = "".join(open(os.path.join(d, f), errors="replace").read() for f in files)
-      if args.out:
-        with open(os.path.join(args.out, f"sass_{'overwrite' if ow else 'zerofill'}.txt"), "w") as f:
-          f.write(text)
-    ops = collections.Counter(re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", text))
-    total = sum(ops.values())
-    keys = ["QGMMA", "FFMA", "FMUL", "FADD", "MOV", "CS2R", "IMAD", "LDS", "LDSM", "WARPSYNC", "BAR", "SYNCS"]
-    log(f"  {'overwrite' if ow else 'zero-fill'}: {len(files)} dump files, {total} instructions; "
-        + ", ".join(f"{kk} {ops.get(kk, 0)}" for kk in keys))
-    log("    top: " + ", ".join(f"{kk} {v}" for kk, v in ops.most_common(16)))
+  cfg = glue.DEFAULT_FP8
+  log(f"\n## sass: opcode counts of the FP8 GEMM kernel ({cfg.name()})")
+  os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/local/cuda/bin"
+  sets = gemm_inputs(1024, 1024, 1024, nsets=1)
+  with tempfile.TemporaryDirectory() as d:
+    os.environ.update(MOSAIC_GPU_DUMP_SASS="1", MOSAIC_GPU_DUMP_PTXAS="1", MOSAIC_GPU_DUMP_TO=d)
+    try:
+      jax.block_until_ready(jax.jit(gemm_fn(cfg))(*sets[0]))
+    finally:
+      for v in ("MOSAIC_GPU_DUMP_SASS", "MOSAIC_GPU_DUMP_PTXAS", "MOSAIC_GPU_DUMP_TO"):
+        os.environ.pop(v)
+    texts = {f: open(os.path.join(d, f), errors="replace").read() for f in sorted(os.listdir(d))}
+  sass = "".join(t for f, t in texts.items() if "sass" in f.lower())
+  for f, t in texts.items():
+    if "ptxas" in f.lower():
+      log("  ptxas: " + " | ".join(ln.strip() for ln in t.splitlines() if re.search(r"registers|spill|stack", ln))[:600])
+  ops = collections.Counter(re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass))
+  keys = ["QGMMA", "FFMA", "FMUL", "FADD", "MOV", "CS2R", "IMAD", "LDS", "LDSM", "BAR", "SYNCS", "WARPGROUP"]
+  log(f"  {len(texts)} dump files, {sum(ops.values())} SASS instructions (whole kernel, unrolled loop bodies): "
+      + ", ".join(f"{k} {ops.get(k, 0)}" for k in keys))
+  log("  top: " + ", ".join(f"{k} {v}" for k, v in ops.most_common(20)))
+  if args.out:
+    with open(os.path.join(args.out, "sass_fp8_gemm.txt"), "w") as f:
+      f.write(sass[:8_000_000])
 
 
 def section_acc(args, best):
@@ -555,7 +500,7 @@ def main():
     run = {"env": lambda: section_env(args), "check": lambda: section_check(args, check_cfgs, wo_check),
            "sweep": lambda: best.update(section_sweep(args, sweep_cfgs)), "wo": lambda: section_wo(args),
            "sizes": lambda: section_sizes(args, best), "acc": lambda: section_acc(args, best),
-           "fresh": lambda: best.update(section_fresh(args)), "sass": lambda: section_sass(args)}
+           "sass": lambda: section_sass(args)}
     for sec in secs:  # in the order given
       if sec not in run:
         raise SystemExit(f"--sections: unknown section {sec!r}; choose from {sorted(run)}")

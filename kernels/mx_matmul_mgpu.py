@@ -41,8 +41,6 @@ from jax import lax
 import jax.experimental.pallas as pl
 import jax.experimental.pallas.mosaic_gpu as plgpu
 
-from kernels import wgmma_overwrite
-
 BLOCK = 32
 FP8_DTYPES = (jnp.dtype(jnp.float8_e4m3fn), jnp.dtype(jnp.float8_e5m2))
 
@@ -161,7 +159,6 @@ class GemmConfig:
   epi_n: int = 64           # epilogue sub-tile width
   a_regs: bool = True       # bf16 variant: A operand from registers (False: through SMEM)
   pair: bool = False        # fp8 variant: issue two block wgmmas before promoting (overlap MMA + FFMA)
-  overwrite: bool = True    # fp8 variant: fresh partials by wgmma scale-d = 0, not zero-filled (wgmma_overwrite)
 
   @property
   def cta_m(self):
@@ -177,8 +174,6 @@ class GemmConfig:
       s += "_areg" if self.a_regs else "_asmem"
     if self.pair:
       s += "_pair"
-    if self.variant == "fp8" and not self.overwrite:
-      s += "_zerofill"
     return s
 
 
@@ -408,9 +403,6 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
 
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-  # The name selects wgmma_overwrite's lowering (fresh partials without zero fills) for this kernel.
-  kernel.__name__ = "mx_gemm_fp8" if cfg.variant == "fp8" and cfg.overwrite and wgmma_overwrite.install() \
-      else "gemm"
   f = plgpu.kernel(
       kernel, out_type=jax.ShapeDtypeStruct((bsz * m, n), out_dtype), grid=(num_sms,), grid_names=("sm",),
       num_threads=3, thread_name="wg",
