@@ -5,10 +5,7 @@ weights) is made quantized with ``mx_jax.quantize_model`` (embedding and LM head
 jitted AdamW step is timed: median of ``--iters`` steps after ``--warmup``, ``jax.block_until_ready``.
 Every ratio is against the bf16 step measured in the same process.
 
-    python -m benchmarks.bench_train_step --recipes bf16,mxfp8,mxfp8@pallas,mxfp8%arith,... [--profile] --out results.json
-
-("@impl": the recipe's GEMM engine; "%arith": FP8 operand rounding by integer/float arithmetic instead of XLA's
-FP8 convert, the default since session 4.)
+    python -m benchmarks.bench_train_step --recipes bf16,mxfp8,mxfp8@pallas,... [--profile] --out results.json
 """
 from __future__ import annotations
 
@@ -25,7 +22,6 @@ import optax
 from flax.training import train_state
 
 import mx_jax
-from mx_jax import _bits
 from mx_jax.flax import OVERWRITE_WITH_GRADIENT
 
 
@@ -132,11 +128,7 @@ def main():
   rows = []
   print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}", flush=True)
   for name in a.recipes.split(","):
-    # "<recipe>%arith": FP8 element rounding by the arithmetic form instead of XLA's FP8 convert (A/B in one process)
-    base_name, _, variant = name.partition("%")
-    _bits.HW_CONVERT = variant != "arith"
-    r = time_recipe(base_name, model, tok, a.warmup, a.iters, exclude, a.profile)
-    r["recipe"] = name
+    r = time_recipe(name, model, tok, a.warmup, a.iters, exclude, a.profile)
     r["exclude_attn"] = a.exclude_attn
     rows.append(r)
     base = rows[0]["median_ms"]

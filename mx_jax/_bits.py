@@ -87,24 +87,8 @@ def mul_pow2_bits(v: jax.Array, e: jax.Array) -> jax.Array:
   return lax.bitcast_convert_type(bits.astype(jnp.uint32) | sign, jnp.float32)
 
 
-# FP8 element formats whose rounding the fast path leaves to XLA's own float32 -> FP8 convert (bit-identical to
-# round_to_elem, tested against the spec model). Switched off only by the benchmarks that measure the
-# arithmetic form against it.
-HW_CONVERT = True
-_HW_DTYPES = (jnp.dtype(jnp.float8_e4m3fn), jnp.dtype(jnp.float8_e5m2))
-
-
-def round_to_elem_rne_convert(v: jax.Array, elem: ElemFormat) -> jax.Array:
-  """RNE of a float32 ``v`` onto an FP8 grid by XLA's convert: clip to ±max_normal, convert to ``elem.dtype`` and
-  back (exact). NaN -> 0 (MX carries NaN in the scale); ±Inf -> ±max; signed zero kept."""
-  r = jnp.clip(v, -elem.max_normal, elem.max_normal).astype(elem.dtype).astype(jnp.float32)
-  return jnp.where(jnp.isnan(v), 0.0, r)
-
-
 def round_to_elem_rne_fast(v: jax.Array, elem: ElemFormat) -> jax.Array:
   """RNE of an already-scaled float32 ``v`` onto ``elem``'s grid with the FPU's own rounding, saturated.
-
-  FP8 elements (``HW_CONVERT``): ``round_to_elem_rne_convert``. Others (XLA has no FP6/FP4 convert):
 
   Step 2^k with k = max(floor(log2|v|), emin) - M; adding and subtracting C = 1.5 * 2^(k + 23) rounds v
   to a multiple of 2^k (round-to-nearest-even, exact for |v| < 2^(k + 22)). About 12 ops per element
@@ -112,8 +96,6 @@ def round_to_elem_rne_fast(v: jax.Array, elem: ElemFormat) -> jax.Array:
   may be flushed by the backend, but those lie far below every element grid and round to ±0 anyway.
   NaN -> 0 (MX carries NaN in the scale); ±Inf -> ±max.
   """
-  if HW_CONVERT and jnp.dtype(elem.dtype) in _HW_DTYPES:
-    return round_to_elem_rne_convert(v, elem)
   u = f32_bits(v)
   ab = (u & _ABS_MASK).astype(jnp.int32)
   fl = (ab >> 23) - 127

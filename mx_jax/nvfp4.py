@@ -43,8 +43,11 @@ def nvfp4_quantize_blocks(x: jax.Array, axis: int, bs: int, rounding: str, key: 
   bad = jnp.any(~jnp.isfinite(xb), axis=axis + 1, keepdims=True)
   amax_b = jnp.max(jnp.abs(jnp.where(bad, 0.0, xb)), axis=axis + 1, keepdims=True)
   d = jnp.minimum(amax_b / jnp.float32(E2M1.max_normal) * s_enc, jnp.float32(E4M3.max_normal))
-  d_e4m3 = d.astype(jnp.float8_e4m3fn)
-  d32 = d_e4m3.astype(jnp.float32)
+  # The E4M3 block scale is rounded by arithmetic, not by d.astype(f8).astype(f32): XLA:GPU (excess precision
+  # allowed, its default) folds that convert pair away, so the elements would be encoded against the unrounded
+  # scale while the stored E4M3 scale decodes them (a silent error of up to 1/16 per block; H100, session 4).
+  d32 = _bits.round_to_elem(d, jnp.int32(0), E4M3, "nearest_even", saturate=True)
+  d_e4m3 = d32.astype(jnp.float8_e4m3fn)  # exact: d32 is on the E4M3 grid
   zero = d32 == 0
   enc = jnp.float32(1.0) / jnp.where(zero, 1.0, d32 * s_dec)
   if fast and rounding == "nearest_even":  # FPU rounding: same bits for normal inputs (GEMM operands)
