@@ -6,8 +6,8 @@ One process; every number comes from this run. Run on the H100 machine:
   python3 benchmarks/bench_matmul.py --sections check,sweep --out $OUT        # a subset
   JAX_PLATFORMS=cpu python benchmarks/bench_matmul.py --smoke                 # CPU dry run (interpret mode)
 
-Sections: env, sass (the FP8 kernel's SASS opcode counts and ptxas resource report), check (kernels vs an FP32-HIGHEST reference, poisoned outputs), sweep (tile configs of both
-designs at 8192^3), sizes (best configs vs jax.lax.scaled_dot, bf16 jnp.dot, cuBLAS FP8), acc (error vs an
+Sections: env, sass (the FP8 kernel's SASS opcode counts and ptxas resource report), check (kernels vs an
+FP32-HIGHEST reference, poisoned outputs), sweep (tile configs of both designs at 8192^3), sizes (best configs vs jax.lax.scaled_dot, bf16 jnp.dot, cuBLAS FP8), acc (error vs an
 exact float64 sum at K = 1024..16384), wo (weight-only at M = 1..256, K = N = 8192).
 
 Timing: each measured function is jitted over R independent input sets (one dispatch, R launches back to
@@ -333,7 +333,7 @@ def section_sass(args):
   log(f"  {len(texts)} dump files, {sum(ops.values())} SASS instructions (whole kernel, unrolled loop bodies): "
       + ", ".join(f"{k} {ops.get(k, 0)}" for k in keys))
   log("  top: " + ", ".join(f"{k} {v}" for k, v in ops.most_common(20)))
-  if args.out:
+  if args.out and sass:
     with open(os.path.join(args.out, "sass_fp8_gemm.txt"), "w") as f:
       f.write(sass[:8_000_000])
 

@@ -1,10 +1,11 @@
 """On the device: can the fast operand path round FP8 elements with XLA's own float32 -> FP8 convert?
 
 Checks ``clip -> astype(float8) -> astype(float32)`` (and the same with the FP8 value passed through a uint8
-bitcast, which XLA cannot fold away as a convert pair) against the float64 spec model over every bf16 pattern at
-many scales, the grid midpoints ± 1 ulp and the specials. On XLA:CPU both are exact. On the H100 (session 4) the
-plain form differed from the spec model on about half of the values: XLA:GPU removes the f32 -> f8 -> f32
-convert pair (excess precision allowed), so the library keeps its arithmetic rounding.
+bitcast in between) against the float64 spec model over every bf16 pattern at many scales, the grid midpoints
+± 1 ulp and the specials, and NVFP4's E4M3 block-scale rounding both ways. On XLA:CPU all are exact. On the H100
+(session 4) both convert forms differed from the spec model on about half of the values: XLA:GPU removes the
+f32 -> f8 -> f32 pair (excess precision allowed; the bitcast pair is folded too; exact only under
+``--xla_allow_excess_precision=false``), so the library rounds by arithmetic.
 
     PYTHONPATH=. python -m benchmarks.check_fp8_convert
 """
