@@ -85,19 +85,20 @@ def part1(log, ptx):
         log(f"    {s}")
 
 
-def part2(log, out, iters, layer_list, batch, seq):
+def part2(log, out, iters, layer_list, batch, seq, kinds):
   from benchmarks.bench_train_step import GPT, make_train_step
   fast = mx_block.mx_fake_quantize_fast
   res = {}
 
   def use(kind):
     import mx_jax.dot as dot
-    dot.mx_block.mx_fake_quantize_fast = fast if kind == "scaled" else mx_block.mx_fake_quantize_direct
+    dot.mx_block.mx_fake_quantize_fast = mx_block.mx_fake_quantize_direct if kind == "direct" else fast
+    dot.PIN_OPERAND_LAYOUT = kind.removeprefix("pin_").replace("+", ",") if kind.startswith("pin_") else ""
 
   for layers in layer_list:
     model = GPT(layers=layers)
     tok = jax.random.randint(jax.random.key(1), (batch, seq + 1), 0, model.vocab)
-    for name, kind in (("bf16", "scaled"), ("mxfp8", "scaled"), ("mxfp8", "direct")):
+    for name, kind in [("bf16", "scaled")] + [("mxfp8", k) for k in kinds]:
       use(kind)
       step, st, _ = make_train_step(name, model, tok, ["embed", "head", "*attn"])
       step = jax.jit(step, donate_argnums=0)
@@ -110,7 +111,8 @@ def part2(log, out, iters, layer_list, batch, seq):
           return loss
         rows, total = top_kernels(one, tok, calls=3, n=400)
         res[tag] = dict(total_us=total, kernels=rows)
-        log(f"{tag}: device {total:.0f} us per step, {len(rows)} kernels")
+        tr = sum(us for n, us, _ in rows if "transpose" in n)
+        log(f"{tag}: device {total:.0f} us per step, {len(rows)} kernels, {tr:.0f} us in transpose fusions")
       else:
         for _ in range(3):
           st, loss = step(st, tok)
@@ -126,11 +128,46 @@ def part2(log, out, iters, layer_list, batch, seq):
   use("scaled")
   last = layer_list[-1]
   b = res[f"bf16/scaled/L{last}"]["median_ms"]
-  for k in (f"mxfp8/scaled/L{last}", f"mxfp8/direct/L{last}"):
+  for k in (f"mxfp8/{k}/L{last}" for k in kinds):
     log(f"{k}: {res[k]['median_ms'] / b:.3f}x bf16")
   if out:
     with open(os.path.join(out, "operand_variants.json"), "w") as f:
       json.dump(res, f, indent=1)
+
+
+def _summary(text, name):
+  """One line for the HLO instruction behind a profiler kernel name: its shape, operands and op_name."""
+  pat = re.sub(r"_(\d+)$", r"[._]\1", re.escape(name))
+  m = re.search(rf"^\s*(?:ROOT )?%?{pat} = (.*)$", text, re.M)
+  if not m:
+    return "(not found)"
+  line = m.group(1)
+  shape = line.split(" fusion(")[0].split(" custom-call(")[0][:160]
+  op = re.search(r'op_name="([^"]*)"', line)
+  body_n, ops = 0, []
+  c = re.search(r"calls=%?([\w.\-]+)", line)
+  if c:
+    b = re.search(rf"^%?{re.escape(c.group(1))} (\(.*?\)) -> .*?^}}", text, re.M | re.S)
+    if b:
+      body_n = b.group(0).count("\n")
+      ops = re.findall(r"\b[a-z0-9]+\[[\d,]*\]", b.group(1))
+  big = sorted(ops, key=lambda t: -eval("*".join(t.split("[")[1][:-1].split(",")) or "1"))[:3]
+  return f"{shape} <- {' '.join(big)}; {body_n} ops; {op.group(1)[-90:] if op else ''}"
+
+
+def part3(log, recipe, min_us):
+  """Each kernel of a 2-layer Dense-only step above ``min_us``: shape, operands and source op."""
+  from benchmarks.bench_train_step import GPT, make_train_step
+  model = GPT(layers=2)
+  tok = jax.random.randint(jax.random.key(1), (8, 1025), 0, model.vocab)
+  step, st, _ = make_train_step(recipe, model, tok, ["embed", "head", "*attn"])
+  compiled = jax.jit(step).lower(st, tok).compile()
+  text = compiled.as_text()
+  rows, total = top_kernels(lambda s, t: compiled(s, t)[1], st, tok, calls=3, n=400)
+  log(f"\n== {recipe} 2 layers: device {total:.0f} us")
+  for name, us, c in rows:
+    if us >= min_us:
+      log(f"  {us:7.1f} x{c:3.0f} {name[:40]:40s} {_summary(text, name)}")
 
 
 def main():
@@ -141,6 +178,10 @@ def main():
   p.add_argument("--layers", default="2,12", help="profiled depth, timed depth")
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seq", type=int, default=1024)
+  p.add_argument("--kinds", default="scaled,direct", help="part 2: mxfp8 operand paths (scaled, direct, "
+                 "pin_in, pin_out, pin_in+out)")
+  p.add_argument("--recipes", default="bf16,mxfp8", help="part 3")
+  p.add_argument("--min-us", type=float, default=10.0, help="part 3")
   p.add_argument("--out", default=None)
   a = p.parse_args()
   path = os.path.join(a.out, "operand_variants.log") if a.out else None
@@ -155,7 +196,10 @@ def main():
   if "1" in a.parts.split(","):
     part1(log, a.ptx)
   if "2" in a.parts.split(","):
-    part2(log, a.out, a.iters, [int(v) for v in a.layers.split(",")], a.batch, a.seq)
+    part2(log, a.out, a.iters, [int(v) for v in a.layers.split(",")], a.batch, a.seq, a.kinds.split(","))
+  if "3" in a.parts.split(","):
+    for r in a.recipes.split(","):
+      part3(log, r, a.min_us)
 
 
 if __name__ == "__main__":

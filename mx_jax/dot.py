@@ -34,6 +34,10 @@ from mx_jax.recipes import OperandSpec, Recipe, recipe as get_recipe
 # integer path everywhere.
 FAST_OPERANDS = True
 
+# Pin the emulated GEMM's quantization to row-major layouts on GPU: "in" (the high-precision operand), "out"
+# (its fake-quantized copy), both, or none. See _pinned.
+PIN_OPERAND_LAYOUT = ""
+
 _TENSOR_OF = {"x": "x", "x_wgrad": "x", "w": "w", "w_dgrad": "w", "g_dgrad": "g", "g_wgrad": "g"}
 
 
@@ -357,11 +361,25 @@ def _quantized_gemm(a, b, dims, rec: Recipe, state, op_a: str, op_b: str):
     return _scaled_gemm(a, b, dims, sa, sb, rec.telemetry)
   fp8 = _native_fp8(rec, sa, sb)
   cdt = _operand_dtype(rec)
+  a, b = _pinned(a, "in"), _pinned(b, "in")
   qa, pa, ta = quantize_operand(a, sa, ac, scale=_scale_of(state, op_a, rec), salt=op_a,
                                 want_stats=rec.telemetry, dtype=fp8[0] if fp8 else cdt)
   qb, pb, tb = quantize_operand(b, sb, bc, scale=_scale_of(state, op_b, rec), salt=op_b,
                                 want_stats=rec.telemetry, dtype=fp8[1] if fp8 else cdt)
-  return _gemm(qa, qb, dims, pa, pb), (ta, tb)
+  return _gemm(_pinned(qa, "out"), _pinned(qb, "out"), dims, pa, pb), (ta, tb)
+
+
+def _pinned(x: jax.Array, where: str) -> jax.Array:
+  """``x`` held in the default (row-major) layout when PIN_OPERAND_LAYOUT names ``where``.
+
+  XLA:GPU's layout assignment otherwise carries a transposed layout (e.g. the tokens-minor output of an
+  attention einsum) through the elementwise quantization into the residual stream, and pays for it in
+  transposes (BENCHMARKS.md, session 5).
+  """
+  if where not in PIN_OPERAND_LAYOUT.split(",") or x.ndim < 2:
+    return x
+  from jax.experimental.layout import Layout, with_layout_constraint
+  return with_layout_constraint(x, Layout(tuple(range(x.ndim))))
 
 
 def _delayed_spec(rec: Recipe, t: str) -> OperandSpec:
