@@ -37,6 +37,8 @@ FAST_OPERANDS = True
 # Pin the emulated GEMM's quantization to row-major layouts on GPU: "in" (the high-precision operand), "out"
 # (its fake-quantized copy), both, or none. See _pinned.
 PIN_OPERAND_LAYOUT = ""
+# Transpose each emulated-GEMM operand so its contraction axes are minor before quantizing (no batch dims).
+CONTRACT_LAST = False
 
 _TENSOR_OF = {"x": "x", "x_wgrad": "x", "w": "w", "w_dgrad": "w", "g_dgrad": "g", "g_wgrad": "g"}
 
@@ -362,11 +364,22 @@ def _quantized_gemm(a, b, dims, rec: Recipe, state, op_a: str, op_b: str):
   fp8 = _native_fp8(rec, sa, sb)
   cdt = _operand_dtype(rec)
   a, b = _pinned(a, "in"), _pinned(b, "in")
+  if CONTRACT_LAST and not dims[1][0]:
+    (a, ac), (b, bc) = _contract_last(a, ac), _contract_last(b, bc)
+    dims = ((ac, bc), dims[1])
   qa, pa, ta = quantize_operand(a, sa, ac, scale=_scale_of(state, op_a, rec), salt=op_a,
                                 want_stats=rec.telemetry, dtype=fp8[0] if fp8 else cdt)
   qb, pb, tb = quantize_operand(b, sb, bc, scale=_scale_of(state, op_b, rec), salt=op_b,
                                 want_stats=rec.telemetry, dtype=fp8[1] if fp8 else cdt)
   return _gemm(_pinned(qa, "out"), _pinned(qb, "out"), dims, pa, pb), (ta, tb)
+
+
+def _contract_last(x: jax.Array, axes):
+  """(x transposed so its contraction ``axes`` come last, in their order; those axes' new positions)."""
+  free = [d for d in range(x.ndim) if d not in axes]
+  if list(axes) == list(range(len(free), x.ndim)):
+    return x, tuple(axes)
+  return jnp.transpose(x, free + list(axes)), tuple(range(len(free), x.ndim))
 
 
 def _pinned(x: jax.Array, where: str) -> jax.Array:
