@@ -64,6 +64,7 @@ def run(log, name, recipe, layers, exclude):
   from benchmarks.bench_train_step import GPT, make_train_step
   import mx_jax.dot as dot
   saved = {k: getattr(dot, k) for k in ("PIN_OPERAND_LAYOUT", "CONTRACT_LAST")}
+  jax.clear_caches()  # mx_jax's _qdot is jitted: a knob only takes effect on a fresh trace
   for k, v in KNOBS.get(name, {}).items():
     setattr(mx_block if k == "_block_max" else dot, k, v)
   try:

@@ -92,6 +92,7 @@ def part2(log, out, iters, layer_list, batch, seq, kinds):
 
   def use(kind):
     import mx_jax.dot as dot
+    jax.clear_caches()  # dot._qdot is jitted: a knob only takes effect on a fresh trace
     dot.mx_block.mx_fake_quantize_fast = mx_block.mx_fake_quantize_direct if kind == "direct" else fast
     dot.PIN_OPERAND_LAYOUT = kind.removeprefix("pin_").replace("+", ",") if kind.startswith("pin_") else ""
 
