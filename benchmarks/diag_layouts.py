@@ -42,7 +42,9 @@ KNOBS = {
     "pin_in+out": {"PIN_OPERAND_LAYOUT": "in,out"},
     "contract_last": {"CONTRACT_LAST": True},
     "contract_last+pin_in": {"CONTRACT_LAST": True, "PIN_OPERAND_LAYOUT": "in"},
+    "direct": {"mx_fake_quantize_fast": mx_block.mx_fake_quantize_direct},
 }
+_ORIG_FAST = mx_block.mx_fake_quantize_fast
 
 
 def transposed_arrays(text, min_elems=1 << 20):
@@ -66,7 +68,7 @@ def run(log, name, recipe, layers, exclude):
   saved = {k: getattr(dot, k) for k in ("PIN_OPERAND_LAYOUT", "CONTRACT_LAST")}
   jax.clear_caches()  # mx_jax's _qdot is jitted: a knob only takes effect on a fresh trace
   for k, v in KNOBS.get(name, {}).items():
-    setattr(mx_block if k == "_block_max" else dot, k, v)
+    setattr(mx_block if k in ("_block_max", "mx_fake_quantize_fast") else dot, k, v)
   try:
     model = GPT(layers=layers)
     tok = jax.random.randint(jax.random.key(1), (8, 1025), 0, model.vocab)
@@ -76,6 +78,7 @@ def run(log, name, recipe, layers, exclude):
     rows, total = top_kernels(lambda s, t: compiled(s, t)[1], st, tok, calls=3, n=400)
   finally:
     mx_block._block_max = _ORIG_BLOCK_MAX
+    mx_block.mx_fake_quantize_fast = _ORIG_FAST
     for k, v in saved.items():
       setattr(dot, k, v)
   tr = sum(us for n, us, _ in rows if "transpose" in n)
