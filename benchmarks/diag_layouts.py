@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
+import time
 
 import jax
 import jax.numpy as jnp
@@ -33,18 +35,15 @@ def _window_max(ab, ax):
   return lax.reduce_window(ab, jnp.iinfo(ab.dtype).min, lax.max, dims, dims, "VALID")
 
 
-KNOBS = {
+KNOBS = {  # atomic settings; a variant joins them with "+"
     "current": {},
     "plain_max": {"_block_max": _plain_max},
     "window_max": {"_block_max": _window_max},
+    "pin_none": {"PIN_OPERAND_LAYOUT": ""},
     "pin_in": {"PIN_OPERAND_LAYOUT": "in"},
     "pin_out": {"PIN_OPERAND_LAYOUT": "out"},
-    "pin_in+out": {"PIN_OPERAND_LAYOUT": "in,out"},
-    "contract_last": {"CONTRACT_LAST": True},
-    "contract_last+pin_in": {"CONTRACT_LAST": True, "PIN_OPERAND_LAYOUT": "in"},
-    "direct": {"mx_fake_quantize_fast": mx_block.mx_fake_quantize_direct},
+    "pin_inout": {"PIN_OPERAND_LAYOUT": "in,out"},
 }
-_ORIG_FAST = mx_block.mx_fake_quantize_fast
 
 
 def transposed_arrays(text, min_elems=1 << 20):
@@ -62,13 +61,16 @@ def transposed_arrays(text, min_elems=1 << 20):
   return sorted(out)
 
 
-def run(log, name, recipe, layers, exclude):
+def run(log, name, recipe, layers, exclude, time_layers=0, iters=10):
   from benchmarks.bench_train_step import GPT, make_train_step
   import mx_jax.dot as dot
-  saved = {k: getattr(dot, k) for k in ("PIN_OPERAND_LAYOUT", "CONTRACT_LAST")}
+  saved = {"PIN_OPERAND_LAYOUT": dot.PIN_OPERAND_LAYOUT}
   jax.clear_caches()  # mx_jax's _qdot is jitted: a knob only takes effect on a fresh trace
-  for k, v in KNOBS.get(name, {}).items():
-    setattr(mx_block if k in ("_block_max", "mx_fake_quantize_fast") else dot, k, v)
+  knobs = {}
+  for part in name.split("+"):
+    knobs.update(KNOBS[part])
+  for k, v in knobs.items():
+    setattr(mx_block if k == "_block_max" else dot, k, v)
   try:
     model = GPT(layers=layers)
     tok = jax.random.randint(jax.random.key(1), (8, 1025), 0, model.vocab)
@@ -76,21 +78,40 @@ def run(log, name, recipe, layers, exclude):
     compiled = jax.jit(step).lower(st, tok).compile()
     text = compiled.as_text()
     rows, total = top_kernels(lambda s, t: compiled(s, t)[1], st, tok, calls=3, n=400)
+    wall = None
+    if time_layers:
+      model = GPT(layers=time_layers)
+      step, st, _ = make_train_step(recipe, model, tok, exclude)
+      step = jax.jit(step, donate_argnums=0)
+      for _ in range(3):
+        st, loss = step(st, tok)
+      jax.block_until_ready(loss)
+      ts = []
+      for _ in range(iters):
+        t0 = time.perf_counter()
+        st, loss = step(st, tok)
+        jax.block_until_ready(loss)
+        ts.append(time.perf_counter() - t0)
+      wall = 1e3 * statistics.median(ts)
   finally:
     mx_block._block_max = _ORIG_BLOCK_MAX
-    mx_block.mx_fake_quantize_fast = _ORIG_FAST
     for k, v in saved.items():
       setattr(dot, k, v)
   tr = sum(us for n, us, _ in rows if "transpose" in n)
   bad = transposed_arrays(text)
-  log(f"{recipe}/{name}: device {total:.0f} us, transpose fusions {tr:.0f} us, {len(bad)} large non-row-major "
-      f"arrays: {' '.join(bad[:8])}")
+  log(f"{recipe}/{name}: device {total:.0f} us ({layers} layers), transpose fusions {tr:.0f} us, {len(bad)} large "
+      f"non-row-major arrays: {' '.join(bad[:6])}")
+  if wall is not None:
+    log(f"    {time_layers} layers: median {wall:.2f} ms per step")
+  return wall
 
 
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--variants", default=",".join(KNOBS))
   p.add_argument("--layers", type=int, default=2)
+  p.add_argument("--time-layers", type=int, default=0, help="also time each variant's step at this depth")
+  p.add_argument("--iters", type=int, default=10)
   p.add_argument("--out", default=None)
   a = p.parse_args()
   path = os.path.join(a.out, "layouts.log") if a.out else None
@@ -102,9 +123,11 @@ def main():
         f.write(s + "\n")
 
   log(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS')}")
-  run(log, "current", "bf16", a.layers, [])
+  base = run(log, "current", "bf16", a.layers, [], a.time_layers, a.iters)
   for v in a.variants.split(","):
-    run(log, v, "mxfp8", a.layers, ["embed", "head", "*attn"])
+    w = run(log, v, "mxfp8", a.layers, ["embed", "head", "*attn"], a.time_layers, a.iters)
+    if w and base:
+      log(f"    {w / base:.3f}x bf16")
 
 
 if __name__ == "__main__":

@@ -1,24 +1,20 @@
-"""Is the MXFP8 GEMM-operand quantization ALU- or memory-bound, and what does a leaner rounding buy?
+"""Where an MXFP8 GEMM operand's quantization time goes, against its memory floor, and what each kernel of a
+train step is.
 
-    XLA_FLAGS="--xla_gpu_enable_command_buffer= --xla_dump_to=/tmp/qv --xla_dump_hlo_module_re=.*qv_.*" \
-      PYTHONPATH=. python -m benchmarks.diag_operand_variants --ptx /tmp/qv --out $OUT
+    XLA_FLAGS="--xla_gpu_enable_command_buffer=" PYTHONPATH=. python -m benchmarks.diag_operand_variants --out $OUT
 
 Part 1: device time (profiler) of a bf16 (8192, 3072) tensor fake-quantized along both axes (both blockings,
-as the train step does for activations and gradients) with the current scaled rounding
-(``mx_fake_quantize_fast``) and the in-place grid rounding (``mx_fake_quantize_direct``), beside a two-output
-copy (the memory floor) and the two block-amax reductions alone; then the PTX of each kernel: instruction
-count and vector loads/stores. Part 2: the per-kernel lists of a 2-layer Dense-only train step (bf16 and both
-mxfp8 roundings, written to JSON), and the 12-layer step times of the three, in one process.
+as the train step does for activations and gradients) and along one, beside a two-output copy (the memory
+floor) and the two block-amax reductions alone (with ``--ptx DIR``, DIR being XLA's --xla_dump_to, each
+kernel's PTX instruction counts too). Part 3: every kernel of a 2-layer Dense-only GPT train step above
+``--min-us`` with its shape, operands and source op (``--recipes``).
 """
 from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import re
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -48,9 +44,7 @@ def variants():
     return both, one
 
   cb, co = mk(mx_block.mx_fake_quantize_fast)
-  db, do = mk(mx_block.mx_fake_quantize_direct)
-  fns = dict(qv_copy2=qv_copy2, qv_amax2=qv_amax2, qv_scaled_both=cb, qv_scaled_k=co, qv_direct_both=db,
-             qv_direct_k=do)
+  fns = dict(qv_copy2=qv_copy2, qv_amax2=qv_amax2, qv_scaled_both=cb, qv_scaled_k=co)
   for k, f in fns.items():
     f.__name__ = k
   return fns
@@ -83,57 +77,6 @@ def part1(log, ptx):
     if ptx:
       for s in ptx_stats(ptx, name):
         log(f"    {s}")
-
-
-def part2(log, out, iters, layer_list, batch, seq, kinds):
-  from benchmarks.bench_train_step import GPT, make_train_step
-  fast = mx_block.mx_fake_quantize_fast
-  res = {}
-
-  def use(kind):
-    import mx_jax.dot as dot
-    jax.clear_caches()  # dot._qdot is jitted: a knob only takes effect on a fresh trace
-    dot.mx_block.mx_fake_quantize_fast = mx_block.mx_fake_quantize_direct if kind == "direct" else fast
-    dot.PIN_OPERAND_LAYOUT = kind.removeprefix("pin_").replace("+", ",") if kind.startswith("pin_") else ""
-
-  for layers in layer_list:
-    model = GPT(layers=layers)
-    tok = jax.random.randint(jax.random.key(1), (batch, seq + 1), 0, model.vocab)
-    for name, kind in [("bf16", "scaled")] + [("mxfp8", k) for k in kinds]:
-      use(kind)
-      step, st, _ = make_train_step(name, model, tok, ["embed", "head", "*attn"])
-      step = jax.jit(step, donate_argnums=0)
-      tag = f"{name}/{kind}/L{layers}"
-      if layers == layer_list[0]:
-        holder = [st]
-
-        def one(t):
-          holder[0], loss = step(holder[0], t)
-          return loss
-        rows, total = top_kernels(one, tok, calls=3, n=400)
-        res[tag] = dict(total_us=total, kernels=rows)
-        tr = sum(us for n, us, _ in rows if "transpose" in n)
-        log(f"{tag}: device {total:.0f} us per step, {len(rows)} kernels, {tr:.0f} us in transpose fusions")
-      else:
-        for _ in range(3):
-          st, loss = step(st, tok)
-        jax.block_until_ready(loss)
-        ts = []
-        for _ in range(iters):
-          t = time.perf_counter()
-          st, loss = step(st, tok)
-          jax.block_until_ready(loss)
-          ts.append(time.perf_counter() - t)
-        res[tag] = dict(median_ms=1e3 * statistics.median(ts), loss=float(loss))
-        log(f"{tag}: median {1e3 * statistics.median(ts):.2f} ms (loss {float(loss):.4f})")
-  use("scaled")
-  last = layer_list[-1]
-  b = res[f"bf16/scaled/L{last}"]["median_ms"]
-  for k in (f"mxfp8/{k}/L{last}" for k in kinds):
-    log(f"{k}: {res[k]['median_ms'] / b:.3f}x bf16")
-  if out:
-    with open(os.path.join(out, "operand_variants.json"), "w") as f:
-      json.dump(res, f, indent=1)
 
 
 def _summary(text, name):
@@ -173,14 +116,8 @@ def part3(log, recipe, min_us):
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument("--parts", default="1,2")
+  p.add_argument("--parts", default="1,3")
   p.add_argument("--ptx", default=None, help="the --xla_dump_to folder, to read the variants' PTX back")
-  p.add_argument("--iters", type=int, default=10)
-  p.add_argument("--layers", default="2,12", help="profiled depth, timed depth")
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--seq", type=int, default=1024)
-  p.add_argument("--kinds", default="scaled,direct", help="part 2: mxfp8 operand paths (scaled, direct, "
-                 "pin_in, pin_out, pin_in+out)")
   p.add_argument("--recipes", default="bf16,mxfp8", help="part 3")
   p.add_argument("--min-us", type=float, default=10.0, help="part 3")
   p.add_argument("--out", default=None)
@@ -196,8 +133,6 @@ def main():
   log(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS')}")
   if "1" in a.parts.split(","):
     part1(log, a.ptx)
-  if "2" in a.parts.split(","):
-    part2(log, a.out, a.iters, [int(v) for v in a.layers.split(",")], a.batch, a.seq, a.kinds.split(","))
   if "3" in a.parts.split(","):
     for r in a.recipes.split(","):
       part3(log, r, a.min_us)

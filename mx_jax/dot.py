@@ -34,11 +34,10 @@ from mx_jax.recipes import OperandSpec, Recipe, recipe as get_recipe
 # integer path everywhere.
 FAST_OPERANDS = True
 
-# Pin the emulated GEMM's quantization to row-major layouts on GPU: "in" (the high-precision operand), "out"
-# (its fake-quantized copy), both, or none. See _pinned.
-PIN_OPERAND_LAYOUT = ""
-# Transpose each emulated-GEMM operand so its contraction axes are minor before quantizing (no batch dims).
-CONTRACT_LAST = False
+# Pin the emulated GEMM's operands to row-major layouts on GPU: "in" (the high-precision operand), "out" (its
+# fake-quantized copy), both ("in,out") or neither (""). See _pinned.
+PIN_OPERAND_LAYOUT = "in"
+_PIN_BACKENDS = ("gpu",)
 
 _TENSOR_OF = {"x": "x", "x_wgrad": "x", "w": "w", "w_dgrad": "w", "g_dgrad": "g", "g_wgrad": "g"}
 
@@ -364,9 +363,6 @@ def _quantized_gemm(a, b, dims, rec: Recipe, state, op_a: str, op_b: str):
   fp8 = _native_fp8(rec, sa, sb)
   cdt = _operand_dtype(rec)
   a, b = _pinned(a, "in"), _pinned(b, "in")
-  if CONTRACT_LAST and not dims[1][0]:
-    (a, ac), (b, bc) = _contract_last(a, ac), _contract_last(b, bc)
-    dims = ((ac, bc), dims[1])
   qa, pa, ta = quantize_operand(a, sa, ac, scale=_scale_of(state, op_a, rec), salt=op_a,
                                 want_stats=rec.telemetry, dtype=fp8[0] if fp8 else cdt)
   qb, pb, tb = quantize_operand(b, sb, bc, scale=_scale_of(state, op_b, rec), salt=op_b,
@@ -374,22 +370,15 @@ def _quantized_gemm(a, b, dims, rec: Recipe, state, op_a: str, op_b: str):
   return _gemm(_pinned(qa, "out"), _pinned(qb, "out"), dims, pa, pb), (ta, tb)
 
 
-def _contract_last(x: jax.Array, axes):
-  """(x transposed so its contraction ``axes`` come last, in their order; those axes' new positions)."""
-  free = [d for d in range(x.ndim) if d not in axes]
-  if list(axes) == list(range(len(free), x.ndim)):
-    return x, tuple(axes)
-  return jnp.transpose(x, free + list(axes)), tuple(range(len(free), x.ndim))
-
-
 def _pinned(x: jax.Array, where: str) -> jax.Array:
   """``x`` held in the default (row-major) layout when PIN_OPERAND_LAYOUT names ``where``.
 
-  XLA:GPU's layout assignment otherwise carries a transposed layout (e.g. the tokens-minor output of an
-  attention einsum) through the elementwise quantization into the residual stream, and pays for it in
-  transposes (BENCHMARKS.md, session 5).
+  Without it XLA:GPU's layout assignment, free to pick any layout for the elementwise quantization, lays a GPT's
+  whole residual stream out tokens-minor and pays in transposes (1.04 ms of transpose fusions per 2-layer step
+  against 0.14 ms pinned, BENCHMARKS.md session 5). The pin lowers to XLA's LayoutConstraint custom call; it
+  changes no value. Off the GPU it is skipped (XLA:CPU keeps row-major anyway, and the call splits fusions).
   """
-  if where not in PIN_OPERAND_LAYOUT.split(",") or x.ndim < 2:
+  if where not in PIN_OPERAND_LAYOUT.split(",") or x.ndim < 2 or jax.default_backend() not in _PIN_BACKENDS:
     return x
   from jax.experimental.layout import Layout, with_layout_constraint
   return with_layout_constraint(x, Layout(tuple(range(x.ndim))))

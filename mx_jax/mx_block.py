@@ -88,37 +88,6 @@ def mx_fake_quantize_fast(x: jax.Array, elem: ElemFormat, axis: int, bs: int, sc
   return from_blocks(jnp.where(bad, jnp.nan, _bits.mul_pow2(v, e)), axis)
 
 
-def mx_fake_quantize_direct(x: jax.Array, elem: ElemFormat, axis: int, bs: int, scale_mode: str) -> jax.Array:
-  """Dequantized MX values (float32, padded along axis) rounded on the block's grid in x's own units.
-
-  round(x / 2^e) * 2^e without either multiply: on the element's normal binades the grid is x's float32
-  significand cut to M bits (RNE on the bits, ``ab + 2^(22-M) - 1 + lsb``, then masked); below them it is the
-  fixed step 2^(emin + e - M), where adding and subtracting C = 1.5 * 2^(emin + e - M + 23) rounds (RNE).
-  Saturation is an integer min with the bits of max_normal * 2^e. Same bits as the exact path for inputs
-  without FP32 subnormals (as ``mx_fake_quantize_fast``), with fewer ops and block operands per element.
-  """
-  xb = to_blocks(x.astype(jnp.float32), axis, bs)
-  u = _bits.f32_bits(xb)
-  ab = (u & 0x7FFFFFFF).astype(jnp.int32)
-  amax = _block_max(ab, axis + 1)
-  bad = _bits.is_nonfinite_bits(amax)
-  e = shared_exponent(jnp.where(bad, 0, amax), elem, scale_mode)
-  m = elem.mbits
-  lo = e + (elem.emin + 127)  # biased float32 exponent of the smallest normal element times 2^e
-  cexp = lo - m + 23  # biased exponent of C; above 254 (blocks past ~2^110) round at C * 2^-sh2, rescaled
-  sh2 = jnp.maximum(cexp - 254, 0)
-  c = lax.bitcast_convert_type(((cexp - sh2) << 23 | 0x400000).astype(jnp.uint32), jnp.float32)
-  top = jnp.clip(e + (elem.emax + 127), 1, 255)
-  maxb = jnp.where(top > 254, 0x7F800000, (top << 23) | _frac_bits_of(elem.max_normal))
-  sh = 23 - m
-  rn = (ab + ((1 << (sh - 1)) - 1) + ((ab >> sh) & 1)) & ~((1 << sh) - 1)
-  a = lax.bitcast_convert_type(ab, jnp.float32)
-  rs = lax.bitcast_convert_type(((a * _bits.pow2(-sh2) + c) - c) * _bits.pow2(sh2), jnp.int32)
-  r = jnp.minimum(jnp.where((ab >> 23) >= lo, rn, rs), maxb)
-  v = lax.bitcast_convert_type(r.astype(jnp.uint32) | (u & jnp.uint32(0x80000000)), jnp.float32)
-  return from_blocks(jnp.where(bad, jnp.nan, v), axis)
-
-
 def mx_quantize_fast(x: jax.Array, elem: ElemFormat, axis: int, bs: int, scale_mode: str):
   """(elements in ``elem``'s dtype, padded along axis; E8M0 scales) with the fast path's rounding (RNE)."""
   v, e, bad = _fast_blocks(x, elem, axis, bs, scale_mode)
