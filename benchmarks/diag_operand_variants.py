@@ -5,14 +5,12 @@ train step is.
 
 Part 1: device time (profiler) of a bf16 (8192, 3072) tensor fake-quantized along both axes (both blockings,
 as the train step does for activations and gradients) and along one, beside a two-output copy (the memory
-floor) and the two block-amax reductions alone (with ``--ptx DIR``, DIR being XLA's --xla_dump_to, each
-kernel's PTX instruction counts too). Part 3: every kernel of a 2-layer Dense-only GPT train step above
+floor) and the two block-amax reductions alone. Part 3: every kernel of a 2-layer Dense-only GPT train step above
 ``--min-us`` with its shape, operands and source op (``--recipes``).
 """
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import re
 
@@ -50,22 +48,7 @@ def variants():
   return fns
 
 
-def ptx_stats(dump_dir, name):
-  out = []
-  for path in sorted(glob.glob(os.path.join(dump_dir, f"*{name}*.ptx"))):
-    text = open(path).read()
-    for m in re.finditer(r"\.entry\s+(\S+?)\(.*?\n\{(.*?)\n\}", text, re.S):
-      body = [ln.strip() for ln in m.group(2).splitlines()]
-      ins = [ln for ln in body if ln.endswith(";") and not ln.startswith((".reg", ".shared", ".local", "//"))]
-      cnt = lambda p: sum(1 for ln in ins if re.match(p, ln))  # noqa: E731
-      out.append(f"{m.group(1)[:40]}: {len(ins)} instr, ld.global {cnt(r'ld\.global')} "
-                 f"(vector {cnt(r'ld\.global\S*\.v[248]')}), st.global {cnt(r'st\.global')} "
-                 f"(vector {cnt(r'st\.global\S*\.v[248]')}), mul.hi/div/rem {cnt(r'(mul\.hi|div|rem)')}, "
-                 f"bra {cnt(r'(@\S+\s+)?bra')}")
-  return out or [f"(no PTX for {name} under {dump_dir})"]
-
-
-def part1(log, ptx):
+def part1(log):
   x = jax.random.normal(jax.random.key(0), (8192, 3072), jnp.bfloat16)
   nb = x.size * 2
   for name, fn in variants().items():
@@ -73,10 +56,7 @@ def part1(log, ptx):
     rows, total = top_kernels(f, x, calls=10, n=8)
     kern = ", ".join(f"{n[:28]} {us:.1f}" for n, us, _ in rows)
     bw = nb / (total * 1e-6) / 1e12 if total else float("nan")
-    log(f"{name:16s} device {total:7.1f} us  ({bw:.2f} TB/s of input read)  [{kern}]")
-    if ptx:
-      for s in ptx_stats(ptx, name):
-        log(f"    {s}")
+    log(f"{name:16s} device {total:7.1f} us  (input bytes / time: {bw:.2f} TB/s)  [{kern}]")
 
 
 def _summary(text, name):
@@ -117,7 +97,6 @@ def part3(log, recipe, min_us):
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--parts", default="1,3")
-  p.add_argument("--ptx", default=None, help="the --xla_dump_to folder, to read the variants' PTX back")
   p.add_argument("--recipes", default="bf16,mxfp8", help="part 3")
   p.add_argument("--min-us", type=float, default=10.0, help="part 3")
   p.add_argument("--out", default=None)
@@ -132,7 +111,7 @@ def main():
 
   log(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS')}")
   if "1" in a.parts.split(","):
-    part1(log, a.ptx)
+    part1(log)
   if "3" in a.parts.split(","):
     for r in a.recipes.split(","):
       part3(log, r, a.min_us)
