@@ -155,8 +155,9 @@ def nvfp4_tile(x: jax.Array, s_enc: jax.Array, s_dec: jax.Array, rounding: str, 
   # nvfp4.py writes amax_b / 6; XLA rewrites a division by a broadcast scalar into a multiplication by its
   # reciprocal (RN(1/6) in float32), and that is what the reference computes on XLA.
   d = jnp.minimum(amax_b * _RECIP_ELEM_MAX * s_enc, jnp.float32(E4M3.max_normal))
-  d8 = d.astype(jnp.float8_e4m3fn)
-  d32 = d8.astype(jnp.float32)
+  # rounded by arithmetic, as nvfp4.py does: never by an f32 -> f8 -> f32 convert pair, which XLA:GPU folds away
+  d32 = _bits.round_to_elem(d, jnp.int32(0), E4M3, "nearest_even", saturate=True)
+  d8 = d32.astype(jnp.float8_e4m3fn)  # exact: d32 is on the E4M3 grid
   zero = d32 == 0
   # the backend's own f32 division, as in nvfp4.py (IEEE on CPU; on a GPU XLA and Triton both use the
   # approximate div.full.f32 -- checked by benchmarks/bench_quantize_norm.py)

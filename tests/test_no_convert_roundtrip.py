@@ -46,6 +46,18 @@ def test_no_fp8_convert_roundtrip(name, fn):
   assert _roundtrips(jax.make_jaxpr(fn)(X).jaxpr) == [], name
 
 
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp8_e4m3", "mxfp4_e2m1"])
+def test_kernel_bodies_have_no_fp8_convert_roundtrip(fmt):
+  """The Pallas quantize kernel's body (inside the pallas_call) is held to the same rule: a convert round trip
+  is only safe where no compiler may fold it, and the kernels share their tile code with interpret-mode runs
+  that XLA compiles."""
+  import importlib
+  kq = importlib.import_module("kernels.mx_quantize")  # the package re-exports the function under this name
+  jaxpr = jax.make_jaxpr(lambda x: kq.mx_quantize(x, fmt, impl="pallas").data)(X).jaxpr
+  assert "pallas_call" in str(jaxpr)  # the detector must reach the kernel body
+  assert _roundtrips(jaxpr) == [], fmt
+
+
 def test_detector_sees_a_roundtrip():
   bad = lambda x: x.astype(jnp.float8_e4m3fn).astype(jnp.float32)
   assert _roundtrips(jax.make_jaxpr(bad)(X).jaxpr)
