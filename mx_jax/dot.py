@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from mx_jax import _bits, fp8_tensor, mx_block, nvfp4, scaling, telemetry
 from mx_jax._blocks import from_blocks, to_blocks
@@ -188,9 +189,27 @@ def _grad_dims(dn, x_ndim, y_ndim, x_is_lhs: bool):
   return ans_y, y_kept, ans_b, yb, tuple(int(i) for i in out_perm)
 
 
+def _grad_sharding(x, perm):
+  """The sharding of d/dx's GEMM output (before its transpose by ``perm``): x's own, as JAX's dot_general
+  transpose rule gives it. Needed under explicit sharding, where a GEMM contracting a sharded axis (the
+  weight gradient over a data-parallel batch) must be told its output sharding; None where no mesh is set."""
+  xs = jax.typeof(x).sharding
+  if xs is None:
+    return None
+  if xs.mesh.empty:  # x unsharded (e.g. a weight): replicated over the current mesh, if one is set
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not mesh._any_axis_explicit:
+      return None
+    return NamedSharding(mesh, PartitionSpec(*[None] * x.ndim))
+  if not xs.mesh._any_axis_explicit:
+    return None
+  unsorted = np.argsort(perm)
+  return xs.update(spec=xs.spec.update(partitions=tuple(xs.spec.partitions[o] for o in unsorted)))
+
+
 # ------------------------------------------------------------------------------------------ the GEMM
-def _gemm(a, b, dims, post_a, post_b):
-  out = lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+def _gemm(a, b, dims, post_a, post_b, out_sharding=None):
+  out = lax.dot_general(a, b, dims, preferred_element_type=jnp.float32, out_sharding=out_sharding)
   for p in (post_a, post_b):
     if p is not None:
       out = out * p
@@ -348,7 +367,7 @@ def _scaled_gemm(a, b, dims, sa, sb, want_stats):
   return out.reshape(out_shape), tuple(stats)
 
 
-def _quantized_gemm(a, b, dims, rec: Recipe, state, op_a: str, op_b: str):
+def _quantized_gemm(a, b, dims, rec: Recipe, state, op_a: str, op_b: str, out_sharding=None):
   """One training GEMM: operands ``a`` (recipe operand ``op_a``) and ``b`` quantized along their contraction
   dims in ``dims``; FP32 result and the two telemetry vectors (or None)."""
   sa, sb = rec.operands[op_a], rec.operands[op_b]
@@ -367,7 +386,7 @@ def _quantized_gemm(a, b, dims, rec: Recipe, state, op_a: str, op_b: str):
                                 want_stats=rec.telemetry, dtype=fp8[0] if fp8 else cdt)
   qb, pb, tb = quantize_operand(b, sb, bc, scale=_scale_of(state, op_b, rec), salt=op_b,
                                 want_stats=rec.telemetry, dtype=fp8[1] if fp8 else cdt)
-  return _gemm(_pinned(qa, "out"), _pinned(qb, "out"), dims, pa, pb), (ta, tb)
+  return _gemm(_pinned(qa, "out"), _pinned(qb, "out"), dims, pa, pb, out_sharding), (ta, tb)
 
 
 def _pinned(x: jax.Array, where: str) -> jax.Array:
@@ -398,28 +417,30 @@ def _scale_of(state, op, rec):
   return None
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _qdot(lhs, rhs, state, dn, rec, out_dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _qdot(lhs, rhs, state, dn, rec, out_dtype, out_sharding):
   """Returns (output, state passed through). The pass-through threads the state into a later use of the same
   layer; its cotangent (that later use's new state) is merged into this use's by max (see _qdot_bwd)."""
-  return _quantized_gemm(lhs, rhs, dn, rec, state, "x", "w")[0].astype(out_dtype), state
+  return _quantized_gemm(lhs, rhs, dn, rec, state, "x", "w", out_sharding)[0].astype(out_dtype), state
 
 
-def _qdot_fwd(lhs, rhs, state, dn, rec, out_dtype):
-  out, (ta, tb) = _quantized_gemm(lhs, rhs, dn, rec, state, "x", "w")
+def _qdot_fwd(lhs, rhs, state, dn, rec, out_dtype, out_sharding):
+  out, (ta, tb) = _quantized_gemm(lhs, rhs, dn, rec, state, "x", "w", out_sharding)
   own = {t: fp8_tensor.finite_amax(x) for t, x in (("x", lhs), ("w", rhs)) if t in state}
   tel = {k: v for k, v in (("x", ta), ("w", tb)) if v is not None}
   return (out.astype(out_dtype), state), (lhs, rhs, state, own, tel)
 
 
-def _qdot_bwd(dn, rec, out_dtype, res, cts):
+def _qdot_bwd(dn, rec, out_dtype, out_sharding, res, cts):
+  del out_sharding  # each gradient GEMM's output takes its primal's sharding (_grad_sharding)
   lhs, rhs, state, own, tel = res
   g, later = cts
   tel = dict(tel)
 
   def one_side(x, y, x_is_lhs, g_op, y_op):
     g_c, y_c, g_b, y_b, perm = _grad_dims(dn, x.ndim, y.ndim, x_is_lhs)
-    out, (tg, ty) = _quantized_gemm(g, y, ((g_c, y_c), (g_b, y_b)), rec, state, g_op, y_op)
+    out, (tg, ty) = _quantized_gemm(g, y, ((g_c, y_c), (g_b, y_b)), rec, state, g_op, y_op,
+                                    _grad_sharding(x, perm))
     tel.update({k: v for k, v in ((g_op, tg), (y_op, ty)) if v is not None})
     return jnp.transpose(out, perm).astype(x.dtype)
 
@@ -460,13 +481,16 @@ def _check_dn(dimension_numbers, lhs, rhs):
 
 
 def quantized_dot_general(lhs, rhs, dimension_numbers, rec: Recipe | str, state: dict | None = None,
-                          precision=None, preferred_element_type=None, *, return_state: bool = False):
+                          precision=None, preferred_element_type=None, *, return_state: bool = False,
+                          out_sharding=None):
   """``lax.dot_general`` with every training GEMM quantized per ``rec`` (see module docstring).
 
   ``state`` (from ``init_state``) is needed for delayed scaling / telemetry; its gradient is the new state.
   ``return_state``: return (output, state to pass to the next use of the same layer in this step). Threading
   the state through the uses makes its gradient the max-merged new state (amax of the step = max over the
   uses) instead of the sum that autodiff would form if the uses shared ``state`` directly.
+  ``out_sharding``: as ``lax.dot_general``'s (explicit-sharding meshes: needed when a contracted axis is
+  sharded); the gradient GEMMs give each gradient its primal's sharding, as JAX's own transpose rule does.
   """
   del precision  # the recipe fixes the GEMM's input precision; accumulation is always FP32
   if not isinstance(return_state, bool):
@@ -484,18 +508,19 @@ def quantized_dot_general(lhs, rhs, dimension_numbers, rec: Recipe | str, state:
   if rec.is_noop:
     cdt = jnp.dtype(rec.compute_dtype)
     cdt = jnp.promote_types(cdt, jnp.result_type(lhs.dtype, rhs.dtype)) if rec.name == "fp32" else cdt
-    out = lax.dot_general(lhs.astype(cdt), rhs.astype(cdt), dn, preferred_element_type=jnp.float32)
+    out = lax.dot_general(lhs.astype(cdt), rhs.astype(cdt), dn, preferred_element_type=jnp.float32,
+                          out_sharding=out_sharding)
     return (out.astype(out_dtype), state) if return_state else out.astype(out_dtype)
   if state is None:
     if rec.delayed_tensors:
       raise ValueError(f"recipe {rec.name!r} uses delayed scaling: pass state= (see mx_jax.init_state) or "
                        "use the Flax layers, which keep it in the '_overwrite_with_gradient' collection")
     state = init_state(rec) if rec.telemetry else {}
-  out, state_out = _qdot_jit(lhs, rhs, state, dn, rec, out_dtype)
+  out, state_out = _qdot_jit(lhs, rhs, state, dn, rec, out_dtype, out_sharding)
   return (out, state_out) if return_state else out
 
 
-_qdot_jit = jax.jit(_qdot, static_argnums=(3, 4, 5))
+_qdot_jit = jax.jit(_qdot, static_argnums=(3, 4, 5, 6))
 
 
 def dot_general(rec: Recipe | str):
@@ -520,8 +545,8 @@ class RecipeDotGeneral:
   recipe: Recipe
 
   def __call__(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kwargs):
-    kwargs.pop("out_sharding", None)
+    out_sharding = kwargs.pop("out_sharding", None)
     if kwargs:
       raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}")
     return quantized_dot_general(lhs, rhs, dimension_numbers, self.recipe, None, precision,
-                                 preferred_element_type)
+                                 preferred_element_type, out_sharding=out_sharding)

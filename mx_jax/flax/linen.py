@@ -44,11 +44,12 @@ class MxDotGeneral(nn.Module):
 
   @nn.compact
   def __call__(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
-    kw.pop("out_sharding", None)
+    out_sharding = kw.pop("out_sharding", None)
     rec = get_recipe(self.recipe)
     template = init_state(rec)
     if not template:
-      return quantized_dot_general(lhs, rhs, dimension_numbers, rec, None, precision, preferred_element_type)
+      return quantized_dot_general(lhs, rhs, dimension_numbers, rec, None, precision, preferred_element_type,
+                                   out_sharding=out_sharding)
     flat = {name: self.variable(OVERWRITE_WITH_GRADIENT, name, lambda v=v: v).value
             for name, v in _flat_names(template).items()}
     # A layer called twice in one step (weight sharing) threads its state from the earlier call, so the
@@ -57,7 +58,8 @@ class MxDotGeneral(nn.Module):
     if state is None:
       state = _unflat(flat, template)
     out, state_out = quantized_dot_general(lhs, rhs, dimension_numbers, rec, state, precision,
-                                           preferred_element_type, return_state=True)
+                                           preferred_element_type, return_state=True,
+                                           out_sharding=out_sharding)
     _thread(self, state_out)
     if self.is_mutable_collection(OVERWRITE_WITH_GRADIENT) and not self.is_initializing():
       # Same values (a pass-through), written so that a transform *carrying* the collection

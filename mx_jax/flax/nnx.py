@@ -34,11 +34,11 @@ class MxDotGeneral(nnx.Module):
     self.state = nnx.data({k: {k2: QuantState(v2) for k2, v2 in v.items()} for k, v in tmpl.items()})
 
   def __call__(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
-    kw.pop("out_sharding", None)
+    out_sharding = kw.pop("out_sharding", None)
     state = {k: {k2: v2[...] for k2, v2 in v.items()} for k, v in self.state.items()} or None
     if state is None:
       return quantized_dot_general(lhs, rhs, dimension_numbers, self.recipe, None, precision,
-                                   preferred_element_type)
+                                   preferred_element_type, out_sharding=out_sharding)
     # Called again under the same transformation trace (a reused layer inside one grad): thread the
     # state from the earlier call so the amax "gradients" of the uses merge by max, not sum.
     trace = jax_core.trace_ctx.trace
@@ -46,7 +46,8 @@ class MxDotGeneral(nnx.Module):
     if entry is not None and entry[0] is trace:
       state = entry[1]
     out, state_out = quantized_dot_general(lhs, rhs, dimension_numbers, self.recipe, state, precision,
-                                           preferred_element_type, return_state=True)
+                                           preferred_element_type, return_state=True,
+                                           out_sharding=out_sharding)
     if not isinstance(trace, jax_core.EvalTrace):  # eager calls are separate steps: never threaded
       _THREADS[self] = (trace, state_out)
     return out
