@@ -9,16 +9,13 @@ its large arrays (>= 1M elements) the compiled HLO keeps in a non-row-major layo
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from benchmarks.profile_util import top_kernels
+from benchmarks.profile_util import file_logger, top_kernels
 from mx_jax import mx_block
 
 _ORIG_BLOCK_MAX = mx_block._block_max
@@ -80,19 +77,8 @@ def run(log, name, recipe, layers, exclude, time_layers=0, iters=10):
     rows, total = top_kernels(lambda s, t: compiled(s, t)[1], st, tok, calls=3, n=400)
     wall = None
     if time_layers:
-      model = GPT(layers=time_layers)
-      step, st, _ = make_train_step(recipe, model, tok, exclude)
-      step = jax.jit(step, donate_argnums=0)
-      for _ in range(3):
-        st, loss = step(st, tok)
-      jax.block_until_ready(loss)
-      ts = []
-      for _ in range(iters):
-        t0 = time.perf_counter()
-        st, loss = step(st, tok)
-        jax.block_until_ready(loss)
-        ts.append(time.perf_counter() - t0)
-      wall = 1e3 * statistics.median(ts)
+      from benchmarks.bench_train_step import time_recipe
+      wall = time_recipe(recipe, GPT(layers=time_layers), tok, 3, iters, exclude)["median_ms"]
   finally:
     mx_block._block_max = _ORIG_BLOCK_MAX
     for k, v in saved.items():
@@ -114,15 +100,7 @@ def main():
   p.add_argument("--iters", type=int, default=10)
   p.add_argument("--out", default=None)
   a = p.parse_args()
-  path = os.path.join(a.out, "layouts.log") if a.out else None
-
-  def log(s):
-    print(s, flush=True)
-    if path:
-      with open(path, "a") as f:
-        f.write(s + "\n")
-
-  log(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS')}")
+  log = file_logger(a.out, "layouts.log")
   base = run(log, "current", "bf16", a.layers, [], a.time_layers, a.iters)
   for v in a.variants.split(","):
     w = run(log, v, "mxfp8", a.layers, ["embed", "head", "*attn"], a.time_layers, a.iters)

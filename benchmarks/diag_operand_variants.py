@@ -11,13 +11,12 @@ floor) and the two block-amax reductions alone. Part 3: every kernel of a 2-laye
 from __future__ import annotations
 
 import argparse
-import os
 import re
 
 import jax
 import jax.numpy as jnp
 
-from benchmarks.profile_util import top_kernels
+from benchmarks.profile_util import file_logger, top_kernels
 from mx_jax import _bits, formats as F, mx_block
 from mx_jax._blocks import to_blocks
 
@@ -101,15 +100,7 @@ def main():
   p.add_argument("--min-us", type=float, default=10.0, help="part 3")
   p.add_argument("--out", default=None)
   a = p.parse_args()
-  path = os.path.join(a.out, "operand_variants.log") if a.out else None
-
-  def log(s):
-    print(s, flush=True)
-    if path:
-      with open(path, "a") as f:
-        f.write(s + "\n")
-
-  log(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS')}")
+  log = file_logger(a.out, "operand_variants.log")
   if "1" in a.parts.split(","):
     part1(log)
   if "3" in a.parts.split(","):

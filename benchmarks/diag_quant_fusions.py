@@ -11,7 +11,6 @@ its HLO instruction (with the JAX source location in its metadata) and its fused
 from __future__ import annotations
 
 import argparse
-import os
 import re
 
 import jax
@@ -19,7 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 
 import mx_jax
-from benchmarks.profile_util import median_ms
+from benchmarks.profile_util import file_logger, median_ms
 from mx_jax import _bits
 from mx_jax._blocks import to_blocks
 from mx_jax.dot import quantize_operand
@@ -126,15 +125,7 @@ def main():
   p.add_argument("--hlo-max", type=int, default=6)
   p.add_argument("--out", default=None)
   a = p.parse_args()
-  path = os.path.join(a.out, "diag_quant_fusions.log") if a.out else None
-
-  def log(s):
-    print(s, flush=True)
-    if path:
-      with open(path, "a") as f:
-        f.write(s + "\n")
-
-  log(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
+  log = file_logger(a.out, "diag_quant_fusions.log")
   if "1" in a.parts.split(","):
     part1(log)
   if "2" in a.parts.split(","):

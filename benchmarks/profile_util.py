@@ -16,6 +16,20 @@ import time
 import jax
 
 
+def file_logger(out_dir, name):
+  """log(line): print it and, when ``out_dir`` is given, append it to ``out_dir/name``; the header line first."""
+  path = os.path.join(out_dir, name) if out_dir else None
+
+  def log(s):
+    print(s, flush=True)
+    if path:
+      with open(path, "a") as f:
+        f.write(s + "\n")
+
+  log(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS')}")
+  return log
+
+
 def median_ms(fn, *args, iters: int = 20, warmup: int = 1) -> float:
   """Median wall milliseconds of ``fn(*args)`` (``block_until_ready`` each call) after ``warmup`` calls."""
   for _ in range(warmup):
