@@ -11,12 +11,13 @@ floor) and the two block-amax reductions alone. Part 3: every kernel of a 2-laye
 from __future__ import annotations
 
 import argparse
+import math
 import re
 
 import jax
 import jax.numpy as jnp
 
-from benchmarks.profile_util import file_logger, top_kernels
+from benchmarks.profile_util import file_logger, hlo_instruction, top_kernels
 from mx_jax import _bits, formats as F, mx_block
 from mx_jax._blocks import to_blocks
 
@@ -59,22 +60,20 @@ def part1(log):
 
 
 def _summary(text, name):
-  """One line for the HLO instruction behind a profiler kernel name: its shape, operands and op_name."""
-  pat = re.sub(r"_(\d+)$", r"[._]\1", re.escape(name))
-  m = re.search(rf"^\s*(?:ROOT )?%?{pat} = (.*)$", text, re.M)
-  if not m:
+  """One line for the HLO instruction behind a profiler kernel name: its shape, largest operands and op_name."""
+  line, body = hlo_instruction(text, name)
+  if line is None:
     return "(not found)"
-  line = m.group(1)
+  line = line.split(" = ", 1)[1]
   shape = line.split(" fusion(")[0].split(" custom-call(")[0][:160]
   op = re.search(r'op_name="([^"]*)"', line)
   body_n, ops = 0, []
-  c = re.search(r"calls=%?([\w.\-]+)", line)
-  if c:
-    b = re.search(rf"^%?{re.escape(c.group(1))} (\(.*?\)) -> .*?^}}", text, re.M | re.S)
-    if b:
-      body_n = b.group(0).count("\n")
-      ops = re.findall(r"\b[a-z0-9]+\[[\d,]*\]", b.group(1))
-  big = sorted(ops, key=lambda t: -eval("*".join(t.split("[")[1][:-1].split(",")) or "1"))[:3]
+  sig = re.match(r"%?\S+ (\(.*?\)) -> ", body) if body else None
+  if sig:
+    body_n = body.count("\n")
+    ops = re.findall(r"\b[a-z0-9]+\[[\d,]*\]", sig.group(1))
+  size = lambda t: math.prod(int(d) for d in t.split("[")[1][:-1].split(",") if d)  # noqa: E731
+  big = sorted(ops, key=lambda t: -size(t))[:3]
   return f"{shape} <- {' '.join(big)}; {body_n} ops; {op.group(1)[-90:] if op else ''}"
 
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 
 import mx_jax
-from benchmarks.profile_util import file_logger, median_ms
+from benchmarks.profile_util import file_logger, hlo_instruction, median_ms
 from mx_jax import _bits
 from mx_jax._blocks import to_blocks
 from mx_jax.dot import quantize_operand
@@ -73,19 +73,10 @@ def part1(log):
 
 
 def _fusion_hlo(text: str, name: str) -> str:
-  # The profiler writes "fusion_2" for the HLO instruction "fusion.2".
-  pat = re.sub(r"_(\d+)$", r"[._]\1", re.escape(name))
-  m = re.search(rf"^\s*(ROOT )?%?{pat} = .*$", text, re.M)
-  if not m:
+  line, body = hlo_instruction(text, name)
+  if line is None:
     return f"  (instruction {name} not found)"
-  line = m.group(0).strip()
-  out = [line[:3000]]
-  c = re.search(r"calls=%?([\w.\-]+)", line)
-  if c:
-    body = re.search(rf"^%?{re.escape(c.group(1))} .*?^}}", text, re.M | re.S)
-    if body:
-      out.append(body.group(0)[:12000])
-  return "\n".join(out)
+  return "\n".join([line[:3000]] + ([body[:12000]] if body else []))
 
 
 def part2(log, layers, recipe, exclude_attn, top, hlo_grep=None, hlo_max=6):

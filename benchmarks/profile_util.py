@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import glob
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -28,6 +29,20 @@ def file_logger(out_dir, name):
 
   log(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS')}")
   return log
+
+
+def hlo_instruction(text: str, name: str):
+  """(the compiled HLO line of the instruction behind profiler kernel ``name``, the text of the computation it
+  calls) from ``compiled.as_text()``; None for what is not there. The profiler writes "fusion_2" for the HLO
+  instruction "fusion.2"."""
+  pat = re.sub(r"_(\d+)$", r"[._]\1", re.escape(name))
+  m = re.search(rf"^\s*(?:ROOT )?%?{pat} = .*$", text, re.M)
+  if not m:
+    return None, None
+  line = m.group(0).strip()
+  c = re.search(r"calls=%?([\w.\-]+)", line)
+  body = re.search(rf"^%?{re.escape(c.group(1))} .*?^}}", text, re.M | re.S) if c else None
+  return line, body.group(0) if body else None
 
 
 def median_ms(fn, *args, iters: int = 20, warmup: int = 1) -> float:
