@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental.layout import Layout, with_layout_constraint
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mx_jax import _bits, fp8_tensor, mx_block, nvfp4, scaling, telemetry
@@ -399,7 +400,6 @@ def _pinned(x: jax.Array, where: str) -> jax.Array:
   """
   if where not in PIN_OPERAND_LAYOUT.split(",") or x.ndim < 2 or jax.default_backend() not in _PIN_BACKENDS:
     return x
-  from jax.experimental.layout import Layout, with_layout_constraint
   return with_layout_constraint(x, Layout(tuple(range(x.ndim))))
 
 
@@ -497,6 +497,9 @@ def quantized_dot_general(lhs, rhs, dimension_numbers, rec: Recipe | str, state:
     raise TypeError(f"return_state must be a bool; got {type(return_state).__name__}")
   if state is not None and not isinstance(state, Mapping):
     raise TypeError(f"state must be a dict from mx_jax.init_state (or None); got {type(state).__name__}")
+  if out_sharding is not None and not isinstance(out_sharding, (NamedSharding, PartitionSpec)):
+    raise TypeError(f"out_sharding must be a NamedSharding, a PartitionSpec or None; got "
+                    f"{type(out_sharding).__name__}")
   rec = get_recipe(rec)
   for name, v in (("lhs", lhs), ("rhs", rhs)):
     if not jnp.issubdtype(jnp.asarray(v).dtype, jnp.floating):
