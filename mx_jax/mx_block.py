@@ -30,6 +30,11 @@ def _frac_bits_of(v: float) -> int:
 def shared_exponent(amax_bits: jax.Array, elem: ElemFormat, scale_mode: str) -> jax.Array:
   """Unbiased E8M0 exponent e (int32, in [-127, 127]) from |amax| bits (finite)."""
   fl, frac = _bits.frexp_bits(amax_bits)
+  return _exponent_of(fl, frac, elem, scale_mode)
+
+
+def _exponent_of(fl: jax.Array, frac: jax.Array, elem: ElemFormat, scale_mode: str) -> jax.Array:
+  """shared_exponent from the amax's floor(log2) ``fl`` and 23-bit normalised fraction ``frac``."""
   if scale_mode == "floor":
     e = fl - elem.emax
   elif scale_mode == "ceil":
@@ -67,14 +72,39 @@ def _block_max(ab: jax.Array, ax: int) -> jax.Array:
   return jnp.max(ab, axis=ax, keepdims=True)
 
 
+# Block exponent of a block holding NaN or Inf: above every real one (<= 127), so the block max keeps it.
+NONFINITE_E = 255
+
+
+def element_exponent(ab: jax.Array, elem: ElemFormat, scale_mode: str) -> jax.Array:
+  """shared_exponent of each element's own |x| bits ``ab`` (NONFINITE_E for NaN/Inf), elementwise.
+
+  shared_exponent is non-decreasing in the amax, so a block's max of these equals shared_exponent(block amax)
+  (tested). For emax >= 1 FP32 subnormals skip frexp's count-leading-zeros: they clamp to -127 either way.
+  """
+  if elem.emax >= 1:  # a zero or subnormal |x| read as 2^-127 * (1 + frac): every mode then gives e <= -127
+    e = _exponent_of((ab >> 23) - 127, ab & 0x7FFFFF, elem, scale_mode)
+  else:
+    e = shared_exponent(jnp.where(_bits.is_nonfinite_bits(ab), 0, ab), elem, scale_mode)
+  return jnp.where(_bits.is_nonfinite_bits(ab), NONFINITE_E, e)
+
+
 def _fast_blocks(x: jax.Array, elem: ElemFormat, axis: int, bs: int, scale_mode: str):
-  """(blocked element values as float32, blocked exponent e, non-finite-block mask) by FPU rounding."""
+  """(blocked element values as float32, blocked exponent e, non-finite-block mask, per-block exponent with
+  NONFINITE_E) by FPU rounding.
+
+  The block exponent is the block max of ``element_exponent`` (one reduction, no per-block epilogue kernel).
+  Broadcast back, it passes through ``min(e, NONFINITE_E + biased exponent of x)`` -- the same e, but
+  element-dependent, so XLA cannot hoist the NaN-block test out of the quantization fusion into a per-block
+  kernel of its own (2 launches less per tensor on XLA:GPU, benchmarks/aot_gpu.py).
+  """
   xb = to_blocks(x.astype(jnp.float32), axis, bs)
   ab = _bits.abs_bits(xb)
-  amax = _block_max(ab, axis + 1)
-  bad = _bits.is_nonfinite_bits(amax)
-  e = shared_exponent(jnp.where(bad, 0, amax), elem, scale_mode)
-  return _bits.round_to_elem_rne_fast(_bits.mul_pow2(xb, -e), elem), e, bad
+  eb = _block_max(element_exponent(ab, elem, scale_mode), axis + 1)
+  ef = jnp.minimum(eb, (ab >> 23) + NONFINITE_E)
+  bad = ef == NONFINITE_E
+  e = jnp.where(bad, 0, ef)
+  return _bits.round_to_elem_rne_fast(_bits.mul_pow2(xb, -e), elem), e, bad, eb
 
 
 def mx_fake_quantize_fast(x: jax.Array, elem: ElemFormat, axis: int, bs: int, scale_mode: str) -> jax.Array:
@@ -84,14 +114,14 @@ def mx_fake_quantize_fast(x: jax.Array, elem: ElemFormat, axis: int, bs: int, sc
   ``mx_dequantize_blocks(*mx_quantize_blocks(...))`` for inputs without FP32 subnormals; with them, a
   backend that flushes subnormals (XLA:CPU) may give zeros where the exact path gives tiny values.
   """
-  v, e, bad = _fast_blocks(x, elem, axis, bs, scale_mode)
+  v, e, bad, _ = _fast_blocks(x, elem, axis, bs, scale_mode)
   return from_blocks(jnp.where(bad, jnp.nan, _bits.mul_pow2(v, e)), axis)
 
 
 def mx_quantize_fast(x: jax.Array, elem: ElemFormat, axis: int, bs: int, scale_mode: str):
   """(elements in ``elem``'s dtype, padded along axis; E8M0 scales) with the fast path's rounding (RNE)."""
-  v, e, bad = _fast_blocks(x, elem, axis, bs, scale_mode)
-  sb = jnp.squeeze(jnp.where(bad, E8M0_NAN, e + E8M0_BIAS), axis + 1)
+  v, _, bad, eb = _fast_blocks(x, elem, axis, bs, scale_mode)
+  sb = jnp.squeeze(jnp.where(eb == NONFINITE_E, E8M0_NAN, eb + E8M0_BIAS), axis + 1)
   return from_blocks(jnp.where(bad, 0.0, v), axis).astype(elem.dtype), scale_bytes_to_e8m0(sb)
 
 

@@ -48,3 +48,32 @@ def test_block_max_halving_is_exact():
     bits[1, -1, 1] = 0x7F800000  # Inf
     got = np.asarray(_block_max(jnp.asarray(bits), 1))
     np.testing.assert_array_equal(got, bits.max(axis=1, keepdims=True))
+
+
+def _abs_patterns():
+  """Every bf16 |x| pattern as float32 bits (zero, subnormals, normals, Inf, NaNs), and float32 neighbours of
+  every binade boundary and of each format's max_normal (where ceil/rceil/even change their answer)."""
+  ab = np.arange(32768, dtype=np.int64) << 16
+  edges = (np.arange(256, dtype=np.int64) << 23)[:, None] + np.array([-1, 0, 1, 0x7FFFFF, 0x400000])
+  maxes = np.array([np.float32(F.FORMATS[f].elem.max_normal).view(np.int32) for f in F.FORMATS
+                    if F.FORMATS[f].kind == "mx"], np.int64)[:, None] + np.arange(-3, 4)
+  rng = np.random.default_rng(1)
+  allv = np.concatenate([ab, edges.ravel(), maxes.ravel(), rng.integers(0, 0x7FFFFFFF, 20000)])
+  return np.unique(np.clip(allv, 0, 0x7FFFFFFF)).astype(np.int32)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1", "mxint8"])
+def test_block_exponent_is_max_of_element_exponents(fmt):
+  """The operand path takes a block's exponent as the max of each element's own (mx_block.element_exponent).
+  That equals shared_exponent(block amax) because shared_exponent is non-decreasing in the amax bits and
+  element_exponent equals it on every finite |x|, FP32 subnormals included (checked on a sorted sweep), and
+  NaN/Inf give a value above every finite one."""
+  el = F.FORMATS[fmt].elem
+  ab = _abs_patterns()  # sorted
+  finite = ab < 0x7F800000
+  for mode in mx_block.SCALE_MODES:
+    ref = np.asarray(mx_block.shared_exponent(jnp.asarray(ab[finite]), el, mode))
+    got = np.asarray(mx_block.element_exponent(jnp.asarray(ab), el, mode))
+    np.testing.assert_array_equal(got[finite], ref, err_msg=f"{fmt} {mode}")
+    assert np.all(np.diff(ref) >= 0), (fmt, mode, "shared_exponent not monotone")
+    assert np.all(got[~finite] == mx_block.NONFINITE_E) and ref.max() < mx_block.NONFINITE_E
