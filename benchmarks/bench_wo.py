@@ -261,7 +261,8 @@ def main():
   p.add_argument("--k", type=int, default=8192)
   p.add_argument("--n", type=int, default=8192)
   p.add_argument("--anchors", default="16,128", help="Ms where every candidate config runs")
-  p.add_argument("--cands", default="all", help="'all' or a count: the first N of wo_triton.CANDIDATES")
+  p.add_argument("--cands", default="all",
+                 help="'all', a count (the first N of wo_triton.CANDIDATES) or indices into it ('0,2,12')")
   p.add_argument("--top", type=int, default=2, help="configs carried from the nearest anchor to other Ms")
   p.add_argument("--exact-extra", default="mxfp8_e5m2,mxfp6_e3m2",
                  help="formats given the exactness check only (not timed)")
@@ -271,7 +272,12 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     LOG_PATH = os.path.join(args.out, "bench_wo.log")
     open(LOG_PATH, "w").close()
-  cands = list(wt.CANDIDATES if args.cands == "all" else wt.CANDIDATES[:int(args.cands)])
+  if args.cands == "all":
+    cands = list(wt.CANDIDATES)
+  elif "," in args.cands:
+    cands = [wt.CANDIDATES[int(i)] for i in args.cands.split(",")]
+  else:
+    cands = list(wt.CANDIDATES[:int(args.cands)])
   ms = [int(v) for v in args.ms.split(",")]
   anchors = [int(v) for v in args.anchors.split(",")]
   k, n = args.k, args.n

@@ -172,6 +172,11 @@ CANDIDATES = (
     WOConfig(64, 256, 1, 4, 6, "elem", "xw", decode="asm"),
     WOConfig(64, 256, 1, 8, 4, "elem", "xw", decode="asm"),
     WOConfig(32, 512, 1, 4, 4, "elem", "xw", decode="asm"),
+    # Not yet timed (session 6, offline SASS at M = 16): with W as the wgmma A operand x is read by the tensor
+    # core from SMEM, not through 32 LDS.64 + ~90 register moves per step: MXFP8 622 loop instructions per
+    # 256-deep step and warp against 706 for "xw" (MXFP4 asm: 728 vs 694, its decode needs more PRMTs there).
+    WOConfig(64, 256, 1, 4, 4, "elem", "wt"),
+    WOConfig(64, 256, 2, 4, 4, "elem", "wt"),                  # 2 CTAs per SM
 )
 
 

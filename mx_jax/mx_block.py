@@ -59,51 +59,36 @@ def e8m0_to_bytes(s: jax.Array) -> jax.Array:
 
 
 def _block_max(ab: jax.Array, ax: int) -> jax.Array:
-  """max over axis ``ax`` (keepdims), halved first by an elementwise max of its even and odd elements.
+  """max over axis ``ax`` (keepdims), written as a ``reduce_window`` whose window is the whole axis.
 
-  Same result; the point is XLA:GPU's fusion. A reduction over the full block and the elementwise quantization
-  of the *same tensor blocked along another axis* have equal element counts, and XLA multi-output-fuses them into
-  one row-reduction kernel that ran the other blocking's quantization at a few % of bandwidth (3.8 ms per GPT
-  layer on an H100, BENCHMARKS.md). Reducing a half-size array makes the two fusions incompatible.
+  Same result as ``jnp.max``; the point is XLA:GPU's emitters. As a reduce, the max over a contiguous 32-element
+  block became a row-reduction kernel running at ~1.5 TB/s, and (once) a multi-output row reduction that also
+  ran the other blocking's quantization at a few % of bandwidth. As a window it is a loop kernel (~2.3 TB/s):
+  the 12-layer mxfp8 train step went from 1.311x to 1.266x bf16 on the H100 (BENCHMARKS.md, issue 3).
   """
   n = ab.shape[ax]
-  if n >= 4 and n % 2 == 0:
-    ab = jnp.maximum(lax.slice_in_dim(ab, 0, n, 2, axis=ax), lax.slice_in_dim(ab, 1, n, 2, axis=ax))
-  return jnp.max(ab, axis=ax, keepdims=True)
+  dims = [1] * ab.ndim
+  dims[ax] = n
+  return lax.reduce_window(ab, jnp.array(jnp.iinfo(ab.dtype).min, ab.dtype), lax.max, dims, dims, "VALID")
 
 
-# Block exponent of a block holding NaN or Inf: above every real one (<= 127), so the block max keeps it.
+# Block exponent of a block holding NaN or Inf: above every real one (<= 127).
 NONFINITE_E = 255
-
-
-def element_exponent(ab: jax.Array, elem: ElemFormat, scale_mode: str) -> jax.Array:
-  """shared_exponent of each element's own |x| bits ``ab`` (NONFINITE_E for NaN/Inf), elementwise.
-
-  shared_exponent is non-decreasing in the amax, so a block's max of these equals shared_exponent(block amax)
-  (tested). For emax >= 1 FP32 subnormals skip frexp's count-leading-zeros: they clamp to -127 either way.
-  """
-  if elem.emax >= 1:  # a zero or subnormal |x| read as 2^-127 * (1 + frac): every mode then gives e <= -127
-    e = _exponent_of((ab >> 23) - 127, ab & 0x7FFFFF, elem, scale_mode)
-  else:
-    e = shared_exponent(jnp.where(_bits.is_nonfinite_bits(ab), 0, ab), elem, scale_mode)
-  return jnp.where(_bits.is_nonfinite_bits(ab), NONFINITE_E, e)
 
 
 def _fast_blocks(x: jax.Array, elem: ElemFormat, axis: int, bs: int, scale_mode: str):
   """(blocked element values as float32, blocked exponent e, non-finite-block mask, per-block exponent with
-  NONFINITE_E) by FPU rounding.
+  NONFINITE_E) by FPU rounding: block amax (one reduction), e = shared_exponent(amax), x * 2^-e rounded.
 
-  The block exponent is the block max of ``element_exponent`` (one reduction, no per-block epilogue kernel).
-  Broadcast back, it passes through ``min(e, NONFINITE_E + biased exponent of x)`` -- the same e, but
-  element-dependent, so XLA cannot hoist the NaN-block test out of the quantization fusion into a per-block
-  kernel of its own (2 launches less per tensor on XLA:GPU, benchmarks/aot_gpu.py).
+  Measured on the H100 (BENCHMARKS.md, issue 3 session 6) against taking the block max of per-element
+  exponents (one reduction as well, no per-block kernel): this form's 2-layer train step is 367 us faster.
   """
   xb = to_blocks(x.astype(jnp.float32), axis, bs)
   ab = _bits.abs_bits(xb)
-  eb = _block_max(element_exponent(ab, elem, scale_mode), axis + 1)
-  ef = jnp.minimum(eb, (ab >> 23) + NONFINITE_E)
-  bad = ef == NONFINITE_E
-  e = jnp.where(bad, 0, ef)
+  amax = _block_max(ab, axis + 1)
+  bad = _bits.is_nonfinite_bits(amax)
+  e = shared_exponent(jnp.where(bad, 0, amax), elem, scale_mode)
+  eb = jnp.where(bad, NONFINITE_E, e)
   return _bits.round_to_elem_rne_fast(_bits.mul_pow2(xb, -e), elem), e, bad, eb
 
 

@@ -36,18 +36,20 @@ def test_fast_path_is_bit_identical(fmt):
     assert np.sum(same) > 0.99 * same.size
 
 
-def test_block_max_halving_is_exact():
-  """mx_block._block_max (even/odd max, then a half-size reduce: a fusion-shape device) equals a plain max for
-  every block length, NaN/Inf bit patterns included."""
-  import numpy as np
+@pytest.mark.parametrize("dtype", [np.uint32, np.int32])
+def test_block_max_window_is_exact(dtype):
+  """mx_block._block_max (a reduce_window over the whole block axis: XLA:GPU emits a loop kernel, not a row
+  reduction) equals a plain max for every block length and axis position, NaN/Inf bit patterns included,
+  for the unsigned and signed bit types the paths use."""
   from mx_jax.mx_block import _block_max
   rng = np.random.default_rng(0)
   for n in (1, 2, 3, 4, 6, 16, 32):
-    bits = rng.integers(0, 2 ** 31, size=(5, n, 7), dtype=np.uint32)
+    bits = rng.integers(0, 2 ** 31, size=(5, n, 7)).astype(dtype)
     bits[0, 0, 0] = 0x7FC00000  # NaN
     bits[1, -1, 1] = 0x7F800000  # Inf
-    got = np.asarray(_block_max(jnp.asarray(bits), 1))
-    np.testing.assert_array_equal(got, bits.max(axis=1, keepdims=True))
+    for ax in (0, 1, 2):
+      got = np.asarray(_block_max(jnp.asarray(bits), ax))
+      np.testing.assert_array_equal(got, bits.max(axis=ax, keepdims=True), err_msg=f"n={n} axis={ax}")
 
 
 def _abs_patterns():
@@ -64,16 +66,17 @@ def _abs_patterns():
 
 @pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1", "mxint8"])
 def test_block_exponent_is_max_of_element_exponents(fmt):
-  """The operand path takes a block's exponent as the max of each element's own (mx_block.element_exponent).
-  That equals shared_exponent(block amax) because shared_exponent is non-decreasing in the amax bits and
-  element_exponent equals it on every finite |x|, FP32 subnormals included (checked on a sorted sweep), and
-  NaN/Inf give a value above every finite one."""
+  from benchmarks.diag_layouts import element_exponent
+  """benchmarks.diag_layouts' "elem_exp_max" variant (timed against the shipped path) takes a block's exponent
+  as the max of each element's own (element_exponent). It computes the same values only if element_exponent
+  equals shared_exponent on every finite |x| (FP32 subnormals included), shared_exponent is non-decreasing in
+  the amax bits (checked on a sorted sweep), and NaN/Inf give a value above every finite one."""
   el = F.FORMATS[fmt].elem
   ab = _abs_patterns()  # sorted
   finite = ab < 0x7F800000
   for mode in mx_block.SCALE_MODES:
     ref = np.asarray(mx_block.shared_exponent(jnp.asarray(ab[finite]), el, mode))
-    got = np.asarray(mx_block.element_exponent(jnp.asarray(ab), el, mode))
+    got = np.asarray(element_exponent(jnp.asarray(ab), el, mode))
     np.testing.assert_array_equal(got[finite], ref, err_msg=f"{fmt} {mode}")
     assert np.all(np.diff(ref) >= 0), (fmt, mode, "shared_exponent not monotone")
     assert np.all(got[~finite] == mx_block.NONFINITE_E) and ref.max() < mx_block.NONFINITE_E
