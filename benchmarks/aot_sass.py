@@ -26,8 +26,10 @@ SM_CLOCK_GHZ = 1.755  # H100 SXM under sustained tensor-core load (the 8192^3 ru
 NUM_SMS = 132
 
 
-def dump_ptx(variant: str, size: int, out_dir: str) -> str:
-  """Compiles the MXFP8 x MXFP8 GEMM (size^3, default config of ``variant``) and returns its PTX path."""
+def dump_ptx(variant: str, size: int, out_dir: str, overrides: dict | None = None) -> str:
+  """Compiles the MXFP8 x MXFP8 GEMM (size^3, default config of ``variant`` with ``overrides`` of its fields)
+  and returns its PTX path."""
+  import dataclasses
   os.environ.update(MOSAIC_GPU_DUMP_PTX="1", MOSAIC_GPU_DUMP_TO=out_dir)
   import jax.numpy as jnp
   import kernels.mx_matmul_mgpu as mg
@@ -38,7 +40,10 @@ def dump_ptx(variant: str, size: int, out_dir: str) -> str:
 
   def f(a, b):
     qa, qb = quantize(a, "mxfp8_e4m3", axis=-1), quantize(b, "mxfp8_e4m3", axis=-1)
-    return mx_matmul.mx_gemm(qa, qb, out_dtype=jnp.bfloat16, variant=variant)
+    if not overrides:
+      return mx_matmul.mx_gemm(qa, qb, out_dtype=jnp.bfloat16, variant=variant)
+    base = mx_matmul.DEFAULT_FP8 if variant == "fp8" else mx_matmul.DEFAULT_BF16
+    return mx_matmul.mx_gemm(qa, qb, out_dtype=jnp.bfloat16, config=dataclasses.replace(base, **overrides))
 
   x = jnp.zeros((size, size), jnp.bfloat16)
   compile_for(h100(), f, x, x)
@@ -74,13 +79,23 @@ def main():
   p = argparse.ArgumentParser()
   p.add_argument("--variant", default="fp8")
   p.add_argument("--size", type=int, default=8192)
+  p.add_argument("--set", action="append", default=[], help="a GemmConfig field of the default, e.g. deq_slots=2")
   a = p.parse_args()
+  overrides = {k: (v if not v.lstrip("-").isdigit() else int(v)) for k, v in (kv.split("=", 1) for kv in a.set)}
+  overrides = {k: {"True": True, "False": False}.get(v, v) if isinstance(v, str) else v for k, v in overrides.items()}
   bindir = os.environ.get("CUDA13_BIN")
   if not bindir:
     raise SystemExit("set CUDA13_BIN to a directory holding CUDA 13's ptxas and nvdisasm")
   with tempfile.TemporaryDirectory() as d:
-    report, dis = sass(dump_ptx(a.variant, a.size, d), bindir)
+    report, dis = sass(dump_ptx(a.variant, a.size, d, overrides), bindir)
   print(report.strip())
+  # ptxas says so when it must serialize wgmma (e.g. register operands it cannot keep live while in flight)
+  warn = [ln for ln in report.splitlines() if "arning" in ln or "serializ" in ln]
+  print(f"ptxas warnings: {len(warn)}" + "".join(f"\n  {ln}" for ln in warn))
+  waits = collections.Counter(m.group(1) for m in re.finditer(r"WARPGROUP\.DEPBAR\.LE gsb0, (0x[0-9a-f]+)", dis))
+  print(f"wgmma waits (DEPBAR.LE gsb0, n -> count): {dict(waits)}")
+  if a.variant != "fp8":
+    return
   mix, nmma = loop_mix(dis)
   blocks = nmma
   total = sum(mix.values())

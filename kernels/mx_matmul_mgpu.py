@@ -159,6 +159,8 @@ class GemmConfig:
   epi_n: int = 64           # epilogue sub-tile width
   a_regs: bool = True       # bf16 variant: A operand from registers (False: through SMEM)
   pair: bool = False        # fp8 variant: issue two block wgmmas before promoting (overlap MMA + FFMA)
+  deq_slots: int = 1        # bf16 variant: dequantized-tile buffers per warpgroup (2: stage k+1's dequantization
+                            # overlaps stage k's wgmmas instead of waiting for them at the end of every stage)
 
   @property
   def cta_m(self):
@@ -174,7 +176,15 @@ class GemmConfig:
       s += "_areg" if self.a_regs else "_asmem"
     if self.pair:
       s += "_pair"
+    if self.deq_slots != 1:
+      s += f"_dq{self.deq_slots}"
     return s
+
+  def __post_init__(self):
+    if self.deq_slots not in (1, 2):
+      raise ValueError(f"deq_slots must be 1 or 2; got {self.deq_slots}")
+    if self.deq_slots == 2 and self.variant != "bf16":
+      raise ValueError("deq_slots=2 applies to the bf16 (dequantize-then-wgmma) variant only")
 
 
 def _epi_n(cfg: GemmConfig, out_dtype) -> int:
@@ -191,9 +201,9 @@ def gemm_smem_bytes(cfg: GemmConfig, a_elem: str = "fp8", b_elem: str = "fp8", o
            + nblk * (cfg.cta_m + cfg.cta_n) * 4)
   total = cfg.max_concurrent_steps * stage + 4 * cfg.tile_m * _epi_n(cfg, out_dtype) * jnp.dtype(out_dtype).itemsize
   if cfg.variant == "bf16":
-    total += 2 * cfg.tile_n * cfg.tile_k * 2
+    total += 2 * cfg.deq_slots * cfg.tile_n * cfg.tile_k * 2
     if not cfg.a_regs or interpret:
-      total += 2 * cfg.tile_m * cfg.tile_k * 2
+      total += 2 * cfg.deq_slots * cfg.tile_m * cfg.tile_k * 2
   return total + 1024
 
 
@@ -291,9 +301,10 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
     ignore = lambda *_, **__: None
     extra = {}
     if cfg.variant == "bf16":
-      extra["bq"] = plgpu.SMEM((2, tile_n, tile_k), bf16, transforms=_block_tiled(bf16))
+      slots = (cfg.deq_slots,) if cfg.deq_slots > 1 else ()
+      extra["bq"] = plgpu.SMEM((2, *slots, tile_n, tile_k), bf16, transforms=_block_tiled(bf16))
       if not a_regs:
-        extra["aq"] = plgpu.SMEM((2, tile_m, tile_k), bf16, transforms=_block_tiled(bf16))
+        extra["aq"] = plgpu.SMEM((2, *slots, tile_m, tile_k), bf16, transforms=_block_tiled(bf16))
 
     @functools.partial(pl.run_scoped, allocs=pipeline(ignore, ignore).get_allocations(a_g, b_g, sa_g, sb_g),
                        collective_axes="wg", **extra)
@@ -364,11 +375,20 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
           def ctx(run):
             def scope(acc_ref):
               run(acc_ref)
+              if cfg.deq_slots > 1:
+                plgpu.wgmma_wait(0)  # the last stage's wgmmas are still in flight
               return acc_ref[...]
             epilogue(pl.run_scoped(scope, plgpu.ACC((tile_m, tile_n), jnp.float32)))
 
-          def body(_, a_s, b_s, sa_s, sb_s, acc_ref):
-            bq_w = bq.at[wg]
+          def body(idx, a_s, b_s, sa_s, sb_s, acc_ref):
+            bq_w, aq_w = bq.at[wg], (None if a_regs else aq.at[wg])
+            if cfg.deq_slots > 1:
+              # Slot k % 2 was last read by stage k - 2's wgmmas: wait until at most stage k - 1's (one group
+              # per 32-block) are in flight, then overwrite it while those run.
+              plgpu.wgmma_wait(nblk)
+              slot = lax.rem(idx[0], 2)
+              bq_w = bq_w.at[slot]
+              aq_w = None if a_regs else aq_w.at[slot]
             b_scale = lambda i: plgpu.load(sb_s.at[i, wg_n], layout=plgpu.Layout.WGMMA.reduce(1))
             for off, bt in dequant_blocks(b_s.at[wg_n], b_elem, tile_k, b_scale):
               bq_w.at[:, pl.ds(off, BLOCK)][...] = bt
@@ -379,13 +399,14 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
               if a_regs:
                 plgpu.wgmma(acc_ref, at, bq_w.at[:, pl.ds(off, BLOCK)].T)
               else:
-                aq.at[wg, :, pl.ds(off, BLOCK)][...] = at
+                aq_w.at[:, pl.ds(off, BLOCK)][...] = at
                 offs.append(off)
             if not a_regs:
               plgpu.commit_smem()
               for off in offs:
-                plgpu.wgmma(acc_ref, aq.at[wg, :, pl.ds(off, BLOCK)], bq_w.at[:, pl.ds(off, BLOCK)].T)
-            plgpu.wgmma_wait(0)
+                plgpu.wgmma(acc_ref, aq_w.at[:, pl.ds(off, BLOCK)], bq_w.at[:, pl.ds(off, BLOCK)].T)
+            if cfg.deq_slots == 1:
+              plgpu.wgmma_wait(0)
             return acc_ref
 
         pipeline(body, ctx)(
