@@ -58,18 +58,33 @@ def e8m0_to_bytes(s: jax.Array) -> jax.Array:
   return lax.bitcast_convert_type(s, jnp.uint8)
 
 
-def _block_max(ab: jax.Array, ax: int) -> jax.Array:
-  """max over axis ``ax`` (keepdims), written as a ``reduce_window`` whose window is the whole axis.
-
-  Same result as ``jnp.max``; the point is XLA:GPU's emitters. As a reduce, the max over a contiguous 32-element
-  block became a row-reduction kernel running at ~1.5 TB/s, and (once) a multi-output row reduction that also
-  ran the other blocking's quantization at a few % of bandwidth. As a window it is a loop kernel (~2.3 TB/s):
-  the 12-layer mxfp8 train step went from 1.311x to 1.266x bf16 on the H100 (BENCHMARKS.md, issue 3).
-  """
+def _window_block_max(ab: jax.Array, ax: int) -> jax.Array:
+  """max over axis ``ax`` (keepdims) as a ``reduce_window`` whose window is the whole axis."""
   n = ab.shape[ax]
   dims = [1] * ab.ndim
   dims[ax] = n
   return lax.reduce_window(ab, jnp.array(jnp.iinfo(ab.dtype).min, ab.dtype), lax.max, dims, dims, "VALID")
+
+
+def _halving_block_max(ab: jax.Array, ax: int) -> jax.Array:
+  """max over axis ``ax`` (keepdims): an elementwise max of its even and odd elements, then a half-size reduce."""
+  n = ab.shape[ax]
+  if n >= 4 and n % 2 == 0:
+    ab = jnp.maximum(lax.slice_in_dim(ab, 0, n, 2, axis=ax), lax.slice_in_dim(ab, 1, n, 2, axis=ax))
+  return jnp.max(ab, axis=ax, keepdims=True)
+
+
+def _block_max(ab: jax.Array, ax: int) -> jax.Array:
+  """max over the block axis ``ax`` (keepdims), in the form each backend's emitter runs fastest (same values).
+
+  CUDA: a ``reduce_window``. XLA:GPU emits it as a loop kernel (~2.3 TB/s), where a reduce over a contiguous
+  32-element block became a row-reduction kernel (~1.5 TB/s) and once a multi-output row reduction that also
+  ran the other blocking's quantization at a few % of bandwidth; the 12-layer mxfp8 train step went from 1.311x
+  to 1.266x bf16 on the H100 (BENCHMARKS.md, issue 3). Elsewhere the halving reduce, which XLA:CPU runs ~1.4x
+  faster than the window. Chosen at lowering time by the platform actually lowered for.
+  """
+  return lax.platform_dependent(ab, cuda=lambda v: _window_block_max(v, ax),
+                                default=lambda v: _halving_block_max(v, ax))
 
 
 # Block exponent of a block holding NaN or Inf: above every real one (<= 127).

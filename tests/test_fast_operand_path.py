@@ -1,5 +1,6 @@
 """The GEMM-operand MX path (float scaling + FPU rounding) gives the same bits as the exact integer path
 for every bf16 input pattern that is not an FP32 subnormal (where flushing backends may differ)."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -36,20 +37,30 @@ def test_fast_path_is_bit_identical(fmt):
     assert np.sum(same) > 0.99 * same.size
 
 
+@pytest.mark.parametrize("form", ["_block_max", "_window_block_max", "_halving_block_max"])
 @pytest.mark.parametrize("dtype", [np.uint32, np.int32])
-def test_block_max_window_is_exact(dtype):
-  """mx_block._block_max (a reduce_window over the whole block axis: XLA:GPU emits a loop kernel, not a row
-  reduction) equals a plain max for every block length and axis position, NaN/Inf bit patterns included,
-  for the unsigned and signed bit types the paths use."""
-  from mx_jax.mx_block import _block_max
+def test_block_max_forms_are_exact(form, dtype):
+  """Each form of the block max (the platform dispatcher, the reduce_window that CUDA gets, the halving reduce
+  other backends get) equals a plain max for every block length and axis position, NaN/Inf bit patterns
+  included, for the unsigned and signed bit types the paths use."""
+  fn = getattr(mx_block, form)
   rng = np.random.default_rng(0)
   for n in (1, 2, 3, 4, 6, 16, 32):
     bits = rng.integers(0, 2 ** 31, size=(5, n, 7)).astype(dtype)
     bits[0, 0, 0] = 0x7FC00000  # NaN
     bits[1, -1, 1] = 0x7F800000  # Inf
     for ax in (0, 1, 2):
-      got = np.asarray(_block_max(jnp.asarray(bits), ax))
-      np.testing.assert_array_equal(got, bits.max(axis=ax, keepdims=True), err_msg=f"n={n} axis={ax}")
+      got = np.asarray(fn(jnp.asarray(bits), ax))
+      np.testing.assert_array_equal(got, bits.max(axis=ax, keepdims=True), err_msg=f"{form} n={n} axis={ax}")
+
+
+def test_block_max_is_a_window_on_cuda_only():
+  """Lowered for CUDA (on this CPU host) the block max is the measured reduce_window; lowered for CPU it is not."""
+  from kernels import _dispatch
+  x = jax.ShapeDtypeStruct((64, 96), jnp.uint32)
+  f = lambda v: mx_block._block_max(v.reshape(64, 3, 32), 2)  # noqa: E731
+  assert "reduce_window" in _dispatch.lower_for_cuda(f, x)
+  assert "reduce_window" not in jax.jit(f).lower(x).as_text()
 
 
 def _abs_patterns():
