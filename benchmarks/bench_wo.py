@@ -186,21 +186,31 @@ def exactness(fmt, cands):
   ok = {}
   kinds = {}
   for c in cands:
-    kinds.setdefault((c.scale_mode, c.decode, c.orient), c)
-  for (mode, dec, orient), c in kinds.items():
+    kinds.setdefault(_kind(c), c)
+  for kind, c in kinds.items():
+    mode, dec, orient, fold = kind
     guard(10)
-    q = all_codes_weight(fmt, block_rows if mode == "block" else elem_rows, k)
+    rows = block_rows if mode == "block" else elem_rows
+    if fold:  # scales the fold accepts (2^(e + fold_shift) finite), so the folded kernel is the one checked
+      rows = [min(r, 127 - wt.fold_shift(fmt)) for r in rows]
+    q = all_codes_weight(fmt, rows, k)
     ref, bound = host_ref(x, q)
+    label = f"{mode:5s} {dec:3s} {orient}{' fold' if fold else ''}"
     try:
-      out = wt.wo_matmul(x, q, out_dtype=jnp.float32, config=c, interpret=INTERPRET)
+      pw = wt.prepare_weight_triton(q)
+      out = wt.wo_matmul(x, pw, out_dtype=jnp.float32, config=c, interpret=INTERPRET)
       e = rel_err(out, ref, bound)
-      ok[(mode, dec, orient)] = e <= 1e-5
-      log(f"  exact  {fmt:<11s} {mode:5s} {dec:3s} {orient}: max |err| / (|x||W|) = {e:.2e} "
-          f"{'EXACT' if e <= 1e-5 else 'MISMATCH'}")
+      ok[kind] = e <= 1e-5
+      log(f"  exact  {fmt:<11s} {label}: max |err| / (|x||W|) = {e:.2e} {'EXACT' if e <= 1e-5 else 'MISMATCH'}"
+          + (f" (fold_ok={pw.fold_ok})" if fold else ""))
     except Exception as ex:  # noqa: BLE001
-      ok[(mode, dec, orient)] = False
-      log(f"  exact  {fmt:<11s} {mode:5s} {dec:3s} {orient}: FAILED {type(ex).__name__}: {str(ex)[:300]}")
+      ok[kind] = False
+      log(f"  exact  {fmt:<11s} {label}: FAILED {type(ex).__name__}: {str(ex)[:300]}")
   return ok
+
+
+def _kind(c):
+  return (c.scale_mode, c.decode, c.orient, c.fold)
 
 
 def check(st, cfg):
@@ -223,7 +233,7 @@ def sweep_one(st, fmt, m, k, n, cands, anchors, top, best, ranked, bf16_dev):
   for cfg in todo:
     if cfg.name() in st["wrong"]:
       continue
-    if not st["exact_ok"].get((cfg.scale_mode, cfg.decode, cfg.orient), True):
+    if not st["exact_ok"].get(_kind(cfg), True):
       log(f"  M={m:<4d} {cfg.name():<40s} skipped: failed the exactness check")
       continue
     try:

@@ -35,6 +35,9 @@ accumulator at the end (exact, a power of two):
     instructions per element for FP4 / FP6 (Pallas lowers byte-wise jnp ops to per-byte PRMT/IMAD/LOP3).
     Relies on sm_90 keeping bf16 subnormal inputs of mul.bf16x2 (FP4 0.5, FP6 / e4m3 subnormal codes);
     benchmarks/bench_wo.py checks every code against the XLA reference on the GPU before timing.
+    ``WOConfig(fold=True)`` (with "elem" scaling) drops that final multiply and applies 2^(e + 120) (2^(e + 112)
+    for MXINT8) as the bf16 scale instead, one multiply per element fewer; only for weights whose every scale
+    keeps it finite (``TritonWeight.fold_ok``: e <= 7, or 15 for MXINT8), else the kernel is built unfolded.
 
 Scaling (``WOConfig.scale_mode``):
   * "block" (promotion): one dot per 32-element block (16 for NVFP4) on the unscaled element values, then
@@ -131,8 +134,11 @@ class WOConfig:
   orient: str = "xw"
   evict_w: bool = True
   decode: str = "jnp"
+  fold: bool = False  # asm decode + "elem": 2^120 (2^112 MXINT8) folded into the bf16 scale (see fold_ok)
 
   def __post_init__(self):
+    if self.fold and (self.decode != "asm" or self.scale_mode != "elem"):
+      raise ValueError(f"fold needs decode='asm' and scale_mode='elem'; got {self.decode!r}, {self.scale_mode!r}")
     if self.scale_mode not in ("block", "elem"):
       raise ValueError(f"scale_mode must be 'block' or 'elem'; got {self.scale_mode!r}")
     if self.decode not in ("jnp", "asm"):
@@ -149,7 +155,7 @@ class WOConfig:
   def name(self) -> str:
     return (f"n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}st{self.num_stages}"
             f"_{self.scale_mode}_{self.orient}{'' if self.evict_w else '_noevict'}"
-            f"{'_asm' if self.decode == 'asm' else ''}")
+            f"{'_asm' if self.decode == 'asm' else ''}{'_fold' if self.fold else ''}")
 
 
 DEFAULT_CONFIG = WOConfig()
@@ -177,6 +183,10 @@ CANDIDATES = (
     # 256-deep step and warp against 706 for "xw" (MXFP4 asm: 728 vs 694, its decode needs more PRMTs there).
     WOConfig(64, 256, 1, 4, 4, "elem", "wt"),
     WOConfig(64, 256, 2, 4, 4, "elem", "wt"),                  # 2 CTAs per SM
+    # Not yet timed: the asm decode's 2^120 moved into the scale (offline SASS at M = 16: MXFP4 694 -> 604 loop
+    # instructions per step, MXFP8 asm 727 -> 641; with "wt" it is 632 / 782, so not that); used only for
+    # weights whose scales allow it (fold_ok), otherwise the same kernel unfolded.
+    WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="asm", fold=True),
 )
 
 
@@ -262,6 +272,7 @@ class TritonWeight:
   n: int = dataclasses.field(metadata=dict(static=True))
   k: int = dataclasses.field(metadata=dict(static=True))
   elem_ok: bool = dataclasses.field(default=False, metadata=dict(static=True))
+  fold_ok: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
   @property
   def shape(self) -> tuple[int, int]:
@@ -312,7 +323,8 @@ def prepare_weight_triton(w: QArray) -> TritonWeight:
     raise ValueError(f"w has block_size {w.block_size}; the Triton weight-only kernel takes {spec.block} "
                      f"for {w.fmt}")
   tw = _prepare(w)
-  return dataclasses.replace(tw, elem_ok=_elem_scaling_exact(tw))
+  elem_ok = _elem_scaling_exact(tw)
+  return dataclasses.replace(tw, elem_ok=elem_ok, fold_ok=elem_ok and _fold_exact(tw))
 
 
 def _elem_scaling_exact(tw: TritonWeight) -> bool:
@@ -327,6 +339,20 @@ def _elem_scaling_exact(tw: TritonWeight) -> bool:
   lo, hi = elem_exact_range(tw.fmt)
   e = sb - 127
   return bool(np.all((sb == 255) | ((e >= lo) & (e <= hi))))
+
+
+def _fold_exact(tw: TritonWeight) -> bool:
+  """True when the asm decode's power-of-two rescale can move into the bf16 scale: the weight has an asm decode
+  (e4m3, FP4, FP6, MXINT8; not NVFP4) and every scale exponent e keeps 2^(e + FOLD_SHIFT) a finite bf16 (or is
+  the NaN scale). False when the scales are traced."""
+  spec = SPECS[tw.fmt]
+  if spec.nv or spec.elem == "e5m2":
+    return False
+  try:
+    sb = np.asarray(tw.scales).astype(np.int32)
+  except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+    return False
+  return bool(np.all((sb == 255) | (sb + fold_shift(tw.fmt) <= 254)))
 
 
 @jax.jit
@@ -413,8 +439,8 @@ _PTX_MUL = "0x7B807B80"  # bf16x2 (2^120, 2^120)
 
 # One asm per output tile (Pallas' lowering of elementwise_inline_asm takes a single result). Operands: $0, $1
 # the two bf16x2 output registers (elements 0,1 and 2,3), then the inputs' 32-bit registers (4 bytes each).
-_ASM_TAIL = ("prmt.b32 $0, l, h, 0x5140; prmt.b32 $1, l, h, 0x7362; mov.b32 k, %s; "
-             "mul.rn.bf16x2 $0, $0, k; mul.rn.bf16x2 $1, $1, k;" % _PTX_MUL)
+_ASM_MUL = " mov.b32 k, %s; mul.rn.bf16x2 $0, $0, k; mul.rn.bf16x2 $1, $1, k;" % _PTX_MUL
+_ASM_TAIL = "prmt.b32 $0, l, h, 0x5140; prmt.b32 $1, l, h, 0x7362;" + _ASM_MUL
 # FP4 low nibble (s e1 e0 m in bits 3..0): bf16 high byte = s << 7 | e1, low byte = (e0 m) << 6.
 _ASM_FP4_LO = ("{ .reg .b32 h, l, t, k; shl.b32 h, $2, 4; and.b32 h, h, 0x80808080; shr.b32 t, $2, 2; "
                "and.b32 t, t, 0x01010101; or.b32 h, h, t; shl.b32 l, $2, 6; and.b32 l, l, 0xC0C0C0C0; "
@@ -453,6 +479,22 @@ _ASM_INT8 = ("{ .reg .b32 t, a, b, k; xor.b32 t, $2, 0x80808080; "
              "mov.b32 k, 0x77807780; mul.rn.bf16x2 $0, $0, k; mul.rn.bf16x2 $1, $1, k; }")
 
 
+_ASM_INT8_MUL = " mov.b32 k, 0x77807780; mul.rn.bf16x2 $0, $0, k; mul.rn.bf16x2 $1, $1, k;"
+
+
+def fold_shift(fmt: str) -> int:
+  """log2 of the rescale the asm decode ends with (2^120; 2^112 for MXINT8), which ``fold`` moves into the scale."""
+  return 112 if SPECS[fmt].elem == "int8" else 120
+
+
+def _unfold(asm: str) -> str:
+  """The asm decode without its final power-of-two rescale: results are elem * 2^(shift - fold_shift)."""
+  for mul in (_ASM_MUL, _ASM_INT8_MUL):
+    if mul in asm:
+      return asm.replace(mul, "")
+  raise ValueError("asm decode without a rescale to fold")
+
+
 def _asm_decode(asm: str, args):
   from jax.experimental.pallas import triton as pltriton
   out = jax.ShapeDtypeStruct(args[0].shape, jnp.bfloat16)
@@ -462,19 +504,21 @@ def _asm_decode(asm: str, args):
   return res
 
 
-def _decode_planes(planes, spec: _Spec, use_asm: bool):
-  """A group's planes (uint8 tiles) -> the P decoded bf16 tiles (elem * 2^shift, exact)."""
+def _decode_planes(planes, spec: _Spec, use_asm: bool, fold: bool = False):
+  """A group's planes (uint8 tiles) -> the P decoded bf16 tiles (elem * 2^shift, exact; with ``fold``, asm only:
+  elem * 2^(shift - fold_shift), the rescale left to the scale)."""
+  dec = (lambda asm, args: _asm_decode(_unfold(asm), args)) if fold else _asm_decode
   if use_asm and spec.bits == 4:
-    return [_asm_decode(_ASM_FP4_LO, planes), _asm_decode(_ASM_FP4_HI, planes)]
+    return [dec(_ASM_FP4_LO, planes), dec(_ASM_FP4_HI, planes)]
   if use_asm and spec.elem == "e4m3":
-    return [_asm_decode(_ASM_E4M3, planes)]
+    return [dec(_ASM_E4M3, planes)]
   if use_asm and spec.elem == "int8":
-    return [_asm_decode(_ASM_INT8, planes)]
+    return [dec(_ASM_INT8, planes)]
   if use_asm and spec.bits == 6:
     outs = []
     for (code, _), reads in zip(_FP6_CODE, _FP6_PLANES):
       asm = "{ .reg .b32 c, h, l, t, k; " + code + " " + _FP6_BYTES[spec.elem] + " " + _ASM_TAIL + " }"
-      outs.append(_asm_decode(asm, [planes[p] for p in reads]))
+      outs.append(dec(asm, [planes[p] for p in reads]))
     return outs
   return [_decode_block(c, spec) for c in _block_codes(planes, spec)]
 
@@ -486,6 +530,13 @@ def _scale_bf16(sb, spec: _Spec):
     return lax.bitcast_convert_type(sb, jnp.float8_e4m3fn).astype(jnp.bfloat16)
   b = sb.astype(jnp.uint16)
   bits = jnp.where(b == 255, jnp.uint16(0x7FC0), jnp.where(b == 0, jnp.uint16(0x0040), b << 7))
+  return lax.bitcast_convert_type(bits, jnp.bfloat16)
+
+
+def _scale_bf16_folded(sb, shift: int):
+  """E8M0 bytes -> bf16 2^(b - 127 + shift): bits (b + shift) << 7 (needs b + shift <= 254); 255 -> NaN."""
+  b = sb.astype(jnp.uint16)
+  bits = jnp.where(b == 255, jnp.uint16(0x7FC0), (b + jnp.uint16(shift)) << 7)
   return lax.bitcast_convert_type(bits, jnp.bfloat16)
 
 
@@ -509,7 +560,7 @@ def _dot_nt(a, b):
 
 
 def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps: int, t_groups: int,
-               has_ts: bool, out_mul: float, out_dtype, interpret: bool):
+               has_ts: bool, out_mul: float, out_dtype, interpret: bool, fold_shift_: int = 0):
   x_ref, w_ref, s_ref = refs[:3]
   ts_ref = refs[3] if has_ts else None
   o_ref = refs[-1]
@@ -535,6 +586,7 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
     return lax.bitcast_convert_type(v, jnp.bfloat16)
 
   use_asm = cfg.decode == "asm" and not interpret
+  fold = bool(fold_shift_) and use_asm and cfg.scale_mode == "elem"
   xw = cfg.orient == "xw"
   acc_shape = (mp, bn) if xw else (bn, mp)
 
@@ -548,9 +600,10 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
       g0 = t * T
       planes = [ld_w(w_ref.at[:, pl.ds(g0, T), _i(p), :]) for p in range(NP)]  # (bn, T, 32) uint8
       # one contiguous scale tile per step (a strided per-block load would not be pipelined), split by block
-      st = _scale_bf16(pltriton.load(s_ref.at[:, pl.ds(g0 * P * SPB, nsc)]), spec).reshape(bn, T, P, SPB)
+      sraw = pltriton.load(s_ref.at[:, pl.ds(g0 * P * SPB, nsc)])
+      st = (_scale_bf16_folded(sraw, fold_shift_) if fold else _scale_bf16(sraw, spec)).reshape(bn, T, P, SPB)
       scs = jnp.split(st, P, axis=2) if P > 1 else [st]
-      for j, v in enumerate(_decode_planes(planes, spec, use_asm)):        # (bn, T, 32) bf16
+      for j, v in enumerate(_decode_planes(planes, spec, use_asm, fold)):  # (bn, T, 32) bf16
         sc = scs[j].reshape(bn, T, SPB)
         sc = lax.broadcast_in_dim(sc, (bn, T, SPB, 32 // SPB), (0, 1, 2)).reshape(bn, T, 32)
         wt = (v * sc).reshape(bn, T * 32)
@@ -627,7 +680,8 @@ def _call(xb, pw: TritonWeight, m: int, mp: int, cfg: WOConfig, out_dtype, inter
     out_spec = pl.BlockSpec((pl.squeezed, mp, bn), lambda i, s: (s, 0, i))
   kernel = functools.partial(
       _wo_kernel, spec=spec, cfg=cfg, m=m, n=n, mp=mp, steps=steps, t_groups=t_groups, has_ts=has_ts,
-      out_mul=float(2.0 ** -spec.shift), out_dtype=o_dtype, interpret=interpret)
+      out_mul=float(2.0 ** -spec.shift), out_dtype=o_dtype, interpret=interpret,
+      fold_shift_=fold_shift(pw.fmt) if cfg.fold and pw.fold_ok else 0)  # never folds a weight it can't
   params = None
   if not interpret:
     from jax.experimental.pallas import triton as pltriton

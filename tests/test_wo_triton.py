@@ -277,3 +277,53 @@ def test_default_config_promotes_when_scales_leave_elem_range(fmt):
   assert wt.default_config(16, fmt, bad.elem_ok).scale_mode == "block"
   x = jnp.asarray(np.random.default_rng(4).uniform(0.5, 2.0, (16, K)), jnp.bfloat16)
   _check(wt.wo_matmul(x, bad, out_dtype=jnp.float32, interpret=True), x, bad_q)
+
+
+# ------------------------------------------------------------------------------ folded rescale (opt-in config)
+
+
+@pytest.mark.parametrize("shift", [120, 112])
+def test_folded_scale_bits_are_exact_powers_of_two(shift):
+  """E8M0 byte b -> bf16 2^(b - 127 + shift) for every b the fold allows (b + shift <= 254); 255 -> NaN."""
+  b = np.arange(0, 255 - shift, dtype=np.uint8)
+  got = np.asarray(wt._scale_bf16_folded(jnp.asarray(b), shift).astype(jnp.float32), np.float64)
+  np.testing.assert_array_equal(got, np.exp2(b.astype(np.float64) - 127 + shift))
+  assert np.isnan(np.asarray(wt._scale_bf16_folded(jnp.asarray([255], jnp.uint8), shift).astype(jnp.float32)))
+
+
+@pytest.mark.parametrize("fmt,e_max", [("mxfp8_e4m3", 7), ("mxfp4_e2m1", 7), ("mxfp6_e3m2", 7), ("mxint8", 15)])
+def test_fold_only_where_the_scale_stays_finite(fmt, e_max):
+  """fold_ok needs every 2^(e + fold_shift) finite in bf16: e <= 127 - fold_shift; one scale above turns it off
+  (per-element scaling stays on)."""
+  assert wt.fold_shift(fmt) == 127 - e_max
+  ok = wt.prepare_weight_triton(_qarray_with_scales(fmt, [e_max, -3, 0, -20] * 4))
+  over = wt.prepare_weight_triton(_qarray_with_scales(fmt, [e_max + 1, -3, 0, -20] * 4))
+  assert ok.elem_ok and ok.fold_ok
+  assert over.elem_ok and not over.fold_ok
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp8_e5m2"])
+def test_fold_never_for_formats_without_an_asm_rescale(fmt):
+  w = mx_jax.quantize(jax.random.normal(jax.random.key(0), (128, 256)) * 0.1, fmt, axis=1)
+  assert not wt.prepare_weight_triton(w).fold_ok
+
+
+def test_fold_config_validation():
+  with pytest.raises(ValueError, match="fold"):
+    wt.WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="jnp", fold=True)
+  with pytest.raises(ValueError, match="fold"):
+    wt.WOConfig(64, 256, 1, 4, 4, "block", "xw", decode="asm", fold=True)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "mxfp4_e2m1", "mxfp6_e2m3", "mxint8"])
+def test_fold_drops_the_decode_rescale_only_for_weights_that_allow_it(fmt):
+  """Lowered for CUDA: a fold config emits the asm decode without its mul.rn.bf16x2 rescale when the weight is
+  fold_ok, and keeps it (the unfolded, always-exact kernel) when it is not."""
+  from kernels import _dispatch
+  q = jax.eval_shape(lambda w: mx_jax.quantize(w, fmt, axis=1), jax.ShapeDtypeStruct((512, 1024), jnp.float32))
+  pw = dataclasses.replace(jax.eval_shape(wt.prepare_weight_triton, q), elem_ok=True)
+  x = jax.ShapeDtypeStruct((5, 1024), jnp.bfloat16)
+  cfg = wt.WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="asm", fold=True)
+  low = lambda w: _dispatch.lower_for_cuda(lambda x, w: wt.wo_matmul(x, w, config=cfg), x, w)  # noqa: E731
+  assert "mul.rn.bf16x2" not in low(dataclasses.replace(pw, fold_ok=True))
+  assert "mul.rn.bf16x2" in low(dataclasses.replace(pw, fold_ok=False))
