@@ -13,7 +13,6 @@ import re
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from benchmarks.profile_util import file_logger, top_kernels
 from mx_jax import mx_block
@@ -25,19 +24,8 @@ def _plain_max(ab, ax):
   return jnp.max(ab, axis=ax, keepdims=True)
 
 
-def _halving_max(ab, ax):
-  """Sessions 3-5's block max: an even/odd elementwise max, then a half-size reduce."""
-  n = ab.shape[ax]
-  if n >= 4 and n % 2 == 0:
-    ab = jnp.maximum(lax.slice_in_dim(ab, 0, n, 2, axis=ax), lax.slice_in_dim(ab, 1, n, 2, axis=ax))
-  return jnp.max(ab, axis=ax, keepdims=True)
-
-
-def _window_max(ab, ax):
-  n = ab.shape[ax]
-  dims = [1] * ab.ndim
-  dims[ax] = n
-  return lax.reduce_window(ab, jnp.iinfo(ab.dtype).min, lax.max, dims, dims, "VALID")
+# Block exponent of a block holding NaN or Inf: above every real one (<= 127), so the block max keeps it.
+NONFINITE_E = 255
 
 
 def element_exponent(ab, elem, scale_mode):
@@ -52,7 +40,7 @@ def element_exponent(ab, elem, scale_mode):
     e = mx_block._exponent_of((ab >> 23) - 127, ab & 0x7FFFFF, elem, scale_mode)
   else:
     e = mx_block.shared_exponent(jnp.where(_bits.is_nonfinite_bits(ab), 0, ab), elem, scale_mode)
-  return jnp.where(_bits.is_nonfinite_bits(ab), mx_block.NONFINITE_E, e)
+  return jnp.where(_bits.is_nonfinite_bits(ab), NONFINITE_E, e)
 
 
 def _fast_blocks_elem_exp_max(x, elem, axis, bs, scale_mode):
@@ -65,10 +53,10 @@ def _fast_blocks_elem_exp_max(x, elem, axis, bs, scale_mode):
   xb = to_blocks(x.astype(jnp.float32), axis, bs)
   ab = _bits.abs_bits(xb)
   eb = mx_block._block_max(element_exponent(ab, elem, scale_mode), axis + 1)
-  ef = jnp.minimum(eb, (ab >> 23) + mx_block.NONFINITE_E)
-  bad = ef == mx_block.NONFINITE_E
+  ef = jnp.minimum(eb, (ab >> 23) + NONFINITE_E)
+  bad = ef == NONFINITE_E
   e = jnp.where(bad, 0, ef)
-  return _bits.round_to_elem_rne_fast(_bits.mul_pow2(xb, -e), elem), e, bad, eb
+  return _bits.round_to_elem_rne_fast(_bits.mul_pow2(xb, -e), elem), e, bad
 
 
 _ORIG_FAST_BLOCKS = mx_block._fast_blocks
@@ -77,8 +65,8 @@ KNOBS = {  # atomic settings; a variant joins them with "+"
     "current": {},
     "elem_exp_max": {"_fast_blocks": _fast_blocks_elem_exp_max},
     "plain_max": {"_block_max": _plain_max},
-    "window_max": {"_block_max": _window_max},
-    "halving_max": {"_block_max": _halving_max},
+    "window_max": {"_block_max": mx_block._window_block_max},    # the CUDA form, on every platform
+    "halving_max": {"_block_max": mx_block._halving_block_max},  # sessions 3-5's form, on every platform
     "pin_none": {"PIN_OPERAND_LAYOUT": ""},
     "pin_in": {"PIN_OPERAND_LAYOUT": "in"},
     "pin_out": {"PIN_OPERAND_LAYOUT": "out"},

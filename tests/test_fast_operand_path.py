@@ -77,7 +77,7 @@ def _abs_patterns():
 
 @pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1", "mxint8"])
 def test_block_exponent_is_max_of_element_exponents(fmt):
-  from benchmarks.diag_layouts import element_exponent
+  from benchmarks.diag_layouts import NONFINITE_E, element_exponent
   """benchmarks.diag_layouts' "elem_exp_max" variant (timed against the shipped path) takes a block's exponent
   as the max of each element's own (element_exponent). It computes the same values only if element_exponent
   equals shared_exponent on every finite |x| (FP32 subnormals included), shared_exponent is non-decreasing in
@@ -90,4 +90,4 @@ def test_block_exponent_is_max_of_element_exponents(fmt):
     got = np.asarray(element_exponent(jnp.asarray(ab), el, mode))
     np.testing.assert_array_equal(got[finite], ref, err_msg=f"{fmt} {mode}")
     assert np.all(np.diff(ref) >= 0), (fmt, mode, "shared_exponent not monotone")
-    assert np.all(got[~finite] == mx_block.NONFINITE_E) and ref.max() < mx_block.NONFINITE_E
+    assert np.all(got[~finite] == NONFINITE_E) and ref.max() < NONFINITE_E
