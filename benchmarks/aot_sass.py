@@ -75,14 +75,21 @@ def loop_mix(text: str) -> tuple[collections.Counter, int]:
   return mix, len(idx)
 
 
+def _field(kv: str):
+  """ "name=value" -> (name, value as int, bool or str)."""
+  k, v = kv.split("=", 1)
+  if v in ("True", "False"):
+    return k, v == "True"
+  return k, int(v) if v.lstrip("-").isdigit() else v
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--variant", default="fp8")
   p.add_argument("--size", type=int, default=8192)
   p.add_argument("--set", action="append", default=[], help="a GemmConfig field of the default, e.g. deq_slots=2")
   a = p.parse_args()
-  overrides = {k: (v if not v.lstrip("-").isdigit() else int(v)) for k, v in (kv.split("=", 1) for kv in a.set)}
-  overrides = {k: {"True": True, "False": False}.get(v, v) if isinstance(v, str) else v for k, v in overrides.items()}
+  overrides = dict(_field(kv) for kv in a.set)
   bindir = os.environ.get("CUDA13_BIN")
   if not bindir:
     raise SystemExit("set CUDA13_BIN to a directory holding CUDA 13's ptxas and nvdisasm")

@@ -327,14 +327,21 @@ def prepare_weight_triton(w: QArray) -> TritonWeight:
   return dataclasses.replace(tw, elem_ok=elem_ok, fold_ok=elem_ok and _fold_exact(tw))
 
 
+def _scale_bytes(tw: TritonWeight) -> np.ndarray | None:
+  """The weight's scale bytes as int32 on the host; None when they are traced (not known here)."""
+  try:
+    return np.asarray(tw.scales).astype(np.int32)
+  except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+    return None
+
+
 def _elem_scaling_exact(tw: TritonWeight) -> bool:
   """True when per-element scaling is exact for this weight (NVFP4 always; MX when every scale exponent lies
   in ``elem_exact_range`` or is the NaN scale). False when the scales are traced (not known here)."""
   if SPECS[tw.fmt].nv:
     return True
-  try:
-    sb = np.asarray(tw.scales).astype(np.int32)
-  except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+  sb = _scale_bytes(tw)
+  if sb is None:
     return False
   lo, hi = elem_exact_range(tw.fmt)
   e = sb - 127
@@ -343,16 +350,12 @@ def _elem_scaling_exact(tw: TritonWeight) -> bool:
 
 def _fold_exact(tw: TritonWeight) -> bool:
   """True when the asm decode's power-of-two rescale can move into the bf16 scale: the weight has an asm decode
-  (e4m3, FP4, FP6, MXINT8; not NVFP4) and every scale exponent e keeps 2^(e + FOLD_SHIFT) a finite bf16 (or is
-  the NaN scale). False when the scales are traced."""
-  spec = SPECS[tw.fmt]
-  if spec.nv or spec.elem == "e5m2":
+  (e4m3, FP4, FP6, MXINT8; not NVFP4 or e5m2) and every scale exponent e keeps 2^(e + fold_shift) a finite bf16
+  (or is the NaN scale). False when the scales are traced."""
+  if tw.fmt not in FOLDABLE:
     return False
-  try:
-    sb = np.asarray(tw.scales).astype(np.int32)
-  except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
-    return False
-  return bool(np.all((sb == 255) | (sb + fold_shift(tw.fmt) <= 254)))
+  sb = _scale_bytes(tw)
+  return sb is not None and bool(np.all((sb == 255) | (sb + fold_shift(tw.fmt) <= 254)))
 
 
 @jax.jit
@@ -435,12 +438,19 @@ def _decode_block(c, spec: _Spec):
 # mul.rn.bf16x2 by 2^120 rescales (exact: power of two, bf16 subnormal inputs are kept on sm_90), giving the
 # same values elem * 2^shift as the jnp decode. ~2.5 instructions per element instead of ~10 for byte-wise
 # jnp ops. Verified against the XLA reference on the GPU by benchmarks/bench_wo.py (all codes, extreme scales).
-_PTX_MUL = "0x7B807B80"  # bf16x2 (2^120, 2^120)
+_RESCALE = 120       # log2 of the decodes' final multiply (MXINT8: _RESCALE_INT8)
+_RESCALE_INT8 = 112
+
+
+def _asm_rescale(shift: int) -> str:
+  """PTX multiplying both bf16x2 results by 2^shift (bf16 bits (shift + 127) << 7 in each half; exact)."""
+  k = (shift + 127) << 7
+  return f" mov.b32 k, 0x{k:04X}{k:04X}; mul.rn.bf16x2 $0, $0, k; mul.rn.bf16x2 $1, $1, k;"
+
 
 # One asm per output tile (Pallas' lowering of elementwise_inline_asm takes a single result). Operands: $0, $1
 # the two bf16x2 output registers (elements 0,1 and 2,3), then the inputs' 32-bit registers (4 bytes each).
-_ASM_MUL = " mov.b32 k, %s; mul.rn.bf16x2 $0, $0, k; mul.rn.bf16x2 $1, $1, k;" % _PTX_MUL
-_ASM_TAIL = "prmt.b32 $0, l, h, 0x5140; prmt.b32 $1, l, h, 0x7362;" + _ASM_MUL
+_ASM_TAIL = "prmt.b32 $0, l, h, 0x5140; prmt.b32 $1, l, h, 0x7362;" + _asm_rescale(_RESCALE)
 # FP4 low nibble (s e1 e0 m in bits 3..0): bf16 high byte = s << 7 | e1, low byte = (e0 m) << 6.
 _ASM_FP4_LO = ("{ .reg .b32 h, l, t, k; shl.b32 h, $2, 4; and.b32 h, h, 0x80808080; shr.b32 t, $2, 2; "
                "and.b32 t, t, 0x01010101; or.b32 h, h, t; shl.b32 l, $2, 6; and.b32 l, l, 0xC0C0C0C0; "
@@ -475,24 +485,27 @@ _ASM_INT8 = ("{ .reg .b32 t, a, b, k; xor.b32 t, $2, 0x80808080; "
              "prmt.b32 a, t, 0x64646464, 0x4140; prmt.b32 b, t, 0x64646464, 0x4342; mov.b32 k, 0x64806480; "
              "sub.rn.f16x2 a, a, k; sub.rn.f16x2 b, b, k; "
              "shr.b32 t, a, 3; and.b32 t, t, 0x0FFF0FFF; and.b32 a, a, 0x80008000; or.b32 $0, a, t; "
-             "shr.b32 t, b, 3; and.b32 t, t, 0x0FFF0FFF; and.b32 b, b, 0x80008000; or.b32 $1, b, t; "
-             "mov.b32 k, 0x77807780; mul.rn.bf16x2 $0, $0, k; mul.rn.bf16x2 $1, $1, k; }")
+             "shr.b32 t, b, 3; and.b32 t, t, 0x0FFF0FFF; and.b32 b, b, 0x80008000; or.b32 $1, b, t;"
+             + _asm_rescale(_RESCALE_INT8) + " }")
 
-
-_ASM_INT8_MUL = " mov.b32 k, 0x77807780; mul.rn.bf16x2 $0, $0, k; mul.rn.bf16x2 $1, $1, k;"
+# Formats whose asm decode ends with a rescale that ``WOConfig(fold=True)`` can move into the scale.
+FOLDABLE = tuple(f for f, sp in SPECS.items() if not sp.nv and sp.elem != "e5m2")
 
 
 def fold_shift(fmt: str) -> int:
-  """log2 of the rescale the asm decode ends with (2^120; 2^112 for MXINT8), which ``fold`` moves into the scale."""
-  return 112 if SPECS[fmt].elem == "int8" else 120
+  """log2 of the rescale the asm decode of ``fmt`` ends with (2^120; 2^112 for MXINT8), which ``fold`` moves
+  into the scale."""
+  if fmt not in FOLDABLE:
+    raise ValueError(f"fmt must be one of {FOLDABLE} (formats with an asm decode rescale); got {fmt!r}")
+  return _RESCALE_INT8 if SPECS[fmt].elem == "int8" else _RESCALE
 
 
-def _unfold(asm: str) -> str:
-  """The asm decode without its final power-of-two rescale: results are elem * 2^(shift - fold_shift)."""
-  for mul in (_ASM_MUL, _ASM_INT8_MUL):
-    if mul in asm:
-      return asm.replace(mul, "")
-  raise ValueError("asm decode without a rescale to fold")
+def _unfold(asm: str, shift: int) -> str:
+  """The asm decode without its final 2^shift rescale: results are elem * 2^(format shift - shift)."""
+  tail = _asm_rescale(shift)
+  if tail not in asm:
+    raise ValueError(f"asm decode has no 2^{shift} rescale to fold")
+  return asm.replace(tail, "")
 
 
 def _asm_decode(asm: str, args):
@@ -504,10 +517,10 @@ def _asm_decode(asm: str, args):
   return res
 
 
-def _decode_planes(planes, spec: _Spec, use_asm: bool, fold: bool = False):
-  """A group's planes (uint8 tiles) -> the P decoded bf16 tiles (elem * 2^shift, exact; with ``fold``, asm only:
-  elem * 2^(shift - fold_shift), the rescale left to the scale)."""
-  dec = (lambda asm, args: _asm_decode(_unfold(asm), args)) if fold else _asm_decode
+def _decode_planes(planes, spec: _Spec, use_asm: bool, fold_shift_: int = 0):
+  """A group's planes (uint8 tiles) -> the P decoded bf16 tiles (elem * 2^shift, exact; with ``fold_shift_``,
+  asm only: elem * 2^(shift - fold_shift_), the rescale left to the scale)."""
+  dec = (lambda asm, args: _asm_decode(_unfold(asm, fold_shift_), args)) if fold_shift_ else _asm_decode
   if use_asm and spec.bits == 4:
     return [dec(_ASM_FP4_LO, planes), dec(_ASM_FP4_HI, planes)]
   if use_asm and spec.elem == "e4m3":
@@ -603,7 +616,7 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
       sraw = pltriton.load(s_ref.at[:, pl.ds(g0 * P * SPB, nsc)])
       st = (_scale_bf16_folded(sraw, fold_shift_) if fold else _scale_bf16(sraw, spec)).reshape(bn, T, P, SPB)
       scs = jnp.split(st, P, axis=2) if P > 1 else [st]
-      for j, v in enumerate(_decode_planes(planes, spec, use_asm, fold)):  # (bn, T, 32) bf16
+      for j, v in enumerate(_decode_planes(planes, spec, use_asm, fold_shift_ if fold else 0)):  # (bn, T, 32)
         sc = scs[j].reshape(bn, T, SPB)
         sc = lax.broadcast_in_dim(sc, (bn, T, SPB, 32 // SPB), (0, 1, 2)).reshape(bn, T, 32)
         wt = (v * sc).reshape(bn, T * 32)

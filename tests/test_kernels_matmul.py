@@ -107,6 +107,13 @@ def test_kernel_matches_f64(fa, fb, cfg, packed):
   assert _rel(out, _f64(a) @ _f64(b).T) < RTOL
 
 
+def test_gemm_config_rejects_bad_deq_slots():
+  with pytest.raises(ValueError, match="deq_slots must be 1 or 2"):
+    dataclasses.replace(BF16_CFG, deq_slots=3)
+  with pytest.raises(ValueError, match="deq_slots=2 applies to the bf16"):
+    dataclasses.replace(FP8_CFG, deq_slots=2)
+
+
 def test_kernel_default_config_and_bf16_output():
   a, b = _q((130, 64), "mxfp8_e4m3", 9), _q((40, 64), "mxfp8_e4m3", 10)
   ref = _f64(a) @ _f64(b).T

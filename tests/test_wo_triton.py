@@ -308,6 +308,12 @@ def test_fold_never_for_formats_without_an_asm_rescale(fmt):
   assert not wt.prepare_weight_triton(w).fold_ok
 
 
+def test_fold_shift_rejects_formats_without_an_asm_rescale():
+  for fmt in ("nvfp4", "mxfp8_e5m2", "mxfp9"):
+    with pytest.raises(ValueError, match="fmt must be one of"):
+      wt.fold_shift(fmt)
+
+
 def test_fold_config_validation():
   with pytest.raises(ValueError, match="fold"):
     wt.WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="jnp", fold=True)
