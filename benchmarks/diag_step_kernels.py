@@ -56,18 +56,18 @@ def report(log, recipe, rows, total, text, top, match="/block"):
     k[2] += int(round(c))
     k[3] += e["bytes"] * c if e else 0
     if e:
-      joined.append((us - e["us"] * c, name, us, c, e))
+      joined.append((us - e["us"] * c, name, us, c, e, _summary(text, name)))
   log(f"\n== {recipe}: device {total:.0f} us per step, {sum(int(round(c)) for _, _, c in rows)} launches")
   log(f"   {'kind':10s} {'meas us':>9s} {'floor us':>9s} {'launches':>8s} {'GB':>7s} {'TB/s':>6s}")
   for kind, (us, fl, n, b) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
     log(f"   {kind:10s} {us:9.0f} {fl:9.0f} {n:8d} {b / 1e9:7.2f} {b / max(us, 1e-9) / 1e6:6.2f}")
-  inside = [j for j in joined if match in _summary(text, j[1])]
+  inside = [j for j in joined if match in j[5]]
   log(f"   inside the layers ({match!r} in op_name): {sum(j[2] for j in inside):.0f} us measured, "
       f"{sum(j[4]['us'] * j[3] for j in inside):.0f} floor, {len(inside)} kernels; top {top} by (measured - floor):")
-  for lost, name, us, c, e in sorted(inside, key=lambda j: -j[0])[:top]:
+  for lost, name, us, c, e, summary in sorted(inside, key=lambda j: -j[0])[:top]:
     bw = e["bytes"] * c / us / 1e6
     log(f"   {us:7.1f} us x{c:2.0f} lost {lost:6.1f}  {e['bytes'] / 1e6:7.1f} MB {bw:5.2f} TB/s  {e['kind']:9s} "
-        f"{name[:28]:28s} {_summary(text, name)[:150]}")
+        f"{name[:28]:28s} {summary[:150]}")
 
 
 def main():
