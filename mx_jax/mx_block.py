@@ -77,8 +77,8 @@ def _halving_block_max(ab: jax.Array, ax: int) -> jax.Array:
 def _block_max(ab: jax.Array, ax: int) -> jax.Array:
   """max over the block axis ``ax`` (keepdims), in the form each backend's emitter runs fastest (same values).
 
-  CUDA: a ``reduce_window``. XLA:GPU emits it as a loop kernel (~2.3 TB/s), where a reduce over a contiguous
-  32-element block became a row-reduction kernel (~1.5 TB/s) and once a multi-output row reduction that also
+  CUDA: a ``reduce_window``. XLA:GPU emits it as a loop kernel (the step's loop-kernel block maxes ran at ~2.4 TB/s), where a
+  reduce over a contiguous 32-element block became a row-reduction kernel (measured ~1.5 TB/s) and once a multi-output row reduction that also
   ran the other blocking's quantization at a few % of bandwidth; the 12-layer mxfp8 train step went from 1.311x
   to 1.266x bf16 on the H100 (BENCHMARKS.md, issue 3). Elsewhere the halving reduce, which XLA:CPU runs ~1.4x
   faster than the window. Chosen at lowering time by the platform actually lowered for.

@@ -50,3 +50,43 @@ def test_kernel_table_counts_launches_bytes_and_flops():
   assert conv["bytes"] == 8 * 256 * 128 * 4 + 256 * 128 * 2
   s = summarize(rows)
   assert (s["kernels"], s["gemms"]) == (2, 1) and abs(s["us"] - gemm["us"] - conv["us"]) < 1e-9
+
+
+_LISTING = """
+\t.section\t.text.other_kernel,"ax",@progbits
+.L_x_0:
+        /*0000*/                   FFMA R1, R2, R3, R1 ;
+        /*0010*/                   FFMA R1, R2, R3, R1 ;
+        /*0020*/                   FFMA R1, R2, R3, R1 ;
+        /*0030*/                   FFMA R1, R2, R3, R1 ;
+        /*0040*/                   FFMA R1, R2, R3, R1 ;
+        /*0050*/                   FFMA R1, R2, R3, R1 ;
+        /*0060*/                   FFMA R1, R2, R3, R1 ;
+        /*0070*/                   FFMA R1, R2, R3, R1 ;
+        /*0080*/               @P0 BRA `(.L_x_0) ;
+\t.section\t.text.wo_triton_mxfp4_cfg,"ax",@progbits
+        /*0000*/                   MOV R0, RZ ;
+.L_x_1:
+        /*0010*/                   LDS.64 R2, [R4] ;
+.L_x_2:
+        /*0020*/                   HMMA.16816.F32.BF16 R8, R2, R6, R8 ;
+        /*0030*/                   LOP3.LUT R3, R3, 0xff, RZ, 0xc0, !PT ;
+        /*0040*/               @P1 BRA `(.L_x_2) ;
+        /*0050*/                   HMUL2.BF16_V2 R5, R5, R7 ;
+        /*0060*/               @P0 BRA `(.L_x_1) ;
+        /*0070*/                   EXIT ;
+"""
+
+
+def test_sass_loop_of_the_named_kernel_is_its_longest_backward_branch():
+  """benchmarks/aot_sass_wo.kernel_loop: only the named kernel's section, the outer (longest) loop, opcodes
+  without modifiers; the other kernel's longer 8-FFMA loop and the code outside the loop are not counted."""
+  from benchmarks.aot_sass_wo import kernel_loop
+  mix = kernel_loop(_LISTING)
+  assert dict(mix) == {"LDS": 1, "HMMA": 1, "LOP3": 1, "BRA": 2, "HMUL2": 1}
+
+
+def test_aot_sass_field_parser():
+  from benchmarks.aot_sass import _field
+  assert [_field(s) for s in ("deq_slots=2", "a_regs=False", "wg_dim=N")] == [
+      ("deq_slots", 2), ("a_regs", False), ("wg_dim", "N")]
