@@ -135,6 +135,7 @@ class WOConfig:
   evict_w: bool = True
   decode: str = "jnp"
   fold: bool = False  # asm decode + "elem": 2^120 (2^112 MXINT8) folded into the bf16 scale (see fold_ok)
+  n_acc: int = 1      # "elem": independent FP32 accumulators (shorter MMA dependency chains), summed at the end
 
   def __post_init__(self):
     if self.fold and (self.decode != "asm" or self.scale_mode != "elem"):
@@ -149,13 +150,17 @@ class WOConfig:
       v = getattr(self, nm)
       if v < 16 or v & (v - 1):
         raise ValueError(f"{nm} must be a power of two >= 16; got {v}")
+    if self.n_acc not in (1, 2, 4) or (self.n_acc > 1 and self.scale_mode != "elem"):
+      raise ValueError(f"n_acc must be 1, 2 or 4 (>1 only with scale_mode='elem'); got {self.n_acc} with "
+                       f"{self.scale_mode!r}")
     if self.split_k < 1 or self.num_warps < 1 or self.num_stages < 1:
       raise ValueError(f"split_k, num_warps, num_stages must be >= 1; got {self}")
 
   def name(self) -> str:
     return (f"n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}st{self.num_stages}"
             f"_{self.scale_mode}_{self.orient}{'' if self.evict_w else '_noevict'}"
-            f"{'_asm' if self.decode == 'asm' else ''}{'_fold' if self.fold else ''}")
+            f"{'_asm' if self.decode == 'asm' else ''}{'_fold' if self.fold else ''}"
+            f"{f'_acc{self.n_acc}' if self.n_acc > 1 else ''}")
 
 
 DEFAULT_CONFIG = WOConfig()
@@ -187,6 +192,12 @@ CANDIDATES = (
     # instructions per step, MXFP8 asm 727 -> 641; with "wt" it is 632 / 782, so not that); used only for
     # weights whose scales allow it (fold_ok), otherwise the same kernel unfolded.
     WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="asm", fold=True),
+    # Not yet timed (session 8): independent accumulators, so a warp's mma.sync chain per step is 8 deep, not 16
+    # (with one warp per scheduler an HMMA waits ~30 clocks for the one before it on the same accumulator).
+    WOConfig(64, 256, 1, 4, 4, "elem", "xw", n_acc=2),
+    WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="asm", n_acc=2),
+    WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=2),
+    WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=4),
 )
 
 
@@ -607,22 +618,31 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
     return _dot_nt(xt, wt) if xw else _dot_nt(wt, xt)
 
   if cfg.scale_mode == "elem":
-    nsc = T * P * SPB
+    # n_acc accumulators: a step's dots (one per block of a group) go round-robin to them; when there are fewer
+    # dots than accumulators the step's T groups are cut into chunks, each loaded and decoded on its own
+    chunks = max(1, min(T, cfg.n_acc // P))
+    tc = T // chunks
+    nsc = tc * P * SPB
 
-    def step(t, acc):
-      g0 = t * T
-      planes = [ld_w(w_ref.at[:, pl.ds(g0, T), _i(p), :]) for p in range(NP)]  # (bn, T, 32) uint8
-      # one contiguous scale tile per step (a strided per-block load would not be pipelined), split by block
-      sraw = pltriton.load(s_ref.at[:, pl.ds(g0 * P * SPB, nsc)])
-      st = (_scale_bf16_folded(sraw, fold_shift_) if fold else _scale_bf16(sraw, spec)).reshape(bn, T, P, SPB)
-      scs = jnp.split(st, P, axis=2) if P > 1 else [st]
-      for j, v in enumerate(_decode_planes(planes, spec, use_asm, fold_shift_ if fold else 0)):  # (bn, T, 32)
-        sc = scs[j].reshape(bn, T, SPB)
-        sc = lax.broadcast_in_dim(sc, (bn, T, SPB, 32 // SPB), (0, 1, 2)).reshape(bn, T, 32)
-        wt = (v * sc).reshape(bn, T * 32)
-        xt = ld_x(x_ref.at[:, pl.ds(g0, T), _i(j), :]).reshape(mp, T * 32)
-        acc = acc + mma(xt, wt)
-      return acc
+    def step(t, accs):
+      accs = list(accs)
+      d = 0
+      for c in range(chunks):
+        g0 = t * T + c * tc
+        planes = [ld_w(w_ref.at[:, pl.ds(g0, tc), _i(p), :]) for p in range(NP)]  # (bn, tc, 32) uint8
+        # one contiguous scale tile per chunk (a strided per-block load would not be pipelined), split by block
+        sraw = pltriton.load(s_ref.at[:, pl.ds(g0 * P * SPB, nsc)])
+        st = (_scale_bf16_folded(sraw, fold_shift_) if fold else _scale_bf16(sraw, spec)).reshape(bn, tc, P, SPB)
+        scs = jnp.split(st, P, axis=2) if P > 1 else [st]
+        for j, v in enumerate(_decode_planes(planes, spec, use_asm, fold_shift_ if fold else 0)):  # (bn, tc, 32)
+          sc = scs[j].reshape(bn, tc, SPB)
+          sc = lax.broadcast_in_dim(sc, (bn, tc, SPB, 32 // SPB), (0, 1, 2)).reshape(bn, tc, 32)
+          wt = (v * sc).reshape(bn, tc * 32)
+          xt = ld_x(x_ref.at[:, pl.ds(g0, tc), _i(j), :]).reshape(mp, tc * 32)
+          accs[d % len(accs)] = accs[d % len(accs)] + mma(xt, wt)
+          d += 1
+      return tuple(accs)
+    n_acc = cfg.n_acc
   else:
     nsc = T * P * SPB
 
@@ -640,8 +660,13 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
             part = mma(xt, v)
             acc = acc + part * (s.reshape(1, bn) if xw else s)
       return acc
+    n_acc = 0
 
-  acc = lax.fori_loop(0, steps, step, jnp.zeros(acc_shape, jnp.float32))
+  if n_acc:
+    accs = lax.fori_loop(0, steps, step, tuple(jnp.zeros(acc_shape, jnp.float32) for _ in range(n_acc)))
+    acc = functools.reduce(lambda a, b: a + b, accs)
+  else:
+    acc = lax.fori_loop(0, steps, step, jnp.zeros(acc_shape, jnp.float32))
   mul = out_mul
   if has_ts:
     mul = pltriton.load(ts_ref).reshape(1, 1) * jnp.float32(out_mul)

@@ -66,6 +66,8 @@ SMALL_CONFIGS = [
     wt.WOConfig(64, 128, 2, 4, 3, "elem", "xw"),
     wt.WOConfig(128, 256, 2, 4, 3, "elem", "wt", decode="asm"),  # asm: interpreter falls back to the jnp decode
     wt.WOConfig(32, 128, 4, 4, 2, "block", "wt"),
+    wt.WOConfig(64, 256, 1, 4, 3, "elem", "xw", n_acc=4),  # 8-bit: a step's T groups in 4 chunks; FP6: 1 each
+    wt.WOConfig(64, 256, 1, 4, 3, "elem", "xw", n_acc=2),
 ]
 
 
@@ -253,7 +255,9 @@ def test_fit_config():
 
 @pytest.mark.parametrize("fmt,cfg", [(f, wt.CANDIDATES[0]) for f in FORMATS]
                          + [(f, c) for f in ("mxfp4_e2m1", "mxfp6_e3m2", "mxint8", "mxfp8_e4m3")
-                            for c in (wt.CANDIDATES[2], wt.CANDIDATES[4])])
+                            for c in (wt.CANDIDATES[2], wt.CANDIDATES[4])]
+                         + [(f, dataclasses.replace(wt.CANDIDATES[2], n_acc=a)) for f, a in
+                            (("mxfp4_e2m1", 4), ("mxfp8_e4m3", 2))])
 def test_lowers_to_triton(fmt, cfg):
   """The compiled path lowers to Triton IR (every primitive has a Pallas Triton rule), on a CPU host."""
   from kernels import _dispatch
@@ -312,6 +316,14 @@ def test_fold_shift_rejects_formats_without_an_asm_rescale():
   for fmt in ("nvfp4", "mxfp8_e5m2", "mxfp9"):
     with pytest.raises(ValueError, match="fmt must be one of"):
       wt.fold_shift(fmt)
+
+
+def test_n_acc_validation():
+  with pytest.raises(ValueError, match="n_acc"):
+    wt.WOConfig(n_acc=3, scale_mode="elem")
+  with pytest.raises(ValueError, match="n_acc"):
+    wt.WOConfig(n_acc=2, scale_mode="block")
+  assert wt.WOConfig(n_acc=2, scale_mode="elem").name().endswith("_acc2")
 
 
 def test_fold_config_validation():
