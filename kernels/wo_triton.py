@@ -198,6 +198,16 @@ CANDIDATES = (
     WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="asm", n_acc=2),
     WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=2),
     WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=4),
+    # Session 8, after Nsight Compute (run 1): the best kernels run ONE warp per scheduler (128 CTAs of 4 warps)
+    # and issue only 38% of cycles (eligible warps 0.43 / scheduler: ALU-latency "wait", cp.async "long
+    # scoreboard", LDS "short scoreboard"); 4 CTAs would fit per SM (smem 50.7 KB, 78 registers). Split-K 4
+    # gives each SM ~4 CTAs (512 programs) with the same work in total.
+    WOConfig(64, 256, 4, 4, 4, "elem", "xw", decode="asm", fold=True),
+    WOConfig(64, 256, 2, 4, 4, "elem", "xw", decode="asm", fold=True),
+    WOConfig(64, 256, 4, 4, 3, "elem", "xw"),
+    WOConfig(64, 256, 2, 4, 4, "elem", "xw"),
+    WOConfig(64, 256, 4, 4, 3, "elem", "xw", decode="asm", fold=True),
+    WOConfig(64, 256, 8, 4, 3, "elem", "xw", decode="asm", fold=True),
 )
 
 
