@@ -20,6 +20,14 @@ ncu_one() {  # fmt cand: Nsight Compute report of one weight-only kernel, as tex
   rm -f "$OUT/$tag.ncu-rep"
 }
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+if [ "${1:-1}" = 3 ]; then  # call 3: 2-D (swizzled) shared tiles: every format's exactness, then timed, counters
+  timeout 260 python3 benchmarks/bench_wo.py --ms 16,1,32 --anchors 16 --fmts mxfp4_e2m1,mxfp8_e4m3,nvfp4 \
+    --cands 0,1,2,12,13,14,15,16,17,18 --exact-extra mxint8,mxfp6_e2m3,mxfp6_e3m2,mxfp8_e5m2 --top 3 --out "$OUT" \
+    --budget 250 2>&1 | grep -v Warn | tail -60
+  ncu_one mxfp4_e2m1 14
+  ncu_one mxfp8_e4m3 1
+  exit 0
+fi
 if [ "${1:-1}" = 2 ]; then  # call 2: more programs per SM (split-K 2 / 4 / 8), then their counters
   timeout 200 python3 benchmarks/bench_wo.py --ms 16,1,32 --anchors 16 --fmts mxfp4_e2m1,mxfp8_e4m3 \
     --cands 14,2,1,19,20,21,22,23,24 --exact-extra "" --top 3 --out "$OUT" --budget 190 2>&1 | grep -v Warn | tail -45

@@ -7,18 +7,20 @@ every load in the loop body is a separate pointer load of a power-of-two tile, i
 iterations ahead by Triton's pipeliner.
 
 Prepared layout (``prepare_weight_triton``; once per weight): N is zero-padded to a multiple of 128, K to a
-multiple of 256 (zero elements, scale 1.0). K is cut into *groups* of G elements whose bytes form 32-byte
-*planes*; one plane row of 32 bytes holds P = G / 32 blocks of 32 elements:
+multiple of 256 (zero elements, scale 1.0). K is cut into *groups* of G elements whose bytes form *planes* of
+TW bytes; decoding a group's planes gives S *tiles* of TW = G / S consecutive elements (tile j: elements
+G g + TW j + i, i < TW), byte i of every plane holding element i of every tile:
 
-  format        G    planes  bytes/elem  plane p of group g (32 bytes, byte i)
-  8-bit         32   1       1           code[32g + i]
-  FP4 (MX/NV)   64   1       1/2         code[64g + i] | code[64g + 32 + i] << 4   (block 2g: low nibbles)
-  FP6           128  3       3/4         byte p of w_i = c[i] | c[32+i] << 6 | c[64+i] << 12 | c[96+i] << 18
+  format        G    S  TW   planes  bytes/elem  plane p of group g (TW bytes, byte i)
+  8-bit         32   1  32   1       1           code[32g + i]   (row-major: any G; the "elem" kernel uses G = BK)
+  FP4 (MX/NV)   256  2  128  1       1/2         code[256g + i] | code[256g + 128 + i] << 4
+  FP6           128  4  32   3       3/4         byte p of w_i = c[i] | c[32+i] << 6 | c[64+i] << 12 | c[96+i] << 18
 
-(the FP4 / FP6 orders are ``kernels.mx_matmul_mgpu``'s ``pack_fp4_kernel`` / ``pack_fp6_kernel``: a 32-wide
-block of codes comes out of one or three 32-byte loads with shifts and masks, no interleaving). The kernel
-views W as (N_p, K_p/G, planes, 32) bytes, x as (M, K_p/G, P, 32) bf16 (a free reshape), so block j of group g
-of x is a contiguous 64-byte row slice. Scales stay 1 byte: (N_p, K_p/block) uint8 (E8M0 bytes, or NVFP4's
+(a tile comes out of one or three loads with shifts and masks, no interleaving). The kernel views W as
+(N_p, K_p/G, planes, TW) bytes, x as (M, K_p/G, S, TW) bf16 (a free reshape), so tile j of group g of x is a
+contiguous row slice. When a K step is one group (8-bit and FP4 at BK = G = 256) every tile is loaded as a
+2-D (rows, TW) block: Triton lays 2-D shared tiles out for the MMA, while the 3-D (rows, T, TW) tiles of a
+multi-group step came out unswizzled (Nsight Compute, session 8: 2-4 way bank conflicts on every shared load). Scales stay 1 byte: (N_p, K_p/block) uint8 (E8M0 bytes, or NVFP4's
 E4M3 bytes); NVFP4's FP32 tensor scale multiplies the FP32 accumulator in the kernel's epilogue.
 
 Decode (``WOConfig.decode``), value = elem * 2^c with a per-format constant c, 2^-c applied to the FP32
@@ -56,7 +58,7 @@ Grid (cdiv(N, BN), SPLIT_K); each program loops over K_p / SPLIT_K in BK steps (
 registers) and transposes the tile before the store. Output: SPLIT_K == 1 writes ``out_dtype`` (M, N)
 directly (masked rows / columns: no padding or slicing kernels); SPLIT_K > 1 writes FP32 partials
 (SPLIT_K, M, N) that XLA sums (one small fusion). Mp = M rounded up to a power of two >= 16 (tl.dot's
-minimum); rows >= M are masked loads. M > 256 runs in row chunks of 256.
+minimum); rows >= M are masked loads. M > 256 runs in row chunks of 256 (128 for FP4: ``max_rows``).
 
 ``interpret=True`` runs the same kernel body in the Pallas interpreter (CPU tests). x travels as its bf16
 bits (uint16) and floats come out as bits in interpret mode (XLA:CPU flushes subnormals in pads/selects).
@@ -93,24 +95,21 @@ class _Spec:
   shift: int      # decoded value = elem * 2^shift
   bits: int       # storage bits per element
   nv: bool = False
+  tiles: int = 1  # decoded tiles per group (S)
 
   @property
-  def p(self) -> int:  # 32-element blocks per group
-    return self.group // 32
-
-  @property
-  def spb(self) -> int:  # scales per 32 elements
-    return 32 // self.block
+  def tw(self) -> int:  # tile width: elements per tile = bytes per plane row of a group
+    return self.group // self.tiles
 
 
 SPECS = {
     "mxfp8_e4m3": _Spec("e4m3", 32, 1, 32, 0, 8),
     "mxfp8_e5m2": _Spec("e5m2", 32, 1, 32, 0, 8),
     "mxint8": _Spec("int8", 32, 1, 32, 6, 8),
-    "mxfp4_e2m1": _Spec("e2m1", 64, 1, 32, -6, 4),
-    "mxfp6_e2m3": _Spec("e2m3", 128, 3, 32, -6, 6),
-    "mxfp6_e3m2": _Spec("e3m2", 128, 3, 32, -4, 6),
-    "nvfp4": _Spec("e2m1", 64, 1, 16, -6, 4, nv=True),
+    "mxfp4_e2m1": _Spec("e2m1", 256, 1, 32, -6, 4, tiles=2),
+    "mxfp6_e2m3": _Spec("e2m3", 128, 3, 32, -6, 6, tiles=4),
+    "mxfp6_e3m2": _Spec("e3m2", 128, 3, 32, -4, 6, tiles=4),
+    "nvfp4": _Spec("e2m1", 256, 1, 16, -6, 4, nv=True, tiles=2),
 }
 FORMATS = tuple(SPECS)
 
@@ -135,7 +134,6 @@ class WOConfig:
   evict_w: bool = True
   decode: str = "jnp"
   fold: bool = False  # asm decode + "elem": 2^120 (2^112 MXINT8) folded into the bf16 scale (see fold_ok)
-  n_acc: int = 1      # "elem": independent FP32 accumulators (shorter MMA dependency chains), summed at the end
 
   def __post_init__(self):
     if self.fold and (self.decode != "asm" or self.scale_mode != "elem"):
@@ -150,17 +148,13 @@ class WOConfig:
       v = getattr(self, nm)
       if v < 16 or v & (v - 1):
         raise ValueError(f"{nm} must be a power of two >= 16; got {v}")
-    if self.n_acc not in (1, 2, 4) or (self.n_acc > 1 and self.scale_mode != "elem"):
-      raise ValueError(f"n_acc must be 1, 2 or 4 (>1 only with scale_mode='elem'); got {self.n_acc} with "
-                       f"{self.scale_mode!r}")
     if self.split_k < 1 or self.num_warps < 1 or self.num_stages < 1:
       raise ValueError(f"split_k, num_warps, num_stages must be >= 1; got {self}")
 
   def name(self) -> str:
     return (f"n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}st{self.num_stages}"
             f"_{self.scale_mode}_{self.orient}{'' if self.evict_w else '_noevict'}"
-            f"{'_asm' if self.decode == 'asm' else ''}{'_fold' if self.fold else ''}"
-            f"{f'_acc{self.n_acc}' if self.n_acc > 1 else ''}")
+            f"{'_asm' if self.decode == 'asm' else ''}{'_fold' if self.fold else ''}")
 
 
 DEFAULT_CONFIG = WOConfig()
@@ -192,22 +186,12 @@ CANDIDATES = (
     # instructions per step, MXFP8 asm 727 -> 641; with "wt" it is 632 / 782, so not that); used only for
     # weights whose scales allow it (fold_ok), otherwise the same kernel unfolded.
     WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="asm", fold=True),
-    # Not yet timed (session 8): independent accumulators, so a warp's mma.sync chain per step is 8 deep, not 16
-    # (with one warp per scheduler an HMMA waits ~30 clocks for the one before it on the same accumulator).
-    WOConfig(64, 256, 1, 4, 4, "elem", "xw", n_acc=2),
-    WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="asm", n_acc=2),
-    WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=2),
-    WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=4),
-    # Session 8, after Nsight Compute (run 1): the best kernels run ONE warp per scheduler (128 CTAs of 4 warps)
-    # and issue only 38% of cycles (eligible warps 0.43 / scheduler: ALU-latency "wait", cp.async "long
-    # scoreboard", LDS "short scoreboard"); 4 CTAs would fit per SM (smem 50.7 KB, 78 registers). Split-K 4
-    # gives each SM ~4 CTAs (512 programs) with the same work in total.
-    WOConfig(64, 256, 4, 4, 4, "elem", "xw", decode="asm", fold=True),
-    WOConfig(64, 256, 2, 4, 4, "elem", "xw", decode="asm", fold=True),
-    WOConfig(64, 256, 4, 4, 3, "elem", "xw"),
-    WOConfig(64, 256, 2, 4, 4, "elem", "xw"),
+    # Session 8: more programs per SM (split-K 2 / 4: Nsight Compute showed one warp per scheduler, 38% issue;
+    # 4 CTAs fit per SM), timed once the 2-D tiles removed the shared-memory bank conflicts.
     WOConfig(64, 256, 4, 4, 3, "elem", "xw", decode="asm", fold=True),
-    WOConfig(64, 256, 8, 4, 3, "elem", "xw", decode="asm", fold=True),
+    WOConfig(64, 256, 2, 4, 4, "elem", "xw", decode="asm", fold=True),
+    WOConfig(64, 256, 2, 4, 4, "elem", "xw"),
+    WOConfig(64, 256, 4, 4, 3, "elem", "xw"),
 )
 
 
@@ -315,9 +299,9 @@ class TritonWeight:
 
 
 def pack_fp4(codes: jax.Array) -> jax.Array:
-  """(N, K) FP4 codes, K % 64 == 0 -> (N, K/2): per 64-group byte i = c[i] | c[32 + i] << 4."""
+  """(N, K) FP4 codes, K % 256 == 0 -> (N, K/2): per 256-group byte i = c[i] | c[128 + i] << 4."""
   n, k = codes.shape
-  g = codes.astype(jnp.uint8).reshape(n, k // 64, 2, 32)
+  g = codes.astype(jnp.uint8).reshape(n, k // 256, 2, 128)
   return (g[:, :, 0] | (g[:, :, 1] << 4)).reshape(n, k // 2)
 
 
@@ -436,7 +420,7 @@ def _decode_fp4_pair(b):
 
 
 def _block_codes(planes, spec: _Spec):
-  """The P per-block tiles (codes, or e4m3 bytes for FP4) of one group's planes."""
+  """The S tiles (codes, or e4m3 bytes for FP4) of one group's planes."""
   if spec.bits == 4:
     lo, hi = _decode_fp4_pair(planes[0])
     return [lo, hi]
@@ -539,7 +523,7 @@ def _asm_decode(asm: str, args):
 
 
 def _decode_planes(planes, spec: _Spec, use_asm: bool, fold_shift_: int = 0):
-  """A group's planes (uint8 tiles) -> the P decoded bf16 tiles (elem * 2^shift, exact; with ``fold_shift_``,
+  """A group's planes (uint8 tiles) -> the S decoded bf16 tiles (elem * 2^shift, exact; with ``fold_shift_``,
   asm only: elem * 2^(shift - fold_shift_), the rescale left to the scale)."""
   dec = (lambda asm, args: _asm_decode(_unfold(asm, fold_shift_), args)) if fold_shift_ else _asm_decode
   if use_asm and spec.bits == 4:
@@ -600,8 +584,8 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
   o_ref = refs[-1]
   from jax.experimental.pallas import triton as pltriton
 
-  bn, T, P, NP, SPB = cfg.block_n, t_groups, spec.p, spec.planes, spec.spb
-  D = spec.block if cfg.scale_mode == "block" else 32
+  bn, T, S, NP, TW, blk = cfg.block_n, t_groups, spec.tiles, spec.planes, spec.tw, spec.block
+  D = blk if cfg.scale_mode == "block" else TW
   ew = "evict_first" if cfg.evict_w else None
   ex = "evict_last" if cfg.evict_w else None
   row_mask = None
@@ -628,55 +612,43 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
     return _dot_nt(xt, wt) if xw else _dot_nt(wt, xt)
 
   if cfg.scale_mode == "elem":
-    # n_acc accumulators: a step's dots (one per block of a group) go round-robin to them; when there are fewer
-    # dots than accumulators the step's T groups are cut into chunks, each loaded and decoded on its own
-    chunks = max(1, min(T, cfg.n_acc // P))
-    tc = T // chunks
-    nsc = tc * P * SPB
-
-    def step(t, accs):
-      accs = list(accs)
-      d = 0
-      for c in range(chunks):
-        g0 = t * T + c * tc
-        planes = [ld_w(w_ref.at[:, pl.ds(g0, tc), _i(p), :]) for p in range(NP)]  # (bn, tc, 32) uint8
-        # one contiguous scale tile per chunk (a strided per-block load would not be pipelined), split by block
-        sraw = pltriton.load(s_ref.at[:, pl.ds(g0 * P * SPB, nsc)])
-        st = (_scale_bf16_folded(sraw, fold_shift_) if fold else _scale_bf16(sraw, spec)).reshape(bn, tc, P, SPB)
-        scs = jnp.split(st, P, axis=2) if P > 1 else [st]
-        for j, v in enumerate(_decode_planes(planes, spec, use_asm, fold_shift_ if fold else 0)):  # (bn, tc, 32)
-          sc = scs[j].reshape(bn, tc, SPB)
-          sc = lax.broadcast_in_dim(sc, (bn, tc, SPB, 32 // SPB), (0, 1, 2)).reshape(bn, tc, 32)
-          wt = (v * sc).reshape(bn, tc * 32)
-          xt = ld_x(x_ref.at[:, pl.ds(g0, tc), _i(j), :]).reshape(mp, tc * 32)
-          accs[d % len(accs)] = accs[d % len(accs)] + mma(xt, wt)
-          d += 1
-      return tuple(accs)
-    n_acc = cfg.n_acc
-  else:
-    nsc = T * P * SPB
+    nb = TW // blk      # scales per tile and group
+    nsc = T * S * nb
 
     def step(t, acc):
       g0 = t * T
-      sf = _scale_f32(pltriton.load(s_ref.at[:, pl.ds(g0 * P * SPB, nsc)]), spec)  # (bn, nsc)
+      grp = g0 if T == 1 else pl.ds(g0, T)  # one group: 2-D tiles (rows, TW), else 3-D (rows, T, TW)
+      planes = [ld_w(w_ref.at[:, grp, _i(p), :]) for p in range(NP)]
+      # one contiguous scale tile per step (a strided per-block load would not be pipelined), split by tile
+      sraw = pltriton.load(s_ref.at[:, pl.ds(g0 * S * nb, nsc)])
+      st = (_scale_bf16_folded(sraw, fold_shift_) if fold else _scale_bf16(sraw, spec)).reshape(bn, T, S, nb)
+      scs = jnp.split(st, S, axis=2) if S > 1 else [st]
+      for j, v in enumerate(_decode_planes(planes, spec, use_asm, fold_shift_ if fold else 0)):
+        sc = lax.broadcast_in_dim(scs[j].reshape(bn, T * nb), (bn, T * nb, blk), (0, 1)).reshape(bn, T * TW)
+        wt = v.reshape(bn, T * TW) * sc
+        xt = ld_x(x_ref.at[:, grp, _i(j), :]).reshape(mp, T * TW)
+        acc = acc + mma(xt, wt)
+      return acc
+  else:
+    nbk = TW // D       # scale blocks per tile
+    nsc = T * S * nbk
+
+    def step(t, acc):
+      g0 = t * T
+      sf = _scale_f32(pltriton.load(s_ref.at[:, pl.ds(g0 * S * nbk, nsc)]), spec)  # (bn, nsc)
       cols = jnp.split(sf, nsc, axis=1) if nsc > 1 else [sf]
       for tt in range(T):
         g = g0 + tt
-        for sub in range(SPB):
+        for sub in range(nbk):
           planes = [ld_w(w_ref.at[:, g, _i(p), pl.ds(sub * D, D)]) for p in range(NP)]  # (bn, D)
           for j, v in enumerate(_decode_planes(planes, spec, use_asm)):
             xt = ld_x(x_ref.at[:, g, _i(j), pl.ds(sub * D, D)])                   # (mp, D)
-            s = cols[(tt * P + j) * SPB + sub]                                 # (bn, 1)
+            s = cols[(tt * S + j) * nbk + sub]                                 # (bn, 1)
             part = mma(xt, v)
             acc = acc + part * (s.reshape(1, bn) if xw else s)
       return acc
-    n_acc = 0
 
-  if n_acc:
-    accs = lax.fori_loop(0, steps, step, tuple(jnp.zeros(acc_shape, jnp.float32) for _ in range(n_acc)))
-    acc = functools.reduce(lambda a, b: a + b, accs)
-  else:
-    acc = lax.fori_loop(0, steps, step, jnp.zeros(acc_shape, jnp.float32))
+  acc = lax.fori_loop(0, steps, step, jnp.zeros(acc_shape, jnp.float32))
   mul = out_mul
   if has_ts:
     mul = pltriton.load(ts_ref).reshape(1, 1) * jnp.float32(out_mul)
@@ -692,13 +664,28 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
   pltriton.store(o_ref, out, mask=jnp.broadcast_to(mask, (mp, bn)))
 
 
+def kernel_spec(fmt: str, cfg: WOConfig) -> _Spec:
+  """The layout the kernel views ``fmt``'s prepared bytes in: 8-bit codes are row-major, so with per-element
+  scaling a whole K step is one group (one 2-D tile); otherwise ``SPECS[fmt]``."""
+  spec = SPECS[fmt]
+  if spec.bits == 8 and cfg.scale_mode == "elem":
+    return dataclasses.replace(spec, group=cfg.block_k)
+  return spec
+
+
+def max_rows(fmt: str) -> int:
+  """Rows of x per kernel call: 256, or 128 for FP4 (its 256-deep groups fix block_k >= 256, and 256 rows of
+  bf16 x at that depth would not fit two pipeline stages in shared memory)."""
+  return MAX_ROWS if SPECS[fmt].group <= 128 else MAX_ROWS // 2
+
+
 def _uint_of(dtype):
   return jnp.dtype(f"uint{jnp.dtype(dtype).itemsize * 8}")
 
 
 def _call(xb, pw: TritonWeight, m: int, mp: int, cfg: WOConfig, out_dtype, interpret: bool):
   """One kernel launch on x bits (m, K_p) uint16 -> (m, N) out_dtype."""
-  spec = SPECS[pw.fmt]
+  spec = kernel_spec(pw.fmt, cfg)
   n_p, k_p = pw.data.shape[0], pw.k_padded
   n = pw.n
   kg = k_p // spec.group
@@ -706,11 +693,11 @@ def _call(xb, pw: TritonWeight, m: int, mp: int, cfg: WOConfig, out_dtype, inter
   kg_s = kg // sk                      # groups per program
   t_groups = cfg.block_k // spec.group  # groups per step
   steps = kg_s // t_groups
-  x4 = xb.reshape(m, kg, spec.p, 32)
-  w4 = pw.data.reshape(n_p, kg, spec.planes, 32)
+  x4 = xb.reshape(m, kg, spec.tiles, spec.tw)
+  w4 = pw.data.reshape(n_p, kg, spec.planes, spec.tw)
   grid = (pl.cdiv(n, bn), sk)
-  in_specs = [pl.BlockSpec((mp, kg_s, spec.p, 32), lambda i, s: (0, s, 0, 0)),
-              pl.BlockSpec((bn, kg_s, spec.planes, 32), lambda i, s: (i, s, 0, 0))]
+  in_specs = [pl.BlockSpec((mp, kg_s, spec.tiles, spec.tw), lambda i, s: (0, s, 0, 0)),
+              pl.BlockSpec((bn, kg_s, spec.planes, spec.tw), lambda i, s: (i, s, 0, 0))]
   sc = pw.scales
   in_specs.append(pl.BlockSpec((bn, sc.shape[1] // sk), lambda i, s: (i, s)))
   args = [x4, w4, sc]
@@ -753,8 +740,9 @@ def _wo_matmul(x2, pw: TritonWeight, *, out_dtype, config, interpret):
   if k_p != k:
     xb = jnp.pad(xb, ((0, 0), (0, k_p - k)))
   outs = []
-  for r0 in range(0, m, MAX_ROWS):
-    xr = xb[r0:r0 + MAX_ROWS]
+  rows = max_rows(pw.fmt)
+  for r0 in range(0, m, rows):
+    xr = xb[r0:r0 + rows]
     mr = xr.shape[0]
     mp = max(16, _next_pow2(mr))
     cfg = fit_config(config or default_config(mp, pw.fmt, pw.elem_ok), pw.fmt, mp, pw.data.shape[0], k_p)

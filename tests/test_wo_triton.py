@@ -66,8 +66,6 @@ SMALL_CONFIGS = [
     wt.WOConfig(64, 128, 2, 4, 3, "elem", "xw"),
     wt.WOConfig(128, 256, 2, 4, 3, "elem", "wt", decode="asm"),  # asm: interpreter falls back to the jnp decode
     wt.WOConfig(32, 128, 4, 4, 2, "block", "wt"),
-    wt.WOConfig(64, 256, 1, 4, 3, "elem", "xw", n_acc=4),  # 8-bit: a step's T groups in 4 chunks; FP6: 1 each
-    wt.WOConfig(64, 256, 1, 4, 3, "elem", "xw", n_acc=2),
 ]
 
 
@@ -106,6 +104,36 @@ def test_prepared_layout():
     assert pw.scales.dtype == jnp.uint8 and pw.scales.shape == (n_p, k_p // blk)  # 1-byte scales, not widened
     assert (pw.tensor_scale is not None) == (fmt == "nvfp4")
     assert pw.shape == (N, K) and pw.nbytes == pw.data.size + pw.scales.size + (4 if fmt == "nvfp4" else 0)
+
+
+def test_fp4_packing_puts_two_128_wide_tiles_in_one_byte_row():
+  """FP4 256-groups: byte i of group g holds code[256g + i] (low nibble) and code[256g + 128 + i] (high)."""
+  codes = np.random.default_rng(0).integers(0, 16, size=(3, 512)).astype(np.uint8)
+  packed = np.asarray(wt.pack_fp4(jnp.asarray(codes)))
+  assert packed.shape == (3, 256)
+  for g in range(2):
+    for i in range(128):
+      want = codes[:, 256 * g + i] | (codes[:, 256 * g + 128 + i] << 4)
+      np.testing.assert_array_equal(packed[:, 128 * g + i], want)
+
+
+def test_kernel_views_8bit_steps_as_one_group():
+  """8-bit codes are row-major, so the per-element kernel views a whole K step as one 2-D tile; FP4 keeps its
+  256-groups (two 128-wide tiles), FP6 its 128-groups (four 32-wide tiles)."""
+  cfg = wt.WOConfig(64, 512, 1, 4, 4, "elem", "xw")
+  assert (wt.kernel_spec("mxfp8_e4m3", cfg).group, wt.kernel_spec("mxfp8_e4m3", cfg).tw) == (512, 512)
+  assert wt.kernel_spec("mxfp8_e4m3", dataclasses.replace(cfg, scale_mode="block")).group == 32
+  assert (wt.kernel_spec("nvfp4", cfg).tiles, wt.kernel_spec("nvfp4", cfg).tw) == (2, 128)
+  assert (wt.kernel_spec("mxfp6_e3m2", cfg).tiles, wt.kernel_spec("mxfp6_e3m2", cfg).tw) == (4, 32)
+  assert wt.max_rows("mxfp4_e2m1") == wt.MAX_ROWS // 2 and wt.max_rows("mxfp8_e4m3") == wt.MAX_ROWS
+
+
+@pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "mxfp4_e2m1"])
+def test_row_chunks_fp4(weights, monkeypatch, fmt):
+  monkeypatch.setattr(wt, "MAX_ROWS", 32)  # FP4: chunks of 16 rows
+  q = weights[fmt]
+  x = _x(40)
+  _check(wt.wo_matmul(x, q, out_dtype=jnp.float32, interpret=True), x, q)
 
 
 def test_row_chunks(weights, monkeypatch):
@@ -255,9 +283,7 @@ def test_fit_config():
 
 @pytest.mark.parametrize("fmt,cfg", [(f, wt.CANDIDATES[0]) for f in FORMATS]
                          + [(f, c) for f in ("mxfp4_e2m1", "mxfp6_e3m2", "mxint8", "mxfp8_e4m3")
-                            for c in (wt.CANDIDATES[2], wt.CANDIDATES[4])]
-                         + [(f, dataclasses.replace(wt.CANDIDATES[2], n_acc=a)) for f, a in
-                            (("mxfp4_e2m1", 4), ("mxfp8_e4m3", 2))])
+                            for c in (wt.CANDIDATES[2], wt.CANDIDATES[4])])
 def test_lowers_to_triton(fmt, cfg):
   """The compiled path lowers to Triton IR (every primitive has a Pallas Triton rule), on a CPU host."""
   from kernels import _dispatch
@@ -316,14 +342,6 @@ def test_fold_shift_rejects_formats_without_an_asm_rescale():
   for fmt in ("nvfp4", "mxfp8_e5m2", "mxfp9"):
     with pytest.raises(ValueError, match="fmt must be one of"):
       wt.fold_shift(fmt)
-
-
-def test_n_acc_validation():
-  with pytest.raises(ValueError, match="n_acc"):
-    wt.WOConfig(n_acc=3, scale_mode="elem")
-  with pytest.raises(ValueError, match="n_acc"):
-    wt.WOConfig(n_acc=2, scale_mode="block")
-  assert wt.WOConfig(n_acc=2, scale_mode="elem").name().endswith("_acc2")
 
 
 def test_fold_config_validation():
