@@ -191,7 +191,7 @@ def exactness(fmt, cands):
     mode, dec, orient, fold = kind
     guard(10)
     rows = block_rows if mode == "block" else elem_rows
-    if fold:  # scales the fold accepts (2^(e + fold_shift) finite), so the folded kernel is the one checked
+    if fold and fmt in wt.FOLDABLE:  # scales the fold accepts (2^(e + fold_shift) finite): the folded kernel runs
       rows = [min(r, 127 - wt.fold_shift(fmt)) for r in rows]
     q = all_codes_weight(fmt, rows, k)
     ref, bound = host_ref(x, q)
