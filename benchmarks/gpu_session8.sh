@@ -28,6 +28,12 @@ if [ "${1:-1}" = 3 ]; then  # call 3: 2-D (swizzled) shared tiles: every format'
   ncu_one mxfp8_e4m3 1
   exit 0
 fi
+if [ "${1:-1}" = 5 ]; then  # call 5: the shipped defaults (cands 1, 14, 16; 5 for large M) over M = 1..256
+  timeout 420 python3 benchmarks/bench_wo.py --ms 16,128,1,2,4,8,32,64,256 --anchors 16,128 \
+    --fmts mxfp8_e4m3,mxfp4_e2m1,nvfp4,mxfp6_e2m3,mxint8 --cands 1,14,16,5 --exact-extra "" --top 2 \
+    --out "$OUT" --budget 410 2>&1 | grep -v Warn | tail -40
+  exit 0
+fi
 if [ "${1:-1}" = 4 ]; then  # call 4: call 3's timing again (its bench stopped at the e5m2 fold check), counters
   timeout 230 python3 benchmarks/bench_wo.py --ms 16,1,32 --anchors 16 --fmts mxfp4_e2m1,mxfp8_e4m3,nvfp4 \
     --cands 1,2,12,13,14,15,16,17,18 --exact-extra mxfp8_e5m2 --top 3 --out "$OUT" --budget 220 2>&1 \

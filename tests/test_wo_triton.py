@@ -283,7 +283,8 @@ def test_fit_config():
 
 @pytest.mark.parametrize("fmt,cfg", [(f, wt.CANDIDATES[0]) for f in FORMATS]
                          + [(f, c) for f in ("mxfp4_e2m1", "mxfp6_e3m2", "mxint8", "mxfp8_e4m3")
-                            for c in (wt.CANDIDATES[2], wt.CANDIDATES[4])])
+                            for c in (wt.CANDIDATES[2], wt.CANDIDATES[4])]
+                         + [(f, wt.default_config(16, f, True)) for f in FORMATS])
 def test_lowers_to_triton(fmt, cfg):
   """The compiled path lowers to Triton IR (every primitive has a Pallas Triton rule), on a CPU host."""
   from kernels import _dispatch
