@@ -199,15 +199,16 @@ def default_config(mp: int, fmt: str, elem_ok: bool = False) -> WOConfig:
   """The kernel's default for Mp rows (before ``fit_config``), from the H100 sweeps (BENCHMARKS.md): per-element
   scaling when ``elem_ok`` (every scale of the weight inside ``elem_exact_range``, checked by
   ``prepare_weight_triton``; it beat per-block promotion 1.7x at M = 16), promotion otherwise (exact for every
-  scale). M <= 32 (session 8, 2-D tiles): 8-bit floats decode with the hardware convert (MXFP8 1.86x bf16 at
+  scale). M <= 64 (session 8, 2-D tiles): 8-bit floats decode with the hardware convert (MXFP8 1.86x bf16 at
   M = 16); FP4 / FP6 / MXINT8 with the inline-PTX decode, its 2^120 folded into the scale where the weight
-  allows (``fold_ok``; otherwise the same kernel unfolded), FP4 with split-K 2 (MXFP4 2.31x, NVFP4 2.15x)."""
+  allows (``fold_ok``; otherwise the same kernel unfolded), FP4 with split-K 2 (MXFP4 2.31x, NVFP4 2.15x), also
+  at larger M. Larger M, other formats: the 8-warp config (run 5 of session 8)."""
   mode = "elem" if elem_ok else "block"
   asm = not (SPECS[fmt].bits == 8 and not fmt.startswith("mxint"))
-  if mp <= 32:
-    fold = asm and elem_ok
-    sk = 2 if SPECS[fmt].bits == 4 and elem_ok else 1
-    return WOConfig(64, 256, sk, 4, 4, mode, "xw", decode="asm" if asm else "jnp", fold=fold)
+  fp4 = SPECS[fmt].bits == 4 and elem_ok
+  if mp <= 64 or fp4:  # FP4 also at large M (M = 128: 57 us vs 105 for the 8-warp k128 config)
+    return WOConfig(64, 256, 2 if fp4 else 1, 4, 4, mode, "xw", decode="asm" if asm else "jnp",
+                    fold=asm and elem_ok)
   return WOConfig(64, 128 if mp >= 128 else 256, 2, 8 if mp >= 128 else 4, 3, mode, "xw")
 
 
