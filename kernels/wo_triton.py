@@ -20,8 +20,9 @@ G g + TW j + i, i < TW), byte i of every plane holding element i of every tile:
 (N_p, K_p/G, planes, TW) bytes, x as (M, K_p/G, S, TW) bf16 (a free reshape), so tile j of group g of x is a
 contiguous row slice. When a K step is one group (8-bit and FP4 at BK = G = 256) every tile is loaded as a
 2-D (rows, TW) block: Triton lays 2-D shared tiles out for the MMA, while the 3-D (rows, T, TW) tiles of a
-multi-group step came out unswizzled (Nsight Compute, session 8: 2-4 way bank conflicts on every shared load). Scales stay 1 byte: (N_p, K_p/block) uint8 (E8M0 bytes, or NVFP4's
-E4M3 bytes); NVFP4's FP32 tensor scale multiplies the FP32 accumulator in the kernel's epilogue.
+multi-group step came out unswizzled (Nsight Compute, session 8: 2-4 way bank conflicts on every shared load).
+Scales stay 1 byte: (N_p, K_p/block) uint8 (E8M0 bytes, or NVFP4's E4M3 bytes); NVFP4's FP32 tensor scale
+multiplies the FP32 accumulator in the kernel's epilogue.
 
 Decode (``WOConfig.decode``), value = elem * 2^c with a per-format constant c, 2^-c applied to the FP32
 accumulator at the end (exact, a power of two):
@@ -199,14 +200,14 @@ def default_config(mp: int, fmt: str, elem_ok: bool = False) -> WOConfig:
   """The kernel's default for Mp rows (before ``fit_config``), from the H100 sweeps (BENCHMARKS.md): per-element
   scaling when ``elem_ok`` (every scale of the weight inside ``elem_exact_range``, checked by
   ``prepare_weight_triton``; it beat per-block promotion 1.7x at M = 16), promotion otherwise (exact for every
-  scale). M <= 64 (session 8, 2-D tiles): 8-bit floats decode with the hardware convert (MXFP8 1.86x bf16 at
+  scale). M <= 32 (session 8, 2-D tiles): 8-bit floats decode with the hardware convert (MXFP8 1.86x bf16 at
   M = 16); FP4 / FP6 / MXINT8 with the inline-PTX decode, its 2^120 folded into the scale where the weight
   allows (``fold_ok``; otherwise the same kernel unfolded), FP4 with split-K 2 (MXFP4 2.31x, NVFP4 2.15x), also
-  at larger M. Larger M, other formats: the 8-warp config (run 5 of session 8)."""
+  at larger M. Larger M, other formats: the 8-warp config (best for MXFP8 / MXINT8 at M = 64 and 128 in run 5)."""
   mode = "elem" if elem_ok else "block"
   asm = not (SPECS[fmt].bits == 8 and not fmt.startswith("mxint"))
   fp4 = SPECS[fmt].bits == 4 and elem_ok
-  if mp <= 64 or fp4:  # FP4 also at large M (M = 128: 57 us vs 105 for the 8-warp k128 config)
+  if mp <= 32 or fp4:  # FP4 also at large M (M = 128: 57 us vs 105 for the 8-warp k128 config)
     return WOConfig(64, 256, 2 if fp4 else 1, 4, 4, mode, "xw", decode="asm" if asm else "jnp",
                     fold=asm and elem_ok)
   return WOConfig(64, 128 if mp >= 128 else 256, 2, 8 if mp >= 128 else 4, 3, mode, "xw")
