@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The next H100 lease (prepared in session 6). Logs to $OUT. Two calls of about 8 minutes each:
+# Prepared in session 6. Call 1 ran in session 8 (as benchmarks/gpu_session8.sh, with the Nsight Compute profiles;
+# BENCHMARKS.md "Session 8"); call 2 (issue 3's presets, re-measured with the shipped block max) is still to run.
+# Logs to $OUT. Two calls of about 8 minutes each:
 #   bash benchmarks/gpu_next.sh 1   # issue 7: design (b) with double-buffered dequantized tiles (deq_slots=2),
 #                                   #   checked on the GPU (poisoned outputs) and timed beside the current best
 #                                   #   of both designs and lax.scaled_dot at 8192^3; weight-only "wt" and "fold"
