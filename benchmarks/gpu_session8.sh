@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Session 8's H100 lease, call 1 (issue 7), logs to $OUT:
+# Session 8's H100 lease (issue 7), `bash benchmarks/gpu_session8.sh N` for call N = 1..5, logs to $OUT.
+# Candidate indices are into kernels.wo_triton.CANDIDATES as it stood at each call: calls 1 and 2 ran at commits
+# 8221a8c and 315f488 (15-18 were the n_acc variants, 19-24 split-K; both lists were replaced before call 3), so
+# check those out to repeat them; calls 3-5 match the current list. Call 1:
 #   1. weight-only at M = 16 (and 1, 32): the untimed candidates (12-18: W as the wgmma A operand, the folded
 #      rescale, 2 / 4 independent accumulators) beside the best so far, exactness checked first on every code;
 #   2. Nsight Compute on the two best kernels so far (MXFP4 asm, MXFP8): stall reasons and per-SASS samples;
@@ -50,16 +53,7 @@ if [ "${1:-1}" = 2 ]; then  # call 2: more programs per SM (split-K 2 / 4 / 8), 
 fi
 timeout 200 python3 benchmarks/bench_wo.py --ms 16,1,32 --anchors 16 --fmts mxfp4_e2m1,mxfp8_e4m3 \
   --cands 2,1,12,13,14,15,16,17,18 --exact-extra mxint8 --top 3 --out "$OUT" --budget 190 2>&1 | grep -v Warn | tail -45
-NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-for spec in "mxfp4_e2m1 2" "mxfp8_e4m3 1"; do
-  set -- $spec; tag="ncu_${1}_c$2"
-  timeout 100 "$NCU" --clock-control none --kernel-name regex:wo_triton --launch-skip 1 --launch-count 1 \
-    --set full --import-source no -f -o "$OUT/$tag" python3 benchmarks/ncu_wo.py --fmt "$1" --cand "$2" \
-    > "$OUT/${tag}_run.log" 2>&1; tail -3 "$OUT/${tag}_run.log"
-  "$NCU" --import "$OUT/$tag.ncu-rep" --print-details all > "$OUT/$tag.txt" 2>&1
-  "$NCU" --import "$OUT/$tag.ncu-rep" --page source --print-source sass --csv > "$OUT/${tag}_sass.csv" 2>&1
-  grep -E "Duration|Memory Throughput|DRAM Throughput|Issue Slots Busy|Issued Ipc|No Eligible|Active Warps Per|Eligible Warps|Stall|Registers Per|Achieved Occupancy|L2 Hit|Mem Pipes" "$OUT/$tag.txt" | head -40
-  rm -f "$OUT/$tag.ncu-rep"
-done
+ncu_one mxfp4_e2m1 2
+ncu_one mxfp8_e4m3 1
 timeout 190 python3 benchmarks/bench_matmul.py --sections env,check,sweep --sweep-set dq2 --budget 180 \
   --check-wo min --out "$OUT" 2>&1 | grep -v Warn | tail -25

@@ -672,6 +672,10 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
 def kernel_spec(fmt: str, cfg: WOConfig) -> _Spec:
   """The layout the kernel views ``fmt``'s prepared bytes in: 8-bit codes are row-major, so with per-element
   scaling a whole K step is one group (one 2-D tile); otherwise ``SPECS[fmt]``."""
+  if fmt not in SPECS:
+    raise ValueError(f"fmt must be one of {FORMATS}; got {fmt!r}")
+  if not isinstance(cfg, WOConfig):
+    raise TypeError(f"cfg must be a WOConfig; got {type(cfg).__name__}")
   spec = SPECS[fmt]
   if spec.bits == 8 and cfg.scale_mode == "elem":
     return dataclasses.replace(spec, group=cfg.block_k)
@@ -681,6 +685,8 @@ def kernel_spec(fmt: str, cfg: WOConfig) -> _Spec:
 def max_rows(fmt: str) -> int:
   """Rows of x per kernel call: 256, or 128 for FP4 (its 256-deep groups fix block_k >= 256, and 256 rows of
   bf16 x at that depth would not fit two pipeline stages in shared memory)."""
+  if fmt not in SPECS:
+    raise ValueError(f"fmt must be one of {FORMATS}; got {fmt!r}")
   return MAX_ROWS if SPECS[fmt].group <= 128 else MAX_ROWS // 2
 
 

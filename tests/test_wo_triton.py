@@ -126,6 +126,12 @@ def test_kernel_views_8bit_steps_as_one_group():
   assert (wt.kernel_spec("nvfp4", cfg).tiles, wt.kernel_spec("nvfp4", cfg).tw) == (2, 128)
   assert (wt.kernel_spec("mxfp6_e3m2", cfg).tiles, wt.kernel_spec("mxfp6_e3m2", cfg).tw) == (4, 32)
   assert wt.max_rows("mxfp4_e2m1") == wt.MAX_ROWS // 2 and wt.max_rows("mxfp8_e4m3") == wt.MAX_ROWS
+  with pytest.raises(ValueError, match="fmt must be one of"):
+    wt.kernel_spec("mxfp9", cfg)
+  with pytest.raises(ValueError, match="fmt must be one of"):
+    wt.max_rows("mxfp9")
+  with pytest.raises(TypeError, match="cfg must be a WOConfig"):
+    wt.kernel_spec("mxfp8_e4m3", {"block_k": 256})
 
 
 @pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "mxfp4_e2m1"])
