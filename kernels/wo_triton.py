@@ -97,6 +97,7 @@ class _Spec:
   bits: int       # storage bits per element
   nv: bool = False
   tiles: int = 1  # decoded tiles per group (S)
+  word: int = 8   # bits of the kernel's storage word (uint8 planes; FP4: uint16 words of 4 codes)
 
   @property
   def tw(self) -> int:  # tile width: elements per tile = bytes per plane row of a group
@@ -107,10 +108,10 @@ SPECS = {
     "mxfp8_e4m3": _Spec("e4m3", 32, 1, 32, 0, 8),
     "mxfp8_e5m2": _Spec("e5m2", 32, 1, 32, 0, 8),
     "mxint8": _Spec("int8", 32, 1, 32, 6, 8),
-    "mxfp4_e2m1": _Spec("e2m1", 256, 1, 32, -6, 4, tiles=2),
+    "mxfp4_e2m1": _Spec("e2m1", 256, 1, 32, -6, 4, tiles=4, word=16),
     "mxfp6_e2m3": _Spec("e2m3", 128, 3, 32, -6, 6, tiles=4),
     "mxfp6_e3m2": _Spec("e3m2", 128, 3, 32, -4, 6, tiles=4),
-    "nvfp4": _Spec("e2m1", 256, 1, 16, -6, 4, nv=True, tiles=2),
+    "nvfp4": _Spec("e2m1", 256, 1, 16, -6, 4, nv=True, tiles=4, word=16),
 }
 FORMATS = tuple(SPECS)
 
@@ -193,6 +194,14 @@ CANDIDATES = (
     WOConfig(64, 256, 2, 4, 4, "elem", "xw", decode="asm", fold=True),
     WOConfig(64, 256, 2, 4, 4, "elem", "xw"),
     WOConfig(64, 256, 4, 4, 3, "elem", "xw"),
+    # Session 9: FP4 as uint16 words of four 64-wide tiles (11 decode instructions per 8 elements, no PRMT; and
+    # with no 8-bit operand Triton loads x with LDSM instead of LDS.64 + ~110 register moves): offline SASS at
+    # M = 16, MXFP4 folded 621 -> 382 loop instructions per 256-deep step and warp. Wider / deeper tiles again:
+    WOConfig(128, 256, 4, 4, 3, "elem", "xw", decode="asm", fold=True),
+    WOConfig(128, 256, 2, 8, 4, "elem", "xw", decode="asm", fold=True),
+    WOConfig(64, 256, 1, 4, 6, "elem", "xw", decode="asm", fold=True),
+    WOConfig(64, 256, 2, 4, 6, "elem", "xw", decode="asm", fold=True),
+    WOConfig(128, 256, 2, 4, 4, "elem", "xw", decode="asm", fold=True),
 )
 
 
@@ -300,14 +309,33 @@ class TritonWeight:
   def nbytes(self) -> int:
     """Bytes the kernel streams (elements + scales + tensor scale)."""
     t = 0 if self.tensor_scale is None else 4
-    return int(self.data.size + self.scales.size + t)
+    return int(self.data.size * self.data.dtype.itemsize + self.scales.size + t)
+
+
+# FP4 word layout: uint16 word i of a 256-group holds the codes of its four 64-wide tiles, c_j = code[256g +
+# 64j + i]: c_j's magnitude bits (e1 e0 m) at FP4_MAG[j] .. + 2, its sign at FP4_SIGN[j]. Chosen so one shift
+# (or none) and a mask put each tile's bits where a bf16 wants them (magnitude at bits 8..6, sign at 15; see
+# _ASM_FP4): 11 instructions per two words, no byte interleaving.
+FP4_MAG = (6, 3, 0, 9)
+FP4_SIGN = (15, 12, 13, 14)
 
 
 def pack_fp4(codes: jax.Array) -> jax.Array:
-  """(N, K) FP4 codes, K % 256 == 0 -> (N, K/2): per 256-group byte i = c[i] | c[128 + i] << 4."""
+  """(N, K) FP4 codes, K % 256 == 0 -> (N, K/4) uint16: per 256-group word i = sum over tiles j < 4 of
+  (c_j & 7) << FP4_MAG[j] | (c_j >> 3) << FP4_SIGN[j], c_j = code[64 j + i]."""
   n, k = codes.shape
-  g = codes.astype(jnp.uint8).reshape(n, k // 256, 2, 128)
-  return (g[:, :, 0] | (g[:, :, 1] << 4)).reshape(n, k // 2)
+  g = codes.astype(jnp.uint16).reshape(n, k // 256, 4, 64)
+  w = jnp.zeros((n, k // 256, 64), jnp.uint16)
+  for j in range(4):
+    c = g[:, :, j]
+    w = w | ((c & 7) << FP4_MAG[j]) | ((c >> 3) << FP4_SIGN[j])
+  return w.reshape(n, k // 4)
+
+
+def fp4_codes(words, j: int):
+  """Tile j's FP4 codes (uint8, s e1 e0 m) from ``pack_fp4`` words (any shape)."""
+  w = words.astype(jnp.uint16)
+  return (((w >> FP4_MAG[j]) & 7) | (((w >> FP4_SIGN[j]) & 1) << 3)).astype(jnp.uint8)
 
 
 def pack_fp6(codes: jax.Array) -> jax.Array:
@@ -360,12 +388,14 @@ def _elem_scaling_exact(tw: TritonWeight) -> bool:
 
 def _fold_exact(tw: TritonWeight) -> bool:
   """True when the asm decode's power-of-two rescale can move into the bf16 scale: the weight has an asm decode
-  (e4m3, FP4, FP6, MXINT8; not NVFP4 or e5m2) and every scale exponent e keeps 2^(e + fold_shift) a finite bf16
-  (or is the NaN scale). False when the scales are traced."""
+  (e4m3, FP4, FP6, MXINT8, NVFP4; not e5m2) and every scale exponent e keeps 2^(e + fold_shift) a finite bf16
+  (so no NaN scale: the folded scale conversion has no select); NVFP4 always. False when the scales are traced."""
   if tw.fmt not in FOLDABLE:
     return False
+  if SPECS[tw.fmt].nv:  # E4M3 scale * 2^119 <= 448 * 2^119 < bf16 max; a NaN scale stays NaN
+    return True
   sb = _scale_bytes(tw)
-  return sb is not None and bool(np.all((sb == 255) | (sb + fold_shift(tw.fmt) <= 254)))
+  return sb is not None and bool(np.all(sb + fold_shift(tw.fmt) <= 254))
 
 
 @jax.jit
@@ -417,18 +447,10 @@ def _decode(code, elem: str):
   return f8.astype(jnp.float32).astype(jnp.bfloat16)
 
 
-def _decode_fp4_pair(b):
-  """Packed FP4 bytes -> (low-nibble e4m3 bytes, high-nibble e4m3 bytes), fused masks."""
-  lo = ((b & 0x08) << 4) | ((b & 0x07) << 2)
-  hi = (b & 0x80) | ((b >> 2) & 0x1C)
-  return lo, hi
-
-
 def _block_codes(planes, spec: _Spec):
-  """The S tiles (codes, or e4m3 bytes for FP4) of one group's planes."""
+  """The S tiles of element codes (FP4: e4m3 bytes) of one group's planes."""
   if spec.bits == 4:
-    lo, hi = _decode_fp4_pair(planes[0])
-    return [lo, hi]
+    return [_fp8_byte(fp4_codes(planes[0], j), "e2m1") for j in range(spec.tiles)]
   if spec.bits == 6:
     p0, p1, p2 = planes
     return [p0 & 0x3F, (p0 >> 6) | ((p1 & 0x0F) << 2), (p1 >> 4) | ((p2 & 0x03) << 4), p2 >> 2]
@@ -452,22 +474,30 @@ _RESCALE = 120       # log2 of the decodes' final multiply (MXINT8: _RESCALE_INT
 _RESCALE_INT8 = 112
 
 
-def _asm_rescale(shift: int) -> str:
-  """PTX multiplying both bf16x2 results by 2^shift (bf16 bits (shift + 127) << 7 in each half; exact)."""
+def _asm_rescale(shift: int, outs: int = 2) -> str:
+  """PTX multiplying the bf16x2 results $0 .. $(outs-1) by 2^shift (bf16 bits (shift + 127) << 7 in each half;
+  exact)."""
   k = (shift + 127) << 7
-  return f" mov.b32 k, 0x{k:04X}{k:04X}; mul.rn.bf16x2 $0, $0, k; mul.rn.bf16x2 $1, $1, k;"
+  return f" mov.b32 k, 0x{k:04X}{k:04X};" + "".join(f" mul.rn.bf16x2 ${i}, ${i}, k;" for i in range(outs))
+
+
+def _asm_fp4(j: int) -> str:
+  """Tile j of two ``pack_fp4`` words ($1, one per bf16 half) -> bf16x2 $0: the magnitude bits shifted to 8..6
+  and the sign to 15, masked (value elem * 2^-126, code 0.5 a bf16 subnormal), times 2^120."""
+  def shifted(reg, d):
+    return f"shl.b32 {reg}, $1, {d};" if d > 0 else f"shr.b32 {reg}, $1, {-d};"
+  dm, ds = 6 - FP4_MAG[j], 15 - FP4_SIGN[j]
+  if dm == ds:
+    body = ("and.b32 $0, $1, 0x81C081C0;" if dm == 0 else shifted("t", dm) + " and.b32 $0, t, 0x81C081C0;")
+  else:
+    body = (shifted("t", dm) + " and.b32 t, t, 0x01C001C0; " + shifted("u", ds)
+            + " and.b32 u, u, 0x80008000; or.b32 $0, t, u;")
+  return "{ .reg .b32 t, u, k; " + body + _asm_rescale(_RESCALE, 1) + " }"
 
 
 # One asm per output tile (Pallas' lowering of elementwise_inline_asm takes a single result). Operands: $0, $1
 # the two bf16x2 output registers (elements 0,1 and 2,3), then the inputs' 32-bit registers (4 bytes each).
 _ASM_TAIL = "prmt.b32 $0, l, h, 0x5140; prmt.b32 $1, l, h, 0x7362;" + _asm_rescale(_RESCALE)
-# FP4 low nibble (s e1 e0 m in bits 3..0): bf16 high byte = s << 7 | e1, low byte = (e0 m) << 6.
-_ASM_FP4_LO = ("{ .reg .b32 h, l, t, k; shl.b32 h, $2, 4; and.b32 h, h, 0x80808080; shr.b32 t, $2, 2; "
-               "and.b32 t, t, 0x01010101; or.b32 h, h, t; shl.b32 l, $2, 6; and.b32 l, l, 0xC0C0C0C0; "
-               + _ASM_TAIL + " }")
-# FP4 high nibble (bits 7..4): high byte = s << 7 | e1 (bit 6 -> 0), low byte = (e0 m) (bits 5, 4) << 2.
-_ASM_FP4_HI = ("{ .reg .b32 h, l, t, k; and.b32 h, $2, 0x80808080; shr.b32 t, $2, 6; and.b32 t, t, 0x01010101; "
-               "or.b32 h, h, t; shl.b32 l, $2, 2; and.b32 l, l, 0xC0C0C0C0; " + _ASM_TAIL + " }")
 # FP6 code j of a 128-group from its planes (byte-parallel), then the bf16 bytes of that code.
 _FP6_CODE = (
     ("and.b32 c, $2, 0x3F3F3F3F;", 1),
@@ -499,7 +529,8 @@ _ASM_INT8 = ("{ .reg .b32 t, a, b, k; xor.b32 t, $2, 0x80808080; "
              + _asm_rescale(_RESCALE_INT8) + " }")
 
 # Formats whose asm decode ends with a rescale that ``WOConfig(fold=True)`` can move into the scale.
-FOLDABLE = tuple(f for f, sp in SPECS.items() if not sp.nv and sp.elem != "e5m2")
+FOLDABLE = tuple(f for f, sp in SPECS.items() if sp.elem != "e5m2")
+_RESCALE_NV_FOLD = 119  # NVFP4's E4M3 scale (<= 448) times 2^119 stays finite in bf16; 2^120 would not
 
 
 def fold_shift(fmt: str) -> int:
@@ -507,22 +538,33 @@ def fold_shift(fmt: str) -> int:
   into the scale."""
   if fmt not in FOLDABLE:
     raise ValueError(f"fmt must be one of {FOLDABLE} (formats with an asm decode rescale); got {fmt!r}")
+  if SPECS[fmt].nv:
+    return _RESCALE_NV_FOLD
   return _RESCALE_INT8 if SPECS[fmt].elem == "int8" else _RESCALE
+
+
+def _decode_rescale(spec: _Spec) -> int:
+  """log2 of the final multiply in ``spec``'s asm decode."""
+  return _RESCALE_INT8 if spec.elem == "int8" else _RESCALE
 
 
 def _unfold(asm: str, shift: int) -> str:
   """The asm decode without its final 2^shift rescale: results are elem * 2^(format shift - shift)."""
-  tail = _asm_rescale(shift)
-  if tail not in asm:
-    raise ValueError(f"asm decode has no 2^{shift} rescale to fold")
-  return asm.replace(tail, "")
+  for outs in (2, 1):
+    tail = _asm_rescale(shift, outs)
+    if tail in asm:
+      return asm.replace(tail, "")
+  raise ValueError(f"asm decode has no 2^{shift} rescale to fold")
 
 
-def _asm_decode(asm: str, args):
+def _asm_decode(asm: str, args, word: int = 8):
+  """Inline PTX over 32-bit registers: 4 bytes -> two bf16x2 results ($0, $1), or (``word`` 16) two uint16
+  words -> one ($0)."""
   from jax.experimental.pallas import triton as pltriton
   out = jax.ShapeDtypeStruct(args[0].shape, jnp.bfloat16)
-  cons = "=r,=r," + ",".join(["r"] * len(args))
-  [res] = pltriton.elementwise_inline_asm(asm, args=list(args), constraints=cons, pack=4,
+  pack = 32 // word
+  cons = ",".join(["=r"] * (pack // 2) + ["r"] * len(args))
+  [res] = pltriton.elementwise_inline_asm(asm, args=list(args), constraints=cons, pack=pack,
                                           result_shape_dtypes=[out])
   return res
 
@@ -530,9 +572,10 @@ def _asm_decode(asm: str, args):
 def _decode_planes(planes, spec: _Spec, use_asm: bool, fold_shift_: int = 0):
   """A group's planes (uint8 tiles) -> the S decoded bf16 tiles (elem * 2^shift, exact; with ``fold_shift_``,
   asm only: elem * 2^(shift - fold_shift_), the rescale left to the scale)."""
-  dec = (lambda asm, args: _asm_decode(_unfold(asm, fold_shift_), args)) if fold_shift_ else _asm_decode
+  dec = (lambda asm, args: _asm_decode(_unfold(asm, fold_shift_), args, spec.word)) if fold_shift_ else \
+      (lambda asm, args: _asm_decode(asm, args, spec.word))
   if use_asm and spec.bits == 4:
-    return [dec(_ASM_FP4_LO, planes), dec(_ASM_FP4_HI, planes)]
+    return [dec(_asm_fp4(j), planes) for j in range(spec.tiles)]
   if use_asm and spec.elem == "e4m3":
     return [dec(_ASM_E4M3, planes)]
   if use_asm and spec.elem == "int8":
@@ -557,10 +600,15 @@ def _scale_bf16(sb, spec: _Spec):
 
 
 def _scale_bf16_folded(sb, shift: int):
-  """E8M0 bytes -> bf16 2^(b - 127 + shift): bits (b + shift) << 7 (needs b + shift <= 254); 255 -> NaN."""
-  b = sb.astype(jnp.uint16)
-  bits = jnp.where(b == 255, jnp.uint16(0x7FC0), (b + jnp.uint16(shift)) << 7)
-  return lax.bitcast_convert_type(bits, jnp.bfloat16)
+  """E8M0 bytes -> bf16 2^(b - 127 + shift): bits (b + shift) << 7. Only for weights with every b + shift <=
+  254 (``TritonWeight.fold_ok``: no NaN scale, so no select)."""
+  return lax.bitcast_convert_type((sb.astype(jnp.uint16) + jnp.uint16(shift)) << 7, jnp.bfloat16)
+
+
+def _scale_bf16_nv_folded(sb, shift: int):
+  """NVFP4 E4M3 scale bytes -> bf16 value * 2^shift (exact: a power-of-two multiple of an E4M3 value, <= 448 *
+  2^119 for the fold's shift; NaN stays NaN)."""
+  return _scale_bf16(sb, SPECS["nvfp4"]) * jnp.bfloat16(2.0 ** shift)
 
 
 def _scale_f32(sb, spec: _Spec):
@@ -609,7 +657,7 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
     return lax.bitcast_convert_type(v, jnp.bfloat16)
 
   use_asm = cfg.decode == "asm" and not interpret
-  fold = bool(fold_shift_) and use_asm and cfg.scale_mode == "elem"
+  fold = bool(fold_shift_)
   xw = cfg.orient == "xw"
   acc_shape = (mp, bn) if xw else (bn, mp)
 
@@ -626,9 +674,15 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
       planes = [ld_w(w_ref.at[:, grp, _i(p), :]) for p in range(NP)]
       # one contiguous scale tile per step (a strided per-block load would not be pipelined), split by tile
       sraw = pltriton.load(s_ref.at[:, pl.ds(g0 * S * nb, nsc)])
-      st = (_scale_bf16_folded(sraw, fold_shift_) if fold else _scale_bf16(sraw, spec)).reshape(bn, T, S, nb)
+      if not fold:
+        st = _scale_bf16(sraw, spec)
+      elif spec.nv:
+        st = _scale_bf16_nv_folded(sraw, fold_shift_)
+      else:
+        st = _scale_bf16_folded(sraw, fold_shift_)
+      st = st.reshape(bn, T, S, nb)
       scs = jnp.split(st, S, axis=2) if S > 1 else [st]
-      for j, v in enumerate(_decode_planes(planes, spec, use_asm, fold_shift_ if fold else 0)):
+      for j, v in enumerate(_decode_planes(planes, spec, use_asm, _decode_rescale(spec) if fold else 0)):
         sc = lax.broadcast_in_dim(scs[j].reshape(bn, T * nb), (bn, T * nb, blk), (0, 1)).reshape(bn, T * TW)
         wt = v.reshape(bn, T * TW) * sc
         xt = ld_x(x_ref.at[:, grp, _i(j), :]).reshape(mp, T * TW)
@@ -724,10 +778,14 @@ def _call(xb, pw: TritonWeight, m: int, mp: int, cfg: WOConfig, out_dtype, inter
   else:
     out_shape = jax.ShapeDtypeStruct((sk, m, n), store_dtype)
     out_spec = pl.BlockSpec((pl.squeezed, mp, bn), lambda i, s: (s, 0, i))
+  # (WOConfig: fold implies the asm decode and per-element scales; the interpreter runs the jnp decode)
+  fs = fold_shift(pw.fmt) if cfg.fold and pw.fold_ok and not interpret else 0  # never folds a weight it can't
+  # the decoded value is elem * 2^shift; a fold that moves less than the whole rescale (NVFP4: 2^119 of 2^120)
+  # leaves elem * 2^(shift - (rescale - fold)) for the epilogue to undo
+  out_mul = float(2.0 ** (-spec.shift + (_decode_rescale(spec) - fs if fs else 0)))
   kernel = functools.partial(
       _wo_kernel, spec=spec, cfg=cfg, m=m, n=n, mp=mp, steps=steps, t_groups=t_groups, has_ts=has_ts,
-      out_mul=float(2.0 ** -spec.shift), out_dtype=o_dtype, interpret=interpret,
-      fold_shift_=fold_shift(pw.fmt) if cfg.fold and pw.fold_ok else 0)  # never folds a weight it can't
+      out_mul=out_mul, out_dtype=o_dtype, interpret=interpret, fold_shift_=fs)
   params = None
   if not interpret:
     from jax.experimental.pallas import triton as pltriton

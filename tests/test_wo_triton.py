@@ -10,6 +10,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_dtypes
 import pytest
 
 import mx_jax
@@ -96,34 +97,108 @@ def test_dispatch_bf16_out_and_prepared(weights):
 
 
 def test_prepared_layout():
-  for fmt, bpe in (("mxfp8_e4m3", 1.0), ("mxfp4_e2m1", 0.5), ("mxfp6_e3m2", 0.75), ("nvfp4", 0.5)):
+  for fmt, dt, bpe in (("mxfp8_e4m3", jnp.uint8, 1.0), ("mxfp4_e2m1", jnp.uint16, 0.25),
+                       ("mxfp6_e3m2", jnp.uint8, 0.75), ("nvfp4", jnp.uint16, 0.25)):
     pw = wt.prepare_weight_triton(_weight(fmt))
     n_p, k_p = 256, 512
-    assert pw.data.dtype == jnp.uint8 and pw.data.shape == (n_p, int(k_p * bpe))
+    assert pw.data.dtype == dt and pw.data.shape == (n_p, int(k_p * bpe))  # FP4: uint16 words of 4 codes
     blk = 16 if fmt == "nvfp4" else 32
     assert pw.scales.dtype == jnp.uint8 and pw.scales.shape == (n_p, k_p // blk)  # 1-byte scales, not widened
     assert (pw.tensor_scale is not None) == (fmt == "nvfp4")
-    assert pw.shape == (N, K) and pw.nbytes == pw.data.size + pw.scales.size + (4 if fmt == "nvfp4" else 0)
+    nb = {"mxfp8_e4m3": 1.0, "mxfp4_e2m1": 0.5, "mxfp6_e3m2": 0.75, "nvfp4": 0.5}[fmt] * n_p * k_p
+    assert pw.shape == (N, K) and pw.nbytes == nb + pw.scales.size + (4 if fmt == "nvfp4" else 0)
 
 
-def test_fp4_packing_puts_two_128_wide_tiles_in_one_byte_row():
-  """FP4 256-groups: byte i of group g holds code[256g + i] (low nibble) and code[256g + 128 + i] (high)."""
+# The FP4 word layout, written out from its definition: tile j's magnitude bits (e1 e0 m) start at bit MAG[j],
+# its sign bit is SIGN[j].
+MAG, SIGN = (6, 3, 0, 9), (15, 12, 13, 14)
+
+
+def test_fp4_packing_puts_four_64_wide_tiles_in_one_uint16_word():
+  """FP4 256-groups: uint16 word i of group g holds code[256g + 64j + i] of tiles j = 0..3."""
   codes = np.random.default_rng(0).integers(0, 16, size=(3, 512)).astype(np.uint8)
   packed = np.asarray(wt.pack_fp4(jnp.asarray(codes)))
-  assert packed.shape == (3, 256)
-  for g in range(2):
-    for i in range(128):
-      want = codes[:, 256 * g + i] | (codes[:, 256 * g + 128 + i] << 4)
-      np.testing.assert_array_equal(packed[:, 128 * g + i], want)
+  assert packed.shape == (3, 128) and packed.dtype == np.uint16
+  for r in range(3):
+    for g in range(2):
+      for i in range(64):
+        want = 0
+        for j in range(4):
+          c = int(codes[r, 256 * g + 64 * j + i])
+          want |= (c & 7) << MAG[j] | (c >> 3) << SIGN[j]
+        assert int(packed[r, 64 * g + i]) == want
+  for j in range(4):  # and the kernel's jnp decode reads them back
+    got = np.asarray(wt.fp4_codes(jnp.asarray(packed), j)).reshape(3, 2, 64)
+    np.testing.assert_array_equal(got, codes.reshape(3, 2, 4, 64)[:, :, j])
+
+
+def _run_ptx(asm: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+  """A tiny PTX interpreter for the b32 integer ops and mul.rn.bf16x2 by a power of two that the asm decodes
+  use, on uint32 numpy arrays; returns the $0.. outputs."""
+  regs = {f"${i + 1}": v.astype(np.uint64) for i, v in enumerate(inputs)}
+  body = asm.strip().lstrip("{").rstrip("}")
+  m32 = np.uint64(0xFFFFFFFF)
+  val = lambda t: regs[t] if t in regs else np.uint64(int(t, 0))
+  for ins in filter(None, (x.strip() for x in body.split(";"))):
+    op, *args = ins.replace(",", " ").split()
+    if op == ".reg":
+      continue
+    d, a = args[0], args[1:]
+    if op == "mov.b32":
+      regs[d] = val(a[0]) & m32
+    elif op == "and.b32":
+      regs[d] = val(a[0]) & val(a[1])
+    elif op == "or.b32":
+      regs[d] = val(a[0]) | val(a[1])
+    elif op == "shl.b32":
+      regs[d] = (val(a[0]) << val(a[1])) & m32
+    elif op == "shr.b32":
+      regs[d] = val(a[0]) >> val(a[1])
+    elif op == "mul.rn.bf16x2":  # exact for a power-of-two factor when the product is a normal bf16
+      x, k = val(a[0]), val(a[1])
+      halves = []
+      for sh in (0, 16):
+        xb = ((x >> np.uint64(sh)) & np.uint64(0xFFFF)).astype(np.uint16).view(jnp.bfloat16).astype(np.float64)
+        kb = np.array([(int(k) >> sh) & 0xFFFF], np.uint16).view(jnp.bfloat16).astype(np.float64)
+        halves.append(np.asarray((xb * kb).astype(jnp.bfloat16)).view(np.uint16).astype(np.uint64) << np.uint64(sh))
+      regs[d] = halves[0] | halves[1]
+    else:
+      raise NotImplementedError(op)
+  return [regs[f"${i}"] for i in range(sum(1 for r in regs if r.startswith("$")) - len(inputs))]
+
+
+def test_fp4_asm_decode_gives_every_code_in_every_tile_and_half():
+  """The inline PTX (run by a small interpreter here; on the GPU by benchmarks/bench_wo.py) turns tile j of two
+  packed words into bf16x2 elem * 2^-6 (the jnp decode's value) for all 16 codes, in both halves, whatever the
+  other tiles' codes are; without the rescale (``fold``) the bits are elem * 2^-126."""
+  e2m1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6], np.float64)
+  val = np.concatenate([e2m1, -e2m1])
+  rng = np.random.default_rng(3)
+  codes = rng.integers(0, 16, size=(4096, 2, 4))  # (samples, half, tile)
+  codes[:16, :, :] = np.arange(16)[:, None, None]
+  words = np.zeros((4096, 2), np.uint64)
+  for j in range(4):
+    words |= ((codes[..., j] & 7) << MAG[j] | (codes[..., j] >> 3) << SIGN[j]).astype(np.uint64)
+  reg = words[:, 0] | (words[:, 1] << np.uint64(16))
+  for j in range(4):
+    for asm, scale in ((wt._asm_fp4(j), 2.0 ** -6), (wt._unfold(wt._asm_fp4(j), 120), 2.0 ** -126)):
+      [out] = _run_ptx(asm, [reg])
+      for h in range(2):
+        bits = ((out >> np.uint64(16 * h)) & np.uint64(0xFFFF)).astype(np.uint16)
+        got = bits.view(jnp.bfloat16).astype(np.float64)
+        want = val[codes[:, h, j]] * scale
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.signbit(got), codes[:, h, j] >= 8)  # -0 keeps its sign
 
 
 def test_kernel_views_8bit_steps_as_one_group():
   """8-bit codes are row-major, so the per-element kernel views a whole K step as one 2-D tile; FP4 keeps its
-  256-groups (two 128-wide tiles), FP6 its 128-groups (four 32-wide tiles)."""
+  256-groups (four 64-wide tiles of uint16 words), FP6 its 128-groups (four 32-wide tiles)."""
   cfg = wt.WOConfig(64, 512, 1, 4, 4, "elem", "xw")
   assert (wt.kernel_spec("mxfp8_e4m3", cfg).group, wt.kernel_spec("mxfp8_e4m3", cfg).tw) == (512, 512)
   assert wt.kernel_spec("mxfp8_e4m3", dataclasses.replace(cfg, scale_mode="block")).group == 32
-  assert (wt.kernel_spec("nvfp4", cfg).tiles, wt.kernel_spec("nvfp4", cfg).tw) == (2, 128)
+  assert (wt.kernel_spec("nvfp4", cfg).tiles, wt.kernel_spec("nvfp4", cfg).tw, wt.kernel_spec("nvfp4", cfg).word) \
+      == (4, 64, 16)
   assert (wt.kernel_spec("mxfp6_e3m2", cfg).tiles, wt.kernel_spec("mxfp6_e3m2", cfg).tw) == (4, 32)
   assert wt.max_rows("mxfp4_e2m1") == wt.MAX_ROWS // 2 and wt.max_rows("mxfp8_e4m3") == wt.MAX_ROWS
   with pytest.raises(ValueError, match="fmt must be one of"):
@@ -321,11 +396,11 @@ def test_default_config_promotes_when_scales_leave_elem_range(fmt):
 
 @pytest.mark.parametrize("shift", [120, 112])
 def test_folded_scale_bits_are_exact_powers_of_two(shift):
-  """E8M0 byte b -> bf16 2^(b - 127 + shift) for every b the fold allows (b + shift <= 254); 255 -> NaN."""
+  """E8M0 byte b -> bf16 2^(b - 127 + shift) for every b the fold allows (b + shift <= 254; so never the NaN
+  byte 255, which fold_ok excludes)."""
   b = np.arange(0, 255 - shift, dtype=np.uint8)
   got = np.asarray(wt._scale_bf16_folded(jnp.asarray(b), shift).astype(jnp.float32), np.float64)
   np.testing.assert_array_equal(got, np.exp2(b.astype(np.float64) - 127 + shift))
-  assert np.isnan(np.asarray(wt._scale_bf16_folded(jnp.asarray([255], jnp.uint8), shift).astype(jnp.float32)))
 
 
 @pytest.mark.parametrize("fmt,e_max", [("mxfp8_e4m3", 7), ("mxfp4_e2m1", 7), ("mxfp6_e3m2", 7), ("mxint8", 15)])
@@ -337,16 +412,31 @@ def test_fold_only_where_the_scale_stays_finite(fmt, e_max):
   over = wt.prepare_weight_triton(_qarray_with_scales(fmt, [e_max + 1, -3, 0, -20] * 4))
   assert ok.elem_ok and ok.fold_ok
   assert over.elem_ok and not over.fold_ok
+  nan = wt.prepare_weight_triton(_qarray_with_scales(fmt, [128, -3, 0, -20] * 4))  # E8M0 NaN byte 255
+  assert nan.elem_ok and not nan.fold_ok  # the folded scale conversion has no NaN select
 
 
-@pytest.mark.parametrize("fmt", ["nvfp4", "mxfp8_e5m2"])
+def test_nvfp4_folded_scale_is_exact_and_finite_for_every_e4m3_byte():
+  """NVFP4's fold moves 2^119 (not the decode's whole 2^120) into its E4M3 scale: every byte's value times
+  2^119, exact and finite (448 * 2^120 would overflow bf16); NaN stays NaN."""
+  b = np.arange(256, dtype=np.uint8)
+  got = np.asarray(wt._scale_bf16_nv_folded(jnp.asarray(b), wt.fold_shift("nvfp4")).astype(jnp.float32),
+                   np.float64)
+  want = b.view(ml_dtypes.float8_e4m3fn).astype(np.float64) * 2.0 ** 119
+  np.testing.assert_array_equal(got, want)  # NaN == NaN under assert_array_equal
+  assert np.isfinite(got[np.isfinite(want)]).all() and wt.fold_shift("nvfp4") == 119
+  w = mx_jax.quantize(jax.random.normal(jax.random.key(0), (128, 256)) * 0.1, "nvfp4", axis=1)
+  assert wt.prepare_weight_triton(w).fold_ok
+
+
+@pytest.mark.parametrize("fmt", ["mxfp8_e5m2"])
 def test_fold_never_for_formats_without_an_asm_rescale(fmt):
   w = mx_jax.quantize(jax.random.normal(jax.random.key(0), (128, 256)) * 0.1, fmt, axis=1)
   assert not wt.prepare_weight_triton(w).fold_ok
 
 
 def test_fold_shift_rejects_formats_without_an_asm_rescale():
-  for fmt in ("nvfp4", "mxfp8_e5m2", "mxfp9"):
+  for fmt in ("mxfp8_e5m2", "mxfp9"):
     with pytest.raises(ValueError, match="fmt must be one of"):
       wt.fold_shift(fmt)
 
@@ -358,7 +448,7 @@ def test_fold_config_validation():
     wt.WOConfig(64, 256, 1, 4, 4, "block", "xw", decode="asm", fold=True)
 
 
-@pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "mxfp4_e2m1", "mxfp6_e2m3", "mxint8"])
+@pytest.mark.parametrize("fmt", ["mxfp8_e4m3", "mxfp4_e2m1", "mxfp6_e2m3", "mxint8", "nvfp4"])
 def test_fold_drops_the_decode_rescale_only_for_weights_that_allow_it(fmt):
   """Lowered for CUDA: a fold config emits the asm decode without its mul.rn.bf16x2 rescale when the weight is
   fold_ok, and keeps it (the unfolded, always-exact kernel) when it is not."""

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Session 9's H100 lease (issue 7), `bash benchmarks/gpu_session9.sh N`, logs to $OUT. Candidate indices are into
+# kernels.wo_triton.CANDIDATES at the commit that ran them (BENCHMARKS.md names it). Call 1:
+#   1. FP4 as uint16 words (pack_fp4: four 64-wide tiles per word, 11 decode instructions per 8 elements; x
+#      through LDSM) and NVFP4's folded rescale: every code / extreme scale checked per (mode, decode, fold)
+#      kind, then MXFP4 / NVFP4 at M = 1..256 over the old default (16) and new wider / deeper configs (19-23);
+#   2. Nsight Compute of the MXFP4 default.
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH=.
+OUT="${OUT:-/tmp/mxbench}"; mkdir -p "$OUT"
+nvidia-smi -L
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+ncu_one() {  # fmt cand: Nsight Compute report of one weight-only kernel, as text
+  local tag="ncu_${1}_c$2"
+  timeout 100 "$NCU" --clock-control none --kernel-name regex:wo_triton --launch-skip 1 --launch-count 1 \
+    --set full --import-source no -f -o "$OUT/$tag" python3 benchmarks/ncu_wo.py --fmt "$1" --cand "$2" \
+    > "$OUT/${tag}_run.log" 2>&1; tail -3 "$OUT/${tag}_run.log"
+  "$NCU" --import "$OUT/$tag.ncu-rep" --print-details all > "$OUT/$tag.txt" 2>&1
+  "$NCU" --import "$OUT/$tag.ncu-rep" --page source --print-source sass --csv > "$OUT/${tag}_sass.csv" 2>&1
+  grep -E "Duration|DRAM Throughput|Issue Slots Busy|Active Warps Per|Eligible Warps|Stall (Wait|Long|Short|Math|Barrier)|Achieved Occupancy" \
+    "$OUT/$tag.txt" | head -16
+  rm -f "$OUT/$tag.ncu-rep"
+}
+if [ "${1:-1}" = 1 ]; then
+  timeout 440 python3 benchmarks/bench_wo.py --ms 16,128,1,2,4,8,32,64,256 --anchors 16,128 \
+    --fmts mxfp4_e2m1,nvfp4 --cands 16,19,20,21,22,23 --exact-extra "" --top 2 --out "$OUT" --budget 430 2>&1 \
+    | grep -v Warn | tail -50
+  ncu_one mxfp4_e2m1 16
+  exit 0
+fi
