@@ -5,6 +5,8 @@
 #      through LDSM) and NVFP4's folded rescale: every code / extreme scale checked per (mode, decode, fold)
 #      kind, then MXFP4 / NVFP4 at M = 1..256 over the old default (16) and new wider / deeper configs (19-23);
 #   2. Nsight Compute of the MXFP4 default.
+# Call 2: more warps per scheduler (run 1's counters: 1.94 active, stall "wait" on top): split-K 4 / 8, fewer
+#   stages, 8 warps, 32-row tiles (24-28) beside the defaults (16; 15 = split-K 4 st3), M = 16, 1, 32; counters.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 OUT="${OUT:-/tmp/mxbench}"; mkdir -p "$OUT"
@@ -26,5 +28,11 @@ if [ "${1:-1}" = 1 ]; then
     --fmts mxfp4_e2m1,nvfp4 --cands 16,19,20,21,22,23 --exact-extra "" --top 2 --out "$OUT" --budget 430 2>&1 \
     | grep -v Warn | tail -50
   ncu_one mxfp4_e2m1 16
+  exit 0
+fi
+if [ "${1:-1}" = 2 ]; then
+  timeout 300 python3 benchmarks/bench_wo.py --ms 16,1,32 --anchors 16 --fmts mxfp4_e2m1,nvfp4 \
+    --cands 16,15,24,25,26,27,28 --exact-extra "" --top 3 --out "$OUT" --budget 290 2>&1 | grep -v Warn | tail -40
+  ncu_one mxfp4_e2m1 25
   exit 0
 fi

@@ -202,6 +202,13 @@ CANDIDATES = (
     WOConfig(64, 256, 1, 4, 6, "elem", "xw", decode="asm", fold=True),
     WOConfig(64, 256, 2, 4, 6, "elem", "xw", decode="asm", fold=True),
     WOConfig(128, 256, 2, 4, 4, "elem", "xw", decode="asm", fold=True),
+    # Session 9 run 1 (Nsight Compute of the new MXFP4 default, 20.3 us): 1.94 warps per scheduler, 0.53
+    # eligible, issue 35% busy, "stall wait" (fixed-latency dependencies) the top reason: more warps per SM.
+    WOConfig(64, 256, 4, 4, 4, "elem", "xw", decode="asm", fold=True),
+    WOConfig(64, 256, 8, 4, 3, "elem", "xw", decode="asm", fold=True),
+    WOConfig(64, 256, 8, 4, 2, "elem", "xw", decode="asm", fold=True),
+    WOConfig(64, 256, 4, 8, 3, "elem", "xw", decode="asm", fold=True),
+    WOConfig(32, 256, 4, 4, 3, "elem", "xw", decode="asm", fold=True),
 )
 
 
