@@ -36,8 +36,9 @@ def compile_ptx(fmt: str, cfg, m: int, n: int, k: int, out_dir: str) -> str:
   h = gpu_info.get_gpu_info_from_version(gpu_info.GpuVersion.H100)
   gpu_info.get_gpu_info = lambda: h
   spec = wt.SPECS[fmt]
-  pw = wt.TritonWeight(jnp.zeros((n, k * spec.bits // spec.word), jnp.dtype(f"uint{spec.word}")), jnp.zeros((n, k // spec.block), jnp.uint8),
-                       jnp.zeros((), jnp.float32) if spec.nv else None, fmt, n, k, True, fmt in wt.FOLDABLE)
+  pw = wt.TritonWeight(jnp.zeros((n, k * spec.bits // spec.word), jnp.dtype(f"uint{spec.word}")),
+                       jnp.zeros((n, k // spec.block), jnp.uint8), jnp.zeros((), jnp.float32) if spec.nv else None,
+                       fmt, n, k, True, fmt in wt.FOLDABLE, group=wt.packing_group(fmt, cfg) or 0)
   compile_for(h100(), lambda x, w: wt.wo_matmul(x, w, config=cfg), jnp.zeros((m, k), jnp.bfloat16), pw)
   return max(glob.glob(os.path.join(out_dir, "*.ptx")), key=os.path.getsize)
 

@@ -197,7 +197,7 @@ def exactness(fmt, cands):
     ref, bound = host_ref(x, q)
     label = f"{mode:5s} {dec:3s} {orient}{' fold' if fold else ''}"
     try:
-      pw = wt.prepare_weight_triton(q)
+      pw = wt.prepare_weight_triton(q, wt.packing_group(fmt, c))
       out = wt.wo_matmul(x, pw, out_dtype=jnp.float32, config=c, interpret=INTERPRET)
       e = rel_err(out, ref, bound)
       ok[kind] = e <= 1e-5
@@ -213,8 +213,17 @@ def _kind(c):
   return (c.scale_mode, c.decode, c.orient, c.fold)
 
 
+def weights_for(st, cfg):
+  """The prepared weight copies in the layout ``cfg`` steps over (FP4: its packing group), prepared on first use."""
+  g = wt.packing_group(st["fmt"], cfg)
+  if g not in st["pws"]:
+    st["pws"][g] = [wt.prepare_weight_triton(q, g) for q in st["qs"]]
+    jax.block_until_ready(st["pws"][g])
+  return st["pws"][g]
+
+
 def check(st, cfg):
-  out = wt.wo_matmul(st["xref"], st["pws"][0], out_dtype=jnp.float32, config=cfg, interpret=INTERPRET)
+  out = wt.wo_matmul(st["xref"], weights_for(st, cfg)[0], out_dtype=jnp.float32, config=cfg, interpret=INTERPRET)
   return rel_err(out, st["ref"], st["bound"])
 
 
@@ -226,9 +235,8 @@ def sweep_one(st, fmt, m, k, n, cands, anchors, top, best, ranked, bf16_dev):
   else:
     anc = min(anchors, key=lambda a: abs(np.log2(a) - np.log2(m)))
     todo = list(ranked.get((fmt, anc), cands[:1]))[:top]
-  pws = st["pws"]
   x = jax.random.normal(jax.random.key(m), (m, k), jnp.float32).astype(jnp.bfloat16)
-  nbytes = pws[0].nbytes + m * k * 2 + m * n * 2
+  nbytes = weights_for(st, None)[0].nbytes + m * k * 2 + m * n * 2
   res = []
   for cfg in todo:
     if cfg.name() in st["wrong"]:
@@ -243,7 +251,8 @@ def sweep_one(st, fmt, m, k, n, cands, anchors, top, best, ranked, bf16_dev):
           st["wrong"].add(cfg.name())
           log(f"  M={m:<4d} {cfg.name():<40s} WRONG: max |err| / (|x||W|) = {e:.2e} vs XLA")
           continue
-      d, w_ = measure(lambda x, w, cfg=cfg: wt.wo_matmul(x, w, config=cfg, interpret=INTERPRET), x, pws)
+      d, w_ = measure(lambda x, w, cfg=cfg: wt.wo_matmul(x, w, config=cfg, interpret=INTERPRET), x,
+                      weights_for(st, cfg))
       res.append((d if d == d else w_, cfg))
       log("  " + row(f"M={m:<4d} {cfg.name()}", d, w_, nbytes, bf16_dev.get(m)))
     except OutOfTime:
@@ -334,14 +343,13 @@ def main():
       log(f"\n== {fmt}: checks")
       exact_ok = exactness(fmt, cands)
       qs = quantized_copies(fmt, n, k, COPIES)
-      pws = [wt.prepare_weight_triton(q) for q in qs]
-      jax.block_until_ready(pws)
       xref = jax.random.normal(jax.random.key(16), (16, k), jnp.float32).astype(jnp.bfloat16)
       ref = np.asarray(mx_weight_only_matmul(xref, qs[0], out_dtype=jnp.float32, impl="xla"), np.float64)
       wd = jnp.abs(mx_jax.dequantize(qs[0], jnp.float32))
       bound = np.asarray(jnp.dot(jnp.abs(xref.astype(jnp.float32)), wd.T, precision="highest"), np.float64)
-      del wd, qs
-      st = state[fmt] = dict(pws=pws, exact_ok=exact_ok, ref=ref, bound=bound, xref=xref, wrong=set())
+      del wd
+      st = state[fmt] = dict(fmt=fmt, qs=qs, pws={}, exact_ok=exact_ok, ref=ref, bound=bound, xref=xref,
+                             wrong=set())
       e0 = check(st, cands[0])
       log(f"  check  {cands[0].name()} at M=16 vs XLA reference: max |err| / (|x||W|) = {e0:.2e} "
           f"{'OK' if e0 <= 5e-5 else 'MISMATCH'}")

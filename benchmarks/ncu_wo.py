@@ -31,7 +31,7 @@ def main():
   a = p.parse_args()
   cfg = wt.CANDIDATES[a.cand]
   w = jax.random.normal(jax.random.key(0), (a.n, a.k), jnp.float32)
-  pw = wt.prepare_weight_triton(mx_jax.quantize(w, a.fmt, axis=1))
+  pw = wt.prepare_weight_triton(mx_jax.quantize(w, a.fmt, axis=1), wt.packing_group(a.fmt, cfg))
   x = jax.random.normal(jax.random.key(1), (a.m, a.k), jnp.float32).astype(jnp.bfloat16)
   f = jax.jit(lambda x, w: wt.wo_matmul(x, w, config=cfg))
   for _ in range(3):

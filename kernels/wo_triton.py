@@ -116,6 +116,27 @@ SPECS = {
 FORMATS = tuple(SPECS)
 
 
+def weight_spec(fmt: str, group: int | None = None) -> _Spec:
+  """``SPECS[fmt]``, for FP4 with packing group ``group`` (one of ``FP4_GROUPS``; None: 256)."""
+  if fmt not in SPECS:
+    raise ValueError(f"fmt must be one of {FORMATS}; got {fmt!r}")
+  spec = SPECS[fmt]
+  if group is None or group == spec.group:
+    return spec
+  if spec.bits != 4 or group not in FP4_GROUPS:
+    raise ValueError(f"group must be one of {FP4_GROUPS} for FP4 formats (and {spec.group} for {fmt}); "
+                     f"got {group!r}")
+  return dataclasses.replace(spec, group=group)
+
+
+def packing_group(fmt: str, cfg: "WOConfig | None") -> int | None:
+  """The FP4 packing group a config steps over (512 when its block_k is 512 or more, else 256); None for
+  other formats (their layout does not depend on the config)."""
+  if weight_spec(fmt).bits != 4:
+    return None
+  return 512 if cfg is not None and cfg.block_k >= 512 else 256
+
+
 @dataclasses.dataclass(frozen=True)
 class WOConfig:
   """Tile / pipeline choice of the Triton weight-only kernel.
@@ -209,6 +230,13 @@ CANDIDATES = (
     WOConfig(64, 256, 8, 4, 2, "elem", "xw", decode="asm", fold=True),
     WOConfig(64, 256, 4, 8, 3, "elem", "xw", decode="asm", fold=True),
     WOConfig(32, 256, 4, 4, 3, "elem", "xw", decode="asm", fold=True),
+    # Session 9 run 2: more warps did not help (split-K 8: 5.1 warps per scheduler, the stalls moved to the memory
+    # scoreboards). FP4 in 512-groups (``prepare_weight_triton(group=512)``): twice the work per loop step and
+    # barrier, x re-read half as often per weight byte (offline SASS: 725 instructions per 512-deep step).
+    WOConfig(64, 512, 2, 4, 3, "elem", "xw", decode="asm", fold=True),
+    WOConfig(64, 512, 4, 4, 3, "elem", "xw", decode="asm", fold=True),
+    WOConfig(64, 512, 1, 4, 4, "elem", "xw", decode="asm", fold=True),
+    WOConfig(128, 512, 2, 8, 2, "elem", "xw", decode="asm", fold=True),
 )
 
 
@@ -233,10 +261,10 @@ def _next_pow2(n: int) -> int:
   return 1 << max(0, int(n) - 1).bit_length()
 
 
-def fit_config(cfg: WOConfig, fmt: str, mp: int, n_p: int, k_p: int) -> WOConfig:
+def fit_config(cfg: WOConfig, fmt: str, mp: int, n_p: int, k_p: int, group: int | None = None) -> WOConfig:
   """Adapts ``cfg`` to a problem: block_n divides N_p, block_k >= the packing group, block_k * split_k
   divides K_p, the pipeline fits ``SMEM_BUDGET``, the FP32 accumulator stays <= 64 registers a thread."""
-  spec = SPECS[fmt]
+  spec = weight_spec(fmt, group)
   bn, bk, sk, nw, ns = cfg.block_n, max(cfg.block_k, spec.group), cfg.split_k, cfg.num_warps, cfg.num_stages
   while n_p % bn:
     bn //= 2
@@ -299,6 +327,7 @@ class TritonWeight:
   k: int = dataclasses.field(metadata=dict(static=True))
   elem_ok: bool = dataclasses.field(default=False, metadata=dict(static=True))
   fold_ok: bool = dataclasses.field(default=False, metadata=dict(static=True))
+  group: int = dataclasses.field(default=0, metadata=dict(static=True))  # FP4 packing group (0: the default)
 
   @property
   def shape(self) -> tuple[int, int]:
@@ -325,14 +354,18 @@ class TritonWeight:
 # _ASM_FP4): 11 instructions per two words, no byte interleaving.
 FP4_MAG = (6, 3, 0, 9)
 FP4_SIGN = (15, 12, 13, 14)
+FP4_GROUPS = (256, 512)  # packing groups (K elements, four tiles of group / 4); the kernel steps one group
 
 
-def pack_fp4(codes: jax.Array) -> jax.Array:
-  """(N, K) FP4 codes, K % 256 == 0 -> (N, K/4) uint16: per 256-group word i = sum over tiles j < 4 of
-  (c_j & 7) << FP4_MAG[j] | (c_j >> 3) << FP4_SIGN[j], c_j = code[64 j + i]."""
+def pack_fp4(codes: jax.Array, group: int = 256) -> jax.Array:
+  """(N, K) FP4 codes, K % group == 0 -> (N, K/4) uint16: per group (of ``FP4_GROUPS``) word i = sum over its
+  tiles j < 4 of (c_j & 7) << FP4_MAG[j] | (c_j >> 3) << FP4_SIGN[j], c_j = code[(group / 4) j + i]."""
+  if group not in FP4_GROUPS:
+    raise ValueError(f"group must be one of {FP4_GROUPS}; got {group!r}")
   n, k = codes.shape
-  g = codes.astype(jnp.uint16).reshape(n, k // 256, 4, 64)
-  w = jnp.zeros((n, k // 256, 64), jnp.uint16)
+  tw = group // 4
+  g = codes.astype(jnp.uint16).reshape(n, k // group, 4, tw)
+  w = jnp.zeros((n, k // group, tw), jnp.uint16)
   for j in range(4):
     c = g[:, :, j]
     w = w | ((c & 7) << FP4_MAG[j]) | ((c >> 3) << FP4_SIGN[j])
@@ -355,8 +388,9 @@ def pack_fp6(codes: jax.Array) -> jax.Array:
   return planes.astype(jnp.uint8).reshape(n, 3 * k // 4)
 
 
-def prepare_weight_triton(w: QArray) -> TritonWeight:
-  """Lays out an (N, K) weight QArray quantized along K (axis 1) for ``wo_matmul`` (do it once)."""
+def prepare_weight_triton(w: QArray, group: int | None = None) -> TritonWeight:
+  """Lays out an (N, K) weight QArray quantized along K (axis 1) for ``wo_matmul`` (do it once). ``group``: FP4
+  only, the packing group (``FP4_GROUPS``; default 256), which fixes the kernel's K step."""
   if not isinstance(w, QArray):
     raise TypeError(f"w must be a QArray (mx_jax.quantize(...)); got {type(w).__name__}")
   if w.fmt not in SPECS:
@@ -367,7 +401,8 @@ def prepare_weight_triton(w: QArray) -> TritonWeight:
   if w.block_size != spec.block:
     raise ValueError(f"w has block_size {w.block_size}; the Triton weight-only kernel takes {spec.block} "
                      f"for {w.fmt}")
-  tw = _prepare(w)
+  weight_spec(w.fmt, group)  # validates group
+  tw = _prepare(w, group or 0)
   elem_ok = _elem_scaling_exact(tw)
   return dataclasses.replace(tw, elem_ok=elem_ok, fold_ok=elem_ok and _fold_exact(tw))
 
@@ -405,16 +440,16 @@ def _fold_exact(tw: TritonWeight) -> bool:
   return sb is not None and bool(np.all(sb + fold_shift(tw.fmt) <= 254))
 
 
-@jax.jit
-def _prepare(w: QArray) -> TritonWeight:
-  spec = SPECS[w.fmt]
+@functools.partial(jax.jit, static_argnums=1)
+def _prepare(w: QArray, group: int) -> TritonWeight:
+  spec = weight_spec(w.fmt, group or None)
   n, k = w.shape
   w = unpack(w)
   codes = element_codes(w)
-  n_p, k_p = round_up(n, N_ALIGN), round_up(max(codes.shape[1], 1), K_ALIGN)
+  n_p, k_p = round_up(n, N_ALIGN), round_up(max(codes.shape[1], 1), max(K_ALIGN, spec.group))
   codes = pad_to(codes, n_p, k_p)
   if spec.bits == 4:
-    data = pack_fp4(codes)
+    data = pack_fp4(codes, spec.group)
   elif spec.bits == 6:
     data = pack_fp6(codes)
   else:
@@ -422,7 +457,7 @@ def _prepare(w: QArray) -> TritonWeight:
   sb = lax.bitcast_convert_type(w.scales, jnp.uint8)
   scales = pad_to(sb, n_p, k_p // spec.block, 0 if spec.nv else 127)
   ts = w.tensor_scale.astype(jnp.float32).reshape(()) if spec.nv else None
-  return TritonWeight(data, scales, ts, w.fmt, n, k)
+  return TritonWeight(data, scales, ts, w.fmt, n, k, group=group)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -730,25 +765,25 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
   pltriton.store(o_ref, out, mask=jnp.broadcast_to(mask, (mp, bn)))
 
 
-def kernel_spec(fmt: str, cfg: WOConfig) -> _Spec:
+def kernel_spec(fmt: str, cfg: WOConfig, group: int | None = None) -> _Spec:
   """The layout the kernel views ``fmt``'s prepared bytes in: 8-bit codes are row-major, so with per-element
-  scaling a whole K step is one group (one 2-D tile); otherwise ``SPECS[fmt]``."""
+  scaling a whole K step is one group (one 2-D tile); otherwise ``weight_spec(fmt, group)`` (``group``: the
+  weight's FP4 packing group)."""
   if fmt not in SPECS:
     raise ValueError(f"fmt must be one of {FORMATS}; got {fmt!r}")
   if not isinstance(cfg, WOConfig):
     raise TypeError(f"cfg must be a WOConfig; got {type(cfg).__name__}")
-  spec = SPECS[fmt]
+  spec = weight_spec(fmt, group)
   if spec.bits == 8 and cfg.scale_mode == "elem":
     return dataclasses.replace(spec, group=cfg.block_k)
   return spec
 
 
-def max_rows(fmt: str) -> int:
-  """Rows of x per kernel call: 256, or 128 for FP4 (its 256-deep groups fix block_k >= 256, and 256 rows of
-  bf16 x at that depth would not fit two pipeline stages in shared memory)."""
-  if fmt not in SPECS:
-    raise ValueError(f"fmt must be one of {FORMATS}; got {fmt!r}")
-  return MAX_ROWS if SPECS[fmt].group <= 128 else MAX_ROWS // 2
+def max_rows(fmt: str, group: int | None = None) -> int:
+  """Rows of x per kernel call: 256, or for FP4 128 (64 with 512-groups): its groups fix block_k, and 256 rows
+  of bf16 x at that depth would not fit two pipeline stages in shared memory."""
+  g = weight_spec(fmt, group).group
+  return MAX_ROWS if g <= 128 else MAX_ROWS * 128 // g
 
 
 def _uint_of(dtype):
@@ -757,7 +792,7 @@ def _uint_of(dtype):
 
 def _call(xb, pw: TritonWeight, m: int, mp: int, cfg: WOConfig, out_dtype, interpret: bool):
   """One kernel launch on x bits (m, K_p) uint16 -> (m, N) out_dtype."""
-  spec = kernel_spec(pw.fmt, cfg)
+  spec = kernel_spec(pw.fmt, cfg, pw.group or None)
   n_p, k_p = pw.data.shape[0], pw.k_padded
   n = pw.n
   kg = k_p // spec.group
@@ -816,12 +851,13 @@ def _wo_matmul(x2, pw: TritonWeight, *, out_dtype, config, interpret):
   if k_p != k:
     xb = jnp.pad(xb, ((0, 0), (0, k_p - k)))
   outs = []
-  rows = max_rows(pw.fmt)
+  rows = max_rows(pw.fmt, pw.group or None)
   for r0 in range(0, m, rows):
     xr = xb[r0:r0 + rows]
     mr = xr.shape[0]
     mp = max(16, _next_pow2(mr))
-    cfg = fit_config(config or default_config(mp, pw.fmt, pw.elem_ok), pw.fmt, mp, pw.data.shape[0], k_p)
+    cfg = fit_config(config or default_config(mp, pw.fmt, pw.elem_ok), pw.fmt, mp, pw.data.shape[0], k_p,
+                     pw.group or None)
     outs.append(_call(xr, pw, mr, mp, cfg, out_dtype, interpret))
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
 
@@ -831,7 +867,7 @@ def wo_matmul(x: jax.Array, w, *, out_dtype=jnp.bfloat16, config: WOConfig | Non
   """(..., N) = x (..., K) @ W^T, W an (N, K) QArray or ``prepare_weight_triton`` result. x is rounded to
   bf16 (the MMA input); FP32 accumulation. ``config``: a ``WOConfig`` (fitted to the shape), default per M."""
   if isinstance(w, QArray):
-    w = prepare_weight_triton(w)
+    w = prepare_weight_triton(w, packing_group(w.fmt, config) if w.fmt in SPECS else None)
   if not isinstance(w, TritonWeight):
     raise TypeError(f"w must be a QArray or a prepare_weight_triton(...) result; got {type(w).__name__}")
   if config is not None and not isinstance(config, WOConfig):

@@ -130,6 +130,44 @@ def test_fp4_packing_puts_four_64_wide_tiles_in_one_uint16_word():
   for j in range(4):  # and the kernel's jnp decode reads them back
     got = np.asarray(wt.fp4_codes(jnp.asarray(packed), j)).reshape(3, 2, 64)
     np.testing.assert_array_equal(got, codes.reshape(3, 2, 4, 64)[:, :, j])
+  p512 = np.asarray(wt.pack_fp4(jnp.asarray(codes), group=512))  # one 512-group: four 128-wide tiles
+  for i in range(128):
+    want = 0
+    for j in range(4):
+      c = codes[:, 128 * j + i].astype(np.int64)
+      want = want | (c & 7) << MAG[j] | (c >> 3) << SIGN[j]
+    np.testing.assert_array_equal(p512[:, i], want)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4_e2m1", "nvfp4"])
+@pytest.mark.parametrize("cfg", [wt.WOConfig(64, 512, 1, 4, 3, "elem", "xw"), wt.WOConfig(32, 512, 2, 4, 2, "block", "xw")],
+                         ids=lambda c: c.name())
+def test_fp4_512_groups(fmt, cfg):
+  """FP4 packed in 512-groups (four 128-wide tiles per word; K padded to 1024 here): a 512-deep config on a
+  QArray prepares that layout, and a prepared 512-group weight runs any config at its group's depth."""
+  q = _weight(fmt, k=700)  # 700 -> padded to 1024: two groups, the second mostly zero padding
+  x = _x(33, k=700)
+  pw = wt.prepare_weight_triton(q, group=512)
+  assert pw.group == 512 and pw.k_padded == 1024 and pw.data.shape == (256, 256)
+  assert wt.max_rows(fmt, 512) == 64  # 33 rows: one call; more would run in 64-row chunks
+  _check(wt.wo_matmul(x, q, out_dtype=jnp.float32, config=cfg, interpret=True), x, q)
+  _check(wt.wo_matmul(x, pw, out_dtype=jnp.float32, config=SMALL_CONFIGS[0], interpret=True), x, q)
+  x70 = _x(70, k=700, seed=4)  # two row chunks of at most 64
+  _check(wt.wo_matmul(x70, pw, out_dtype=jnp.float32, interpret=True), x70, q)
+
+
+def test_fp4_group_validation():
+  codes = jnp.zeros((2, 512), jnp.uint8)
+  with pytest.raises(ValueError, match="group must be one of"):
+    wt.pack_fp4(codes, group=128)
+  with pytest.raises(ValueError, match="group must be one of"):
+    wt.prepare_weight_triton(_weight("mxfp4_e2m1"), group=1024)
+  with pytest.raises(ValueError, match="group must be one of"):
+    wt.prepare_weight_triton(_weight("mxfp8_e4m3"), group=512)  # only FP4's layout has a choice
+  with pytest.raises(ValueError, match="fmt must be one of"):
+    wt.weight_spec("mxfp9")
+  assert wt.packing_group("mxfp4_e2m1", wt.WOConfig(64, 512)) == 512
+  assert wt.packing_group("nvfp4", None) == 256 and wt.packing_group("mxfp8_e4m3", None) is None
 
 
 def _run_ptx(asm: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
