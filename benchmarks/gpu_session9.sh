@@ -8,6 +8,7 @@
 # Call 2: more warps per scheduler (run 1's counters: 1.94 active, stall "wait" on top): split-K 4 / 8, fewer
 #   stages, 8 warps, 32-row tiles (24-28) beside the defaults (16; 15 = split-K 4 st3), M = 16, 1, 32; counters.
 # Call 3: FP4 in 512-groups (29-32) beside the default (16), M = 16, 1, 32; counters of 29.
+# Call 4: 2 / 4 independent accumulators (33-36) beside 29 and 16, M = 16, 1, 32; counters of 34.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 OUT="${OUT:-/tmp/mxbench}"; mkdir -p "$OUT"
@@ -41,5 +42,11 @@ if [ "${1:-1}" = 3 ]; then
   timeout 300 python3 benchmarks/bench_wo.py --ms 16,1,32 --anchors 16 --fmts mxfp4_e2m1,nvfp4 \
     --cands 16,29,30,31,32 --exact-extra "" --top 3 --out "$OUT" --budget 290 2>&1 | grep -v Warn | tail -40
   ncu_one mxfp4_e2m1 29
+  exit 0
+fi
+if [ "${1:-1}" = 4 ]; then
+  timeout 300 python3 benchmarks/bench_wo.py --ms 16,1,32 --anchors 16 --fmts mxfp4_e2m1,nvfp4 \
+    --cands 29,16,33,34,35,36 --exact-extra "" --top 3 --out "$OUT" --budget 290 2>&1 | grep -v Warn | tail -40
+  ncu_one mxfp4_e2m1 34
   exit 0
 fi

@@ -145,7 +145,9 @@ class WOConfig:
   partials summed by XLA when > 1); num_warps / num_stages: Triton's; scale_mode: "block" (promotion per
   scale block, exact for all scales) or "elem" (scale applied to the bf16 W tile; see module docstring);
   orient: "xw" (x is the MMA A operand) or "wt" (decoded W is the A operand); evict_w: load W with
-  evict_first (streamed once) and x with evict_last (re-read by every program).
+  evict_first (streamed once) and x with evict_last (re-read by every program); n_acc ("elem" only): FP32
+  accumulators, tile j of a step adding into accumulator j mod n_acc (shorter MMA dependency chains), summed
+  after the loop.
   """
   block_n: int = 64
   block_k: int = 256
@@ -157,6 +159,7 @@ class WOConfig:
   evict_w: bool = True
   decode: str = "jnp"
   fold: bool = False  # asm decode + "elem": 2^120 (2^112 MXINT8) folded into the bf16 scale (see fold_ok)
+  n_acc: int = 1
 
   def __post_init__(self):
     if self.fold and (self.decode != "asm" or self.scale_mode != "elem"):
@@ -171,13 +174,16 @@ class WOConfig:
       v = getattr(self, nm)
       if v < 16 or v & (v - 1):
         raise ValueError(f"{nm} must be a power of two >= 16; got {v}")
+    if self.n_acc not in (1, 2, 4) or (self.n_acc > 1 and self.scale_mode != "elem"):
+      raise ValueError(f"n_acc must be 1, 2 or 4 (more than 1 needs scale_mode='elem'); got {self.n_acc}")
     if self.split_k < 1 or self.num_warps < 1 or self.num_stages < 1:
       raise ValueError(f"split_k, num_warps, num_stages must be >= 1; got {self}")
 
   def name(self) -> str:
     return (f"n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}st{self.num_stages}"
             f"_{self.scale_mode}_{self.orient}{'' if self.evict_w else '_noevict'}"
-            f"{'_asm' if self.decode == 'asm' else ''}{'_fold' if self.fold else ''}")
+            f"{'_asm' if self.decode == 'asm' else ''}{'_fold' if self.fold else ''}"
+            f"{f'_acc{self.n_acc}' if self.n_acc > 1 else ''}")
 
 
 DEFAULT_CONFIG = WOConfig()
@@ -237,6 +243,12 @@ CANDIDATES = (
     WOConfig(64, 512, 4, 4, 3, "elem", "xw", decode="asm", fold=True),
     WOConfig(64, 512, 1, 4, 4, "elem", "xw", decode="asm", fold=True),
     WOConfig(128, 512, 2, 8, 2, "elem", "xw", decode="asm", fold=True),
+    # Session 9 run 3 (512-groups: MXFP4 19.4 us, 2.73x bf16): still ~1.9 warps per scheduler, "stall wait" on
+    # top, each 512-deep step one 32-HMMA chain per accumulator: independent accumulators per tile.
+    WOConfig(64, 512, 2, 4, 3, "elem", "xw", decode="asm", fold=True, n_acc=2),
+    WOConfig(64, 512, 2, 4, 3, "elem", "xw", decode="asm", fold=True, n_acc=4),
+    WOConfig(64, 256, 2, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=2),
+    WOConfig(64, 256, 2, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=4),
 )
 
 
@@ -680,6 +692,7 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
   from jax.experimental.pallas import triton as pltriton
 
   bn, T, S, NP, TW, blk = cfg.block_n, t_groups, spec.tiles, spec.planes, spec.tw, spec.block
+  n_acc = cfg.n_acc if cfg.scale_mode == "elem" else 1
   D = blk if cfg.scale_mode == "block" else TW
   ew = "evict_first" if cfg.evict_w else None
   ex = "evict_last" if cfg.evict_w else None
@@ -710,7 +723,8 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
     nb = TW // blk      # scales per tile and group
     nsc = T * S * nb
 
-    def step(t, acc):
+    def step(t, accs):
+      accs = list(accs)
       g0 = t * T
       grp = g0 if T == 1 else pl.ds(g0, T)  # one group: 2-D tiles (rows, TW), else 3-D (rows, T, TW)
       planes = [ld_w(w_ref.at[:, grp, _i(p), :]) for p in range(NP)]
@@ -728,13 +742,14 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
         sc = lax.broadcast_in_dim(scs[j].reshape(bn, T * nb), (bn, T * nb, blk), (0, 1)).reshape(bn, T * TW)
         wt = v.reshape(bn, T * TW) * sc
         xt = ld_x(x_ref.at[:, grp, _i(j), :]).reshape(mp, T * TW)
-        acc = acc + mma(xt, wt)
-      return acc
+        accs[j % n_acc] = accs[j % n_acc] + mma(xt, wt)
+      return tuple(accs)
   else:
     nbk = TW // D       # scale blocks per tile
     nsc = T * S * nbk
 
-    def step(t, acc):
+    def step(t, accs):
+      acc, = accs
       g0 = t * T
       sf = _scale_f32(pltriton.load(s_ref.at[:, pl.ds(g0 * S * nbk, nsc)]), spec)  # (bn, nsc)
       cols = jnp.split(sf, nsc, axis=1) if nsc > 1 else [sf]
@@ -747,9 +762,10 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
             s = cols[(tt * S + j) * nbk + sub]                                 # (bn, 1)
             part = mma(xt, v)
             acc = acc + part * (s.reshape(1, bn) if xw else s)
-      return acc
+      return (acc,)
 
-  acc = lax.fori_loop(0, steps, step, jnp.zeros(acc_shape, jnp.float32))
+  accs = lax.fori_loop(0, steps, step, tuple(jnp.zeros(acc_shape, jnp.float32) for _ in range(n_acc)))
+  acc = functools.reduce(lambda a, b: a + b, accs)
   mul = out_mul
   if has_ts:
     mul = pltriton.load(ts_ref).reshape(1, 1) * jnp.float32(out_mul)

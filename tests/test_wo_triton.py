@@ -65,6 +65,7 @@ def test_formats_default_config(weights, fmt, m):
 
 SMALL_CONFIGS = [
     wt.WOConfig(64, 128, 2, 4, 3, "elem", "xw"),
+    wt.WOConfig(64, 256, 1, 4, 3, "elem", "xw", n_acc=4),  # per-tile accumulators (FP4 / FP6: 4 tiles a step)
     wt.WOConfig(128, 256, 2, 4, 3, "elem", "wt", decode="asm"),  # asm: interpreter falls back to the jnp decode
     wt.WOConfig(32, 128, 4, 4, 2, "block", "wt"),
 ]
@@ -477,6 +478,14 @@ def test_fold_shift_rejects_formats_without_an_asm_rescale():
   for fmt in ("mxfp8_e5m2", "mxfp9"):
     with pytest.raises(ValueError, match="fmt must be one of"):
       wt.fold_shift(fmt)
+
+
+def test_n_acc_validation():
+  with pytest.raises(ValueError, match="n_acc"):
+    wt.WOConfig(64, 256, 1, 4, 4, "elem", "xw", n_acc=3)
+  with pytest.raises(ValueError, match="n_acc"):
+    wt.WOConfig(64, 256, 1, 4, 4, "block", "xw", n_acc=2)
+  assert wt.WOConfig(64, 256, 1, 4, 4, "elem", "xw", n_acc=2).name().endswith("_acc2")
 
 
 def test_fold_config_validation():
