@@ -52,6 +52,7 @@ BUDGET_S = 1e9
 INTERPRET = False
 REPS = 16
 WALL_RUNS = 20
+SHOW_KERNELS = False
 
 
 class OutOfTime(BaseException):  # not caught by the per-config "except Exception"
@@ -92,8 +93,10 @@ def measure(call, x, ws):
   jax.block_until_ready(multi(x, ws))
   dev = float("nan")
   if not INTERPRET:
-    _, tot = top_kernels(multi, x, ws, calls=2)
+    kern, tot = top_kernels(multi, x, ws, calls=2)
     dev = tot / REPS if tot > 0 else float("nan")
+    if SHOW_KERNELS:
+      log("      kernels per call: " + ", ".join(f"{nm[:48]} {us / REPS:.2f} us x{c / REPS:g}" for nm, us, c in kern[:3]))
   ts = []
   for _ in range(WALL_RUNS):
     t0 = time.perf_counter()
@@ -270,7 +273,7 @@ def sweep_one(st, fmt, m, k, n, cands, anchors, top, best, ranked, bf16_dev):
 
 
 def main():
-  global LOG_PATH, BUDGET_S, INTERPRET, REPS, WALL_RUNS
+  global LOG_PATH, BUDGET_S, INTERPRET, REPS, WALL_RUNS, SHOW_KERNELS
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--out", default=None, help="directory for bench_wo.log")
   p.add_argument("--budget", type=float, default=1e9, help="seconds; stop cleanly after this")
@@ -283,10 +286,12 @@ def main():
   p.add_argument("--cands", default="all",
                  help="'all', a count (the first N of wo_triton.CANDIDATES) or indices into it ('0,2,12')")
   p.add_argument("--top", type=int, default=2, help="configs carried from the nearest anchor to other Ms")
+  p.add_argument("--kernels", action="store_true", help="log each timing's top device kernels")
   p.add_argument("--exact-extra", default="mxfp8_e5m2,mxfp6_e3m2",
                  help="formats given the exactness check only (not timed)")
   args = p.parse_args()
   BUDGET_S = args.budget
+  SHOW_KERNELS = args.kernels
   if args.out:
     os.makedirs(args.out, exist_ok=True)
     LOG_PATH = os.path.join(args.out, "bench_wo.log")

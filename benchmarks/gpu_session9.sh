@@ -9,6 +9,8 @@
 #   stages, 8 warps, 32-row tiles (24-28) beside the defaults (16; 15 = split-K 4 st3), M = 16, 1, 32; counters.
 # Call 3: FP4 in 512-groups (29-32) beside the default (16), M = 16, 1, 32; counters of 29.
 # Call 4: 2 / 4 independent accumulators (33-36) beside 29 and 16, M = 16, 1, 32; counters of 34.
+# Call 5: 128-row tiles / 8 warps / no eviction hints (37-40) beside 34, MXFP4 and NVFP4 at M = 16, 1, 32, with
+#   each timing's device kernels listed (the split-K sum's share).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 OUT="${OUT:-/tmp/mxbench}"; mkdir -p "$OUT"
@@ -48,5 +50,10 @@ if [ "${1:-1}" = 4 ]; then
   timeout 300 python3 benchmarks/bench_wo.py --ms 16,1,32 --anchors 16 --fmts mxfp4_e2m1,nvfp4 \
     --cands 29,16,33,34,35,36 --exact-extra "" --top 3 --out "$OUT" --budget 290 2>&1 | grep -v Warn | tail -40
   ncu_one mxfp4_e2m1 34
+  exit 0
+fi
+if [ "${1:-1}" = 5 ]; then
+  timeout 300 python3 benchmarks/bench_wo.py --ms 16,1,32 --anchors 16 --fmts mxfp4_e2m1,nvfp4 --kernels \
+    --cands 34,37,38,39,40 --exact-extra "" --top 3 --out "$OUT" --budget 290 2>&1 | grep -v Warn | tail -40
   exit 0
 fi

@@ -249,6 +249,13 @@ CANDIDATES = (
     WOConfig(64, 512, 2, 4, 3, "elem", "xw", decode="asm", fold=True, n_acc=4),
     WOConfig(64, 256, 2, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=2),
     WOConfig(64, 256, 2, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=4),
+    # Session 9 run 4 (4 accumulators: MXFP4 18.6 us, 2.86x): "long scoreboard" at the loop top now leads (15% of
+    # samples: the stage's loads not yet landed). 128-row tiles with 8 warps: the same work per warp, one x tile
+    # per 128 weight rows instead of 64, 32 KB of W per stage in flight.
+    WOConfig(128, 512, 2, 8, 3, "elem", "xw", decode="asm", fold=True, n_acc=4),
+    WOConfig(128, 512, 2, 8, 3, "elem", "xw", decode="asm", fold=True, n_acc=2),
+    WOConfig(64, 512, 2, 4, 3, "elem", "xw", evict_w=False, decode="asm", fold=True, n_acc=4),
+    WOConfig(64, 512, 2, 8, 3, "elem", "xw", decode="asm", fold=True, n_acc=4),
 )
 
 
