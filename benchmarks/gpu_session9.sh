@@ -11,6 +11,7 @@
 # Call 4: 2 / 4 independent accumulators (33-36) beside 29 and 16, M = 16, 1, 32; counters of 34.
 # Call 5: 128-row tiles / 8 warps / no eviction hints (37-40) beside 34, MXFP4 and NVFP4 at M = 16, 1, 32, with
 #   each timing's device kernels listed (the split-K sum's share).
+# Call 6: no split-K (41-44) beside 39 (split-K 2, its partials now summed elementwise), kernels listed.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 OUT="${OUT:-/tmp/mxbench}"; mkdir -p "$OUT"
@@ -55,5 +56,10 @@ fi
 if [ "${1:-1}" = 5 ]; then
   timeout 300 python3 benchmarks/bench_wo.py --ms 16,1,32 --anchors 16 --fmts mxfp4_e2m1,nvfp4 --kernels \
     --cands 34,37,38,39,40 --exact-extra "" --top 3 --out "$OUT" --budget 290 2>&1 | grep -v Warn | tail -40
+  exit 0
+fi
+if [ "${1:-1}" = 6 ]; then
+  timeout 300 python3 benchmarks/bench_wo.py --ms 16,1,32 --anchors 16 --fmts mxfp4_e2m1,nvfp4 --kernels \
+    --cands 39,41,42,43,44 --exact-extra "" --top 3 --out "$OUT" --budget 290 2>&1 | grep -v Warn | tail -40
   exit 0
 fi
