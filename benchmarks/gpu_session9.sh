@@ -12,6 +12,7 @@
 # Call 5: 128-row tiles / 8 warps / no eviction hints (37-40) beside 34, MXFP4 and NVFP4 at M = 16, 1, 32, with
 #   each timing's device kernels listed (the split-K sum's share).
 # Call 6: no split-K (41-44) beside 39 (split-K 2, its partials now summed elementwise), kernels listed.
+# Call 7: staggered K order (45-47; 48 = 47 unstaggered) beside 39 and 41, kernels listed; counters of 45.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 OUT="${OUT:-/tmp/mxbench}"; mkdir -p "$OUT"
@@ -61,5 +62,11 @@ fi
 if [ "${1:-1}" = 6 ]; then
   timeout 300 python3 benchmarks/bench_wo.py --ms 16,1,32 --anchors 16 --fmts mxfp4_e2m1,nvfp4 --kernels \
     --cands 39,41,42,43,44 --exact-extra "" --top 3 --out "$OUT" --budget 290 2>&1 | grep -v Warn | tail -40
+  exit 0
+fi
+if [ "${1:-1}" = 7 ]; then
+  timeout 300 python3 benchmarks/bench_wo.py --ms 16,1,32 --anchors 16 --fmts mxfp4_e2m1,nvfp4 --kernels \
+    --cands 39,45,46,47,48,41 --exact-extra "" --top 3 --out "$OUT" --budget 290 2>&1 | grep -v Warn | tail -40
+  ncu_one mxfp4_e2m1 45
   exit 0
 fi

@@ -147,7 +147,8 @@ class WOConfig:
   orient: "xw" (x is the MMA A operand) or "wt" (decoded W is the A operand); evict_w: load W with
   evict_first (streamed once) and x with evict_last (re-read by every program); n_acc ("elem" only): FP32
   accumulators, tile j of a step adding into accumulator j mod n_acc (shorter MMA dependency chains), summed
-  after the loop.
+  after the loop; stagger: program i starts its K loop at step i (mod its steps), so the programs running at
+  once read different slices of x (each would otherwise read the same x tile at the same time).
   """
   block_n: int = 64
   block_k: int = 256
@@ -160,6 +161,7 @@ class WOConfig:
   decode: str = "jnp"
   fold: bool = False  # asm decode + "elem": 2^120 (2^112 MXINT8) folded into the bf16 scale (see fold_ok)
   n_acc: int = 1
+  stagger: bool = False
 
   def __post_init__(self):
     if self.fold and (self.decode != "asm" or self.scale_mode != "elem"):
@@ -183,7 +185,7 @@ class WOConfig:
     return (f"n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}st{self.num_stages}"
             f"_{self.scale_mode}_{self.orient}{'' if self.evict_w else '_noevict'}"
             f"{'_asm' if self.decode == 'asm' else ''}{'_fold' if self.fold else ''}"
-            f"{f'_acc{self.n_acc}' if self.n_acc > 1 else ''}")
+            f"{f'_acc{self.n_acc}' if self.n_acc > 1 else ''}{'_stagger' if self.stagger else ''}")
 
 
 DEFAULT_CONFIG = WOConfig()
@@ -261,6 +263,13 @@ CANDIDATES = (
     WOConfig(64, 512, 1, 8, 4, "elem", "xw", evict_w=False, decode="asm", fold=True, n_acc=4),
     WOConfig(32, 512, 1, 4, 4, "elem", "xw", evict_w=False, decode="asm", fold=True, n_acc=4),
     WOConfig(32, 512, 1, 2, 4, "elem", "xw", evict_w=False, decode="asm", fold=True, n_acc=4),
+    # Session 9 run 6: no split-K is no faster (18.6 us). Loads still wait at the loop top with DRAM 60% busy and
+    # the prefetch 2 steps (~4 us) ahead: every program reads the same x tile at the same time (one L2 slice's
+    # lines). Staggered K order:
+    WOConfig(64, 512, 2, 4, 3, "elem", "xw", evict_w=False, decode="asm", fold=True, n_acc=4, stagger=True),
+    WOConfig(64, 512, 1, 4, 4, "elem", "xw", evict_w=False, decode="asm", fold=True, n_acc=4, stagger=True),
+    WOConfig(64, 256, 2, 4, 6, "elem", "xw", evict_w=False, decode="asm", fold=True, n_acc=4, stagger=True),
+    WOConfig(64, 256, 2, 4, 6, "elem", "xw", evict_w=False, decode="asm", fold=True, n_acc=4),
 )
 
 
@@ -705,6 +714,11 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
 
   bn, T, S, NP, TW, blk = cfg.block_n, t_groups, spec.tiles, spec.planes, spec.tw, spec.block
   n_acc = cfg.n_acc if cfg.scale_mode == "elem" else 1
+
+  pid_n = pl.program_id(0)  # read outside the loop body (the interpreter substitutes it only here)
+
+  def k_step(t):  # with stagger, program i walks its K range starting at step i mod steps
+    return lax.rem(t + pid_n, steps) if cfg.stagger and steps > 1 else t
   D = blk if cfg.scale_mode == "block" else TW
   ew = "evict_first" if cfg.evict_w else None
   ex = "evict_last" if cfg.evict_w else None
@@ -737,7 +751,7 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
 
     def step(t, accs):
       accs = list(accs)
-      g0 = t * T
+      g0 = k_step(t) * T
       grp = g0 if T == 1 else pl.ds(g0, T)  # one group: 2-D tiles (rows, TW), else 3-D (rows, T, TW)
       planes = [ld_w(w_ref.at[:, grp, _i(p), :]) for p in range(NP)]
       # one contiguous scale tile per step (a strided per-block load would not be pipelined), split by tile
@@ -762,7 +776,7 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
 
     def step(t, accs):
       acc, = accs
-      g0 = t * T
+      g0 = k_step(t) * T
       sf = _scale_f32(pltriton.load(s_ref.at[:, pl.ds(g0 * S * nbk, nsc)]), spec)  # (bn, nsc)
       cols = jnp.split(sf, nsc, axis=1) if nsc > 1 else [sf]
       for tt in range(T):

@@ -66,6 +66,8 @@ def test_formats_default_config(weights, fmt, m):
 SMALL_CONFIGS = [
     wt.WOConfig(64, 128, 2, 4, 3, "elem", "xw"),
     wt.WOConfig(64, 256, 1, 4, 3, "elem", "xw", n_acc=4),  # per-tile accumulators (FP4 / FP6: 4 tiles a step)
+    wt.WOConfig(64, 128, 1, 4, 3, "elem", "xw", stagger=True),  # 4 programs over 4 K steps, each from its own
+    wt.WOConfig(32, 128, 1, 4, 3, "block", "xw", stagger=True),
     wt.WOConfig(128, 256, 2, 4, 3, "elem", "wt", decode="asm"),  # asm: interpreter falls back to the jnp decode
     wt.WOConfig(32, 128, 4, 4, 2, "block", "wt"),
 ]
