@@ -13,6 +13,8 @@
 #   each timing's device kernels listed (the split-K sum's share).
 # Call 6: no split-K (41-44) beside 39 (split-K 2, its partials now summed elementwise), kernels listed.
 # Call 7: staggered K order (45-47; 48 = 47 unstaggered) beside 39 and 41, kernels listed; counters of 45.
+# Call 8: the shipped defaults over M = 1..256 (34 = FP4's, 512-groups; 1 / 5 = MXFP8's small / large M; 16 =
+#   FP4's session-8 default in 256-groups), MXFP4, NVFP4, MXFP8.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 OUT="${OUT:-/tmp/mxbench}"; mkdir -p "$OUT"
@@ -68,5 +70,11 @@ if [ "${1:-1}" = 7 ]; then
   timeout 300 python3 benchmarks/bench_wo.py --ms 16,1,32 --anchors 16 --fmts mxfp4_e2m1,nvfp4 --kernels \
     --cands 39,45,46,47,48,41 --exact-extra "" --top 3 --out "$OUT" --budget 290 2>&1 | grep -v Warn | tail -40
   ncu_one mxfp4_e2m1 45
+  exit 0
+fi
+if [ "${1:-1}" = 8 ]; then
+  timeout 420 python3 benchmarks/bench_wo.py --ms 16,128,1,2,4,8,32,64,256 --anchors 16,128 --kernels \
+    --fmts mxfp4_e2m1,nvfp4,mxfp8_e4m3 --cands 34,16,1,5 --exact-extra "" --top 2 --out "$OUT" --budget 410 2>&1 \
+    | grep -v Warn | tail -45
   exit 0
 fi

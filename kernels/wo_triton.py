@@ -131,10 +131,19 @@ def weight_spec(fmt: str, group: int | None = None) -> _Spec:
 
 def packing_group(fmt: str, cfg: "WOConfig | None") -> int | None:
   """The FP4 packing group a config steps over (512 when its block_k is 512 or more, else 256); None for
-  other formats (their layout does not depend on the config)."""
+  other formats (their layout does not depend on the config) and for no config (``prepare_weight_triton``'s
+  default)."""
+  if weight_spec(fmt).bits != 4 or cfg is None:
+    return None
+  return 512 if cfg.block_k >= 512 else 256
+
+
+def default_group(fmt: str, k: int) -> int | None:
+  """``prepare_weight_triton``'s FP4 packing group for K: 512 (the faster kernel, session 9) unless that pads K
+  further than 256-groups would; None for other formats."""
   if weight_spec(fmt).bits != 4:
     return None
-  return 512 if cfg is not None and cfg.block_k >= 512 else 256
+  return 512 if round_up(max(k, 1), 512) == round_up(max(k, 1), K_ALIGN) else 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,20 +282,23 @@ CANDIDATES = (
 )
 
 
-def default_config(mp: int, fmt: str, elem_ok: bool = False) -> WOConfig:
+def default_config(mp: int, fmt: str, elem_ok: bool = False, group: int | None = None) -> WOConfig:
   """The kernel's default for Mp rows (before ``fit_config``), from the H100 sweeps (BENCHMARKS.md): per-element
   scaling when ``elem_ok`` (every scale of the weight inside ``elem_exact_range``, checked by
   ``prepare_weight_triton``; it beat per-block promotion 1.7x at M = 16), promotion otherwise (exact for every
-  scale). M <= 32 (session 8, 2-D tiles): 8-bit floats decode with the hardware convert (MXFP8 1.86x bf16 at
-  M = 16); FP4 / FP6 / MXINT8 with the inline-PTX decode, its 2^120 folded into the scale where the weight
-  allows (``fold_ok``; otherwise the same kernel unfolded), FP4 with split-K 2 (MXFP4 2.31x, NVFP4 2.15x), also
-  at larger M. Larger M, other formats: the 8-warp config (best for MXFP8 / MXINT8 at M = 64 and 128 in run 5)."""
+  scale). FP4 (any M; ``group``: the weight's packing group): one group per step, split-K 2, the inline-PTX
+  decode with its rescale folded into the scale where the weight allows (``fold_ok``), four accumulators
+  (session 9: MXFP4 2.86x, NVFP4 2.65x bf16 at M = 16 with 512-groups). M <= 32, other formats: 8-bit floats
+  with the hardware convert (MXFP8 1.86x), FP6 / MXINT8 with the folded inline-PTX decode (session 8). Larger
+  M: the 8-warp config (best for MXFP8 / MXINT8 at M = 64 and 128 in session 8's run 5)."""
   mode = "elem" if elem_ok else "block"
-  asm = not (SPECS[fmt].bits == 8 and not fmt.startswith("mxint"))
-  fp4 = SPECS[fmt].bits == 4 and elem_ok
-  if mp <= 32 or fp4:  # FP4 also at large M (M = 128: 57 us vs 105 for the 8-warp k128 config)
-    return WOConfig(64, 256, 2 if fp4 else 1, 4, 4, mode, "xw", decode="asm" if asm else "jnp",
-                    fold=asm and elem_ok)
+  spec = weight_spec(fmt, group)
+  asm = not (spec.bits == 8 and not fmt.startswith("mxint"))
+  if spec.bits == 4:
+    return WOConfig(64, spec.group, 2, 4, 3 if spec.group >= 512 else 4, mode, "xw", decode="asm",
+                    fold=elem_ok, n_acc=4 if elem_ok else 1)
+  if mp <= 32:
+    return WOConfig(64, 256, 1, 4, 4, mode, "xw", decode="asm" if asm else "jnp", fold=asm and elem_ok)
   return WOConfig(64, 128 if mp >= 128 else 256, 2, 8 if mp >= 128 else 4, 3, mode, "xw")
 
 
@@ -423,7 +435,7 @@ def pack_fp6(codes: jax.Array) -> jax.Array:
 
 def prepare_weight_triton(w: QArray, group: int | None = None) -> TritonWeight:
   """Lays out an (N, K) weight QArray quantized along K (axis 1) for ``wo_matmul`` (do it once). ``group``: FP4
-  only, the packing group (``FP4_GROUPS``; default 256), which fixes the kernel's K step."""
+  only, the packing group (``FP4_GROUPS``; default ``default_group``), which fixes the kernel's K step."""
   if not isinstance(w, QArray):
     raise TypeError(f"w must be a QArray (mx_jax.quantize(...)); got {type(w).__name__}")
   if w.fmt not in SPECS:
@@ -435,6 +447,8 @@ def prepare_weight_triton(w: QArray, group: int | None = None) -> TritonWeight:
     raise ValueError(f"w has block_size {w.block_size}; the Triton weight-only kernel takes {spec.block} "
                      f"for {w.fmt}")
   weight_spec(w.fmt, group)  # validates group
+  if group is None:
+    group = default_group(w.fmt, w.shape[1])
   tw = _prepare(w, group or 0)
   elem_ok = _elem_scaling_exact(tw)
   return dataclasses.replace(tw, elem_ok=elem_ok, fold_ok=elem_ok and _fold_exact(tw))
@@ -898,8 +912,8 @@ def _wo_matmul(x2, pw: TritonWeight, *, out_dtype, config, interpret):
     xr = xb[r0:r0 + rows]
     mr = xr.shape[0]
     mp = max(16, _next_pow2(mr))
-    cfg = fit_config(config or default_config(mp, pw.fmt, pw.elem_ok), pw.fmt, mp, pw.data.shape[0], k_p,
-                     pw.group or None)
+    cfg = fit_config(config or default_config(mp, pw.fmt, pw.elem_ok, pw.group or None), pw.fmt, mp,
+                     pw.data.shape[0], k_p, pw.group or None)
     outs.append(_call(xr, pw, mr, mp, cfg, out_dtype, interpret))
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
 

@@ -170,7 +170,14 @@ def test_fp4_group_validation():
   with pytest.raises(ValueError, match="fmt must be one of"):
     wt.weight_spec("mxfp9")
   assert wt.packing_group("mxfp4_e2m1", wt.WOConfig(64, 512)) == 512
-  assert wt.packing_group("nvfp4", None) == 256 and wt.packing_group("mxfp8_e4m3", None) is None
+  assert wt.packing_group("nvfp4", wt.WOConfig(64, 256)) == 256 and wt.packing_group("mxfp8_e4m3", None) is None
+  assert wt.packing_group("nvfp4", None) is None  # no config: the prepared weight's default
+  # default: 512-groups unless they would pad K further than 256-groups
+  assert wt.default_group("mxfp4_e2m1", 8192) == 512 and wt.default_group("mxfp4_e2m1", 1000) == 512 and wt.default_group("mxfp4_e2m1", 700) == 256
+  assert wt.default_group("nvfp4", 256) == 256 and wt.default_group("nvfp4", 1280) == 256
+  assert wt.default_group("mxfp6_e2m3", 8192) is None
+  assert wt.prepare_weight_triton(_weight("nvfp4", k=1024)).group == 512
+  assert wt.prepare_weight_triton(_weight("nvfp4", k=768)).group == 256
 
 
 def _run_ptx(asm: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -480,6 +487,13 @@ def test_fold_shift_rejects_formats_without_an_asm_rescale():
   for fmt in ("mxfp8_e5m2", "mxfp9"):
     with pytest.raises(ValueError, match="fmt must be one of"):
       wt.fold_shift(fmt)
+
+
+def test_fp4_default_is_the_timed_candidate():
+  """The FP4 default (per-element scaling, 512-groups) is the config timed as candidate 34 in session 9."""
+  for fmt in ("mxfp4_e2m1", "nvfp4"):
+    assert wt.default_config(16, fmt, True, 512) == wt.CANDIDATES[34]
+  assert wt.default_config(16, "mxfp8_e4m3", True) == wt.CANDIDATES[1]
 
 
 def test_n_acc_validation():
