@@ -96,7 +96,8 @@ def measure(call, x, ws):
     kern, tot = top_kernels(multi, x, ws, calls=2)
     dev = tot / REPS if tot > 0 else float("nan")
     if SHOW_KERNELS:
-      log("      kernels per call: " + ", ".join(f"{nm[:48]} {us / REPS:.2f} us x{c / REPS:g}" for nm, us, c in kern[:3]))
+      log("      kernels per call: "
+          + ", ".join(f"{nm[:48]} {us / REPS:.2f} us x{c / REPS:g}" for nm, us, c in kern[:3]))
   ts = []
   for _ in range(WALL_RUNS):
     t0 = time.perf_counter()

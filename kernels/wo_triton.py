@@ -13,7 +13,8 @@ G g + TW j + i, i < TW), byte i of every plane holding element i of every tile:
 
   format        G    S  TW   planes  bytes/elem  plane p of group g (TW bytes, byte i)
   8-bit         32   1  32   1       1           code[32g + i]   (row-major: any G; the "elem" kernel uses G = BK)
-  FP4 (MX/NV)   256  2  128  1       1/2         code[256g + i] | code[256g + 128 + i] << 4
+  FP4 (MX/NV)   256  4  64   1 (u16) 1/2         word i: code[256g + 64j + i], j < 4, bits FP4_MAG / FP4_SIGN
+                (512-groups with prepare_weight_triton(group=512): four 128-wide tiles)
   FP6           128  4  32   3       3/4         byte p of w_i = c[i] | c[32+i] << 6 | c[64+i] << 12 | c[96+i] << 18
 
 (a tile comes out of one or three loads with shifts and masks, no interleaving). The kernel views W as
@@ -32,15 +33,18 @@ accumulator at the end (exact, a power of two):
     - e2m1 / e2m3 / e3m2: sign and exponent|mantissa bits moved into an e4m3 byte (``_fp8_byte``): elem * 2^c
       (c = -6, -6, -4), subnormal codes landing on e4m3 subnormals, so the hardware convert is exact.
     - MXINT8 (k * 2^-6): f16 bits 0x6400 | (k ^ 0x80) = 1152 + k, minus 1152 in f16 (exact): k (c = 6).
-  * "asm" (compiled only; the interpreter uses "jnp"): inline PTX on 4 bytes per 32-bit register (see
-    ``_ASM_FP4_LO`` etc.): byte-parallel shifts/masks build bf16 high/low bytes, PRMT interleaves them, one
-    mul.rn.bf16x2 by 2^120 (2^112 for MXINT8) rescales: the same values as "jnp". About half the SASS
-    instructions per element for FP4 / FP6 (Pallas lowers byte-wise jnp ops to per-byte PRMT/IMAD/LOP3).
+  * "asm" (compiled only; the interpreter uses "jnp"): inline PTX on 32-bit registers. FP6 / e4m3 / MXINT8
+    (4 bytes per register, ``_ASM_E4M3`` etc.): byte-parallel shifts/masks build bf16 high/low bytes, PRMT
+    interleaves them; FP4 (two uint16 words per register, ``_asm_fp4``): one shift (or none) and a mask put a
+    tile's magnitude bits at bf16 bits 8..6 and its sign at 15 in both halves (no PRMT, no 8-bit operand, so
+    Triton loads x with LDSM: 621 -> 382 loop instructions per 256-deep step, session 9). Then one
+    mul.rn.bf16x2 by 2^120 (2^112 for MXINT8) rescales: the same values as "jnp".
     Relies on sm_90 keeping bf16 subnormal inputs of mul.bf16x2 (FP4 0.5, FP6 / e4m3 subnormal codes);
     benchmarks/bench_wo.py checks every code against the XLA reference on the GPU before timing.
     ``WOConfig(fold=True)`` (with "elem" scaling) drops that final multiply and applies 2^(e + 120) (2^(e + 112)
     for MXINT8) as the bf16 scale instead, one multiply per element fewer; only for weights whose every scale
-    keeps it finite (``TritonWeight.fold_ok``: e <= 7, or 15 for MXINT8), else the kernel is built unfolded.
+    keeps it finite (``TritonWeight.fold_ok``: e <= 7, or 15 for MXINT8; no NaN scale), else the kernel is built
+    unfolded. NVFP4 folds 2^119 into its E4M3 scale (448 * 2^120 would overflow) and the epilogue the other 2.
 
 Scaling (``WOConfig.scale_mode``):
   * "block" (promotion): one dot per 32-element block (16 for NVFP4) on the unscaled element values, then
@@ -136,14 +140,6 @@ def packing_group(fmt: str, cfg: "WOConfig | None") -> int | None:
   if weight_spec(fmt).bits != 4 or cfg is None:
     return None
   return 512 if cfg.block_k >= 512 else 256
-
-
-def default_group(fmt: str, k: int) -> int | None:
-  """``prepare_weight_triton``'s FP4 packing group for K: 512 (the faster kernel, session 9) unless that pads K
-  further than 256-groups would; None for other formats."""
-  if weight_spec(fmt).bits != 4:
-    return None
-  return 512 if round_up(max(k, 1), 512) == round_up(max(k, 1), K_ALIGN) else 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,16 +283,17 @@ def default_config(mp: int, fmt: str, elem_ok: bool = False, group: int | None =
   scaling when ``elem_ok`` (every scale of the weight inside ``elem_exact_range``, checked by
   ``prepare_weight_triton``; it beat per-block promotion 1.7x at M = 16), promotion otherwise (exact for every
   scale). FP4 (any M; ``group``: the weight's packing group): one group per step, split-K 2, the inline-PTX
-  decode with its rescale folded into the scale where the weight allows (``fold_ok``), four accumulators
-  (session 9: MXFP4 2.86x, NVFP4 2.65x bf16 at M = 16 with 512-groups). M <= 32, other formats: 8-bit floats
-  with the hardware convert (MXFP8 1.86x), FP6 / MXINT8 with the folded inline-PTX decode (session 8). Larger
+  decode with its rescale folded into the scale where the weight allows (``fold_ok``), four accumulators up to
+  M = 32 (session 9 at M = 16: MXFP4 2.78x bf16 with 256-groups, 2.83x with 512-groups). M <= 32, other
+  formats: 8-bit floats with the hardware convert (MXFP8 1.86x), FP6 / MXINT8 with the folded inline-PTX
+  decode (session 8). Larger
   M: the 8-warp config (best for MXFP8 / MXINT8 at M = 64 and 128 in session 8's run 5)."""
   mode = "elem" if elem_ok else "block"
   spec = weight_spec(fmt, group)
   asm = not (spec.bits == 8 and not fmt.startswith("mxint"))
   if spec.bits == 4:
     return WOConfig(64, spec.group, 2, 4, 3 if spec.group >= 512 else 4, mode, "xw", decode="asm",
-                    fold=elem_ok, n_acc=4 if elem_ok else 1)
+                    fold=elem_ok, n_acc=4 if elem_ok and mp <= 32 else 1)
   if mp <= 32:
     return WOConfig(64, 256, 1, 4, 4, mode, "xw", decode="asm" if asm else "jnp", fold=asm and elem_ok)
   return WOConfig(64, 128 if mp >= 128 else 256, 2, 8 if mp >= 128 else 4, 3, mode, "xw")
@@ -435,7 +432,8 @@ def pack_fp6(codes: jax.Array) -> jax.Array:
 
 def prepare_weight_triton(w: QArray, group: int | None = None) -> TritonWeight:
   """Lays out an (N, K) weight QArray quantized along K (axis 1) for ``wo_matmul`` (do it once). ``group``: FP4
-  only, the packing group (``FP4_GROUPS``; default ``default_group``), which fixes the kernel's K step."""
+  only, the packing group (``FP4_GROUPS``; default 256), which fixes the kernel's K step: 512 is faster at
+  M <= 32 (MXFP4 2.83x bf16 at M = 16 vs 2.78x) and much slower from M = 128 (64-row calls; session 9)."""
   if not isinstance(w, QArray):
     raise TypeError(f"w must be a QArray (mx_jax.quantize(...)); got {type(w).__name__}")
   if w.fmt not in SPECS:
@@ -447,8 +445,6 @@ def prepare_weight_triton(w: QArray, group: int | None = None) -> TritonWeight:
     raise ValueError(f"w has block_size {w.block_size}; the Triton weight-only kernel takes {spec.block} "
                      f"for {w.fmt}")
   weight_spec(w.fmt, group)  # validates group
-  if group is None:
-    group = default_group(w.fmt, w.shape[1])
   tw = _prepare(w, group or 0)
   elem_ok = _elem_scaling_exact(tw)
   return dataclasses.replace(tw, elem_ok=elem_ok, fold_ok=elem_ok and _fold_exact(tw))

@@ -143,8 +143,8 @@ def test_fp4_packing_puts_four_64_wide_tiles_in_one_uint16_word():
 
 
 @pytest.mark.parametrize("fmt", ["mxfp4_e2m1", "nvfp4"])
-@pytest.mark.parametrize("cfg", [wt.WOConfig(64, 512, 1, 4, 3, "elem", "xw"), wt.WOConfig(32, 512, 2, 4, 2, "block", "xw")],
-                         ids=lambda c: c.name())
+@pytest.mark.parametrize("cfg", [wt.WOConfig(64, 512, 1, 4, 3, "elem", "xw"),
+                                 wt.WOConfig(32, 512, 2, 4, 2, "block", "xw")], ids=lambda c: c.name())
 def test_fp4_512_groups(fmt, cfg):
   """FP4 packed in 512-groups (four 128-wide tiles per word; K padded to 1024 here): a 512-deep config on a
   QArray prepares that layout, and a prepared 512-group weight runs any config at its group's depth."""
@@ -172,12 +172,7 @@ def test_fp4_group_validation():
   assert wt.packing_group("mxfp4_e2m1", wt.WOConfig(64, 512)) == 512
   assert wt.packing_group("nvfp4", wt.WOConfig(64, 256)) == 256 and wt.packing_group("mxfp8_e4m3", None) is None
   assert wt.packing_group("nvfp4", None) is None  # no config: the prepared weight's default
-  # default: 512-groups unless they would pad K further than 256-groups
-  assert wt.default_group("mxfp4_e2m1", 8192) == 512 and wt.default_group("mxfp4_e2m1", 1000) == 512 and wt.default_group("mxfp4_e2m1", 700) == 256
-  assert wt.default_group("nvfp4", 256) == 256 and wt.default_group("nvfp4", 1280) == 256
-  assert wt.default_group("mxfp6_e2m3", 8192) is None
-  assert wt.prepare_weight_triton(_weight("nvfp4", k=1024)).group == 512
-  assert wt.prepare_weight_triton(_weight("nvfp4", k=768)).group == 256
+  assert wt.prepare_weight_triton(_weight("nvfp4", k=1024)).group == 0  # default: 256-groups
 
 
 def _run_ptx(asm: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -490,9 +485,12 @@ def test_fold_shift_rejects_formats_without_an_asm_rescale():
 
 
 def test_fp4_default_is_the_timed_candidate():
-  """The FP4 default (per-element scaling, 512-groups) is the config timed as candidate 34 in session 9."""
+  """The FP4 defaults (per-element scaling) are the configs timed as candidates 36 (256-groups) and 34
+  (512-groups) in session 9; one accumulator from M = 64."""
   for fmt in ("mxfp4_e2m1", "nvfp4"):
     assert wt.default_config(16, fmt, True, 512) == wt.CANDIDATES[34]
+    assert wt.default_config(16, fmt, True) == wt.CANDIDATES[36]
+    assert wt.default_config(128, fmt, True) == wt.CANDIDATES[16]
   assert wt.default_config(16, "mxfp8_e4m3", True) == wt.CANDIDATES[1]
 
 
