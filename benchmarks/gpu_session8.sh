@@ -11,18 +11,7 @@ set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 OUT="${OUT:-/tmp/mxbench}"; mkdir -p "$OUT"
 nvidia-smi -L
-ncu_one() {  # fmt cand: Nsight Compute report of one weight-only kernel, as text
-  local tag="ncu_${1}_c$2"
-  timeout 100 "$NCU" --clock-control none --kernel-name regex:wo_triton --launch-skip 1 --launch-count 1 \
-    --set full --import-source no -f -o "$OUT/$tag" python3 benchmarks/ncu_wo.py --fmt "$1" --cand "$2" \
-    > "$OUT/${tag}_run.log" 2>&1; tail -3 "$OUT/${tag}_run.log"
-  "$NCU" --import "$OUT/$tag.ncu-rep" --print-details all > "$OUT/$tag.txt" 2>&1
-  "$NCU" --import "$OUT/$tag.ncu-rep" --page source --print-source sass --csv > "$OUT/${tag}_sass.csv" 2>&1
-  grep -E "Duration|DRAM Throughput|Issue Slots Busy|Active Warps Per|Eligible Warps|Stall (Wait|Long|Short|Barrier)|Achieved Occupancy" \
-    "$OUT/$tag.txt" | head -16
-  rm -f "$OUT/$tag.ncu-rep"
-}
-NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+. benchmarks/ncu_one.sh
 if [ "${1:-1}" = 3 ]; then  # call 3: 2-D (swizzled) shared tiles: every format's exactness, then timed, counters
   timeout 260 python3 benchmarks/bench_wo.py --ms 16,1,32 --anchors 16 --fmts mxfp4_e2m1,mxfp8_e4m3,nvfp4 \
     --cands 0,1,2,12,13,14,15,16,17,18 --exact-extra mxint8,mxfp6_e2m3,mxfp6_e3m2,mxfp8_e5m2 --top 3 --out "$OUT" \
