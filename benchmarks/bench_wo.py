@@ -240,7 +240,7 @@ def sweep_one(st, fmt, m, k, n, cands, anchors, top, best, ranked, bf16_dev):
     anc = min(anchors, key=lambda a: abs(np.log2(a) - np.log2(m)))
     todo = list(ranked.get((fmt, anc), cands[:1]))[:top]
   x = jax.random.normal(jax.random.key(m), (m, k), jnp.float32).astype(jnp.bfloat16)
-  nbytes = weights_for(st, None)[0].nbytes + m * k * 2 + m * n * 2
+  nbytes = next(iter(st["pws"].values()))[0].nbytes + m * k * 2 + m * n * 2  # the same bytes in every layout
   res = []
   for cfg in todo:
     if cfg.name() in st["wrong"]:

@@ -286,8 +286,8 @@ def default_config(mp: int, fmt: str, elem_ok: bool = False, group: int | None =
   decode with its rescale folded into the scale where the weight allows (``fold_ok``), four accumulators up to
   M = 32 (session 9 at M = 16: MXFP4 2.78x bf16 with 256-groups, 2.83x with 512-groups). M <= 32, other
   formats: 8-bit floats with the hardware convert (MXFP8 1.86x), FP6 / MXINT8 with the folded inline-PTX
-  decode (session 8). Larger
-  M: the 8-warp config (best for MXFP8 / MXINT8 at M = 64 and 128 in session 8's run 5)."""
+  decode (session 8). Larger M: the 8-warp config (best for MXFP8 / MXINT8 at M = 64 and 128 in session 8's
+  run 5)."""
   mode = "elem" if elem_ok else "block"
   spec = weight_spec(fmt, group)
   asm = not (spec.bits == 8 and not fmt.startswith("mxint"))
@@ -393,7 +393,7 @@ class TritonWeight:
 # FP4 word layout: uint16 word i of a 256-group holds the codes of its four 64-wide tiles, c_j = code[256g +
 # 64j + i]: c_j's magnitude bits (e1 e0 m) at FP4_MAG[j] .. + 2, its sign at FP4_SIGN[j]. Chosen so one shift
 # (or none) and a mask put each tile's bits where a bf16 wants them (magnitude at bits 8..6, sign at 15; see
-# _ASM_FP4): 11 instructions per two words, no byte interleaving.
+# _asm_fp4): 11 instructions per two words, no byte interleaving.
 FP4_MAG = (6, 3, 0, 9)
 FP4_SIGN = (15, 12, 13, 14)
 FP4_GROUPS = (256, 512)  # packing groups (K elements, four tiles of group / 4); the kernel steps one group
@@ -404,6 +404,8 @@ def pack_fp4(codes: jax.Array, group: int = 256) -> jax.Array:
   tiles j < 4 of (c_j & 7) << FP4_MAG[j] | (c_j >> 3) << FP4_SIGN[j], c_j = code[(group / 4) j + i]."""
   if group not in FP4_GROUPS:
     raise ValueError(f"group must be one of {FP4_GROUPS}; got {group!r}")
+  if codes.ndim != 2 or codes.shape[1] % group:
+    raise ValueError(f"codes must be (N, K) with K a multiple of group={group}; got shape {codes.shape}")
   n, k = codes.shape
   tw = group // 4
   g = codes.astype(jnp.uint16).reshape(n, k // group, 4, tw)
@@ -416,6 +418,8 @@ def pack_fp4(codes: jax.Array, group: int = 256) -> jax.Array:
 
 def fp4_codes(words, j: int):
   """Tile j's FP4 codes (uint8, s e1 e0 m) from ``pack_fp4`` words (any shape)."""
+  if j not in range(4):
+    raise ValueError(f"j must be a tile index 0..3; got {j!r}")
   w = words.astype(jnp.uint16)
   return (((w >> FP4_MAG[j]) & 7) | (((w >> FP4_SIGN[j]) & 1) << 3)).astype(jnp.uint8)
 
@@ -548,10 +552,11 @@ def _decode_block(c, spec: _Spec):
   return _decode(c, spec.elem)
 
 
-# Inline-PTX decode (compiled Triton only; pack=4: one 32-bit register holds 4 consecutive bytes of a tile,
-# each bf16 result tile comes back in two registers). Byte-parallel integer ops place each code's sign,
-# exponent and mantissa bits into bf16 bits (value = elem * 2^(1 - 127) for e2m1 / e2m3, 2^(3 - 127) for
-# e3m2; subnormal codes become bf16 subnormals), PRMT interleaves high/low bytes into bf16x2 words, and one
+# Inline-PTX decode (compiled Triton only). FP6 / e4m3 / MXINT8: pack=4, one 32-bit register holds 4
+# consecutive bytes of a tile, each bf16 result tile comes back in two registers; FP4: pack=2, two uint16 words
+# in, one bf16x2 out (``_asm_fp4``). Integer ops place each code's sign, exponent and mantissa bits into bf16
+# bits (value = elem * 2^(1 - 127) for e2m1 / e2m3, 2^(3 - 127) for e3m2; subnormal codes become bf16
+# subnormals), for the byte formats PRMT interleaves high/low bytes into bf16x2 words, and one
 # mul.rn.bf16x2 by 2^120 rescales (exact: power of two, bf16 subnormal inputs are kept on sm_90), giving the
 # same values elem * 2^shift as the jnp decode. ~2.5 instructions per element instead of ~10 for byte-wise
 # jnp ops. Verified against the XLA reference on the GPU by benchmarks/bench_wo.py (all codes, extreme scales).
@@ -618,19 +623,17 @@ FOLDABLE = tuple(f for f, sp in SPECS.items() if sp.elem != "e5m2")
 _RESCALE_NV_FOLD = 119  # NVFP4's E4M3 scale (<= 448) times 2^119 stays finite in bf16; 2^120 would not
 
 
-def fold_shift(fmt: str) -> int:
-  """log2 of the rescale the asm decode of ``fmt`` ends with (2^120; 2^112 for MXINT8), which ``fold`` moves
-  into the scale."""
-  if fmt not in FOLDABLE:
-    raise ValueError(f"fmt must be one of {FOLDABLE} (formats with an asm decode rescale); got {fmt!r}")
-  if SPECS[fmt].nv:
-    return _RESCALE_NV_FOLD
-  return _RESCALE_INT8 if SPECS[fmt].elem == "int8" else _RESCALE
-
-
 def _decode_rescale(spec: _Spec) -> int:
   """log2 of the final multiply in ``spec``'s asm decode."""
   return _RESCALE_INT8 if spec.elem == "int8" else _RESCALE
+
+
+def fold_shift(fmt: str) -> int:
+  """log2 of the part of the asm decode's final rescale (2^120; 2^112 for MXINT8) that ``fold`` moves into the
+  scale: all of it, except NVFP4's 2^119 (the epilogue applies the other 2)."""
+  if fmt not in FOLDABLE:
+    raise ValueError(f"fmt must be one of {FOLDABLE} (formats with an asm decode rescale); got {fmt!r}")
+  return _RESCALE_NV_FOLD if SPECS[fmt].nv else _decode_rescale(SPECS[fmt])
 
 
 def _unfold(asm: str, shift: int) -> str:
@@ -654,11 +657,11 @@ def _asm_decode(asm: str, args, word: int = 8):
   return res
 
 
-def _decode_planes(planes, spec: _Spec, use_asm: bool, fold_shift_: int = 0):
-  """A group's planes (uint8 tiles) -> the S decoded bf16 tiles (elem * 2^shift, exact; with ``fold_shift_``,
-  asm only: elem * 2^(shift - fold_shift_), the rescale left to the scale)."""
-  dec = (lambda asm, args: _asm_decode(_unfold(asm, fold_shift_), args, spec.word)) if fold_shift_ else \
-      (lambda asm, args: _asm_decode(asm, args, spec.word))
+def _decode_planes(planes, spec: _Spec, use_asm: bool, unfold: int = 0):
+  """A group's planes (uint8 / uint16 tiles) -> the S decoded bf16 tiles (elem * 2^shift, exact; with
+  ``unfold``, asm only: the decode's final 2^unfold rescale left out, for the scale to apply)."""
+  def dec(asm, args):
+    return _asm_decode(_unfold(asm, unfold) if unfold else asm, args, spec.word)
   if use_asm and spec.bits == 4:
     return [dec(_asm_fp4(j), planes) for j in range(spec.tiles)]
   if use_asm and spec.elem == "e4m3":
@@ -723,12 +726,12 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
   from jax.experimental.pallas import triton as pltriton
 
   bn, T, S, NP, TW, blk = cfg.block_n, t_groups, spec.tiles, spec.planes, spec.tw, spec.block
-  n_acc = cfg.n_acc if cfg.scale_mode == "elem" else 1
-
+  n_acc = cfg.n_acc  # > 1 only with scale_mode "elem" (WOConfig checks)
   pid_n = pl.program_id(0)  # read outside the loop body (the interpreter substitutes it only here)
 
   def k_step(t):  # with stagger, program i walks its K range starting at step i mod steps
     return lax.rem(t + pid_n, steps) if cfg.stagger and steps > 1 else t
+
   D = blk if cfg.scale_mode == "block" else TW
   ew = "evict_first" if cfg.evict_w else None
   ex = "evict_last" if cfg.evict_w else None

@@ -163,6 +163,10 @@ def test_fp4_group_validation():
   codes = jnp.zeros((2, 512), jnp.uint8)
   with pytest.raises(ValueError, match="group must be one of"):
     wt.pack_fp4(codes, group=128)
+  with pytest.raises(ValueError, match="codes must be"):
+    wt.pack_fp4(jnp.zeros((2, 768), jnp.uint8), group=512)
+  with pytest.raises(ValueError, match="j must be"):
+    wt.fp4_codes(jnp.zeros((2, 4), jnp.uint16), 4)
   with pytest.raises(ValueError, match="group must be one of"):
     wt.prepare_weight_triton(_weight("mxfp4_e2m1"), group=1024)
   with pytest.raises(ValueError, match="group must be one of"):
