@@ -158,10 +158,7 @@ class GemmConfig:
   grid_tile_width: int = 8
   epi_n: int = 64           # epilogue sub-tile width
   a_regs: bool = True       # bf16 variant: A operand from registers (False: through SMEM)
-  pair: bool | str = False  # fp8 variant, block schedule within a stage: False (one block at a time), True (issue
-                            # two block wgmmas, promote the first while the second runs), "roll" (promote block j
-                            # while block j+1's wgmma runs: all but a stage's last promotion overlap an MMA;
-                            # offline SASS: no spills up to tile_k=128, ptxas spills it at 160-256)
+  pair: bool = False        # fp8 variant: issue two block wgmmas before promoting (overlap MMA + FFMA)
   deq_slots: int = 1        # bf16 variant: dequantized-tile buffers per warpgroup (2: stage k+1's dequantization
                             # overlaps stage k's wgmmas instead of waiting for them at the end of every stage)
 
@@ -178,16 +175,12 @@ class GemmConfig:
     if self.variant == "bf16":
       s += "_areg" if self.a_regs else "_asmem"
     if self.pair:
-      s += "_roll" if self.pair == "roll" else "_pair"
+      s += "_pair"
     if self.deq_slots != 1:
       s += f"_dq{self.deq_slots}"
     return s
 
   def __post_init__(self):
-    if self.pair not in (False, True, "roll"):
-      raise ValueError(f"pair must be False, True or 'roll'; got {self.pair!r}")
-    if self.pair == "roll" and self.variant != "fp8":
-      raise ValueError("pair='roll' applies to the fp8 (block-wgmma) variant only")
     if self.deq_slots not in (1, 2):
       raise ValueError(f"deq_slots must be 1 or 2; got {self.deq_slots}")
     if self.deq_slots == 2 and self.variant != "bf16":
@@ -365,21 +358,6 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
                 p = pl.run_scoped(part, plgpu.ACC((tile_m, tile_n), jnp.float32))
                 acc = promote(acc, p, sa_s, sb_s, j)
               return acc
-            if cfg.pair == "roll":
-              # Block j's partial P_j is promoted while block j+1's wgmma runs into P_{j+1}: P_{j+1}'s scope
-              # (a fresh zeroed ACC) opens inside P_j's; P_j is dead after its load, so two partials live.
-              def roll(j, p_j, acc):
-                if j + 1 == nblk:
-                  return promote(acc, plgpu.wgmma_accumulator_load(p_j, wait_n=0), sa_s, sb_s, j)
-                def nxt(p_n):
-                  plgpu.wgmma(p_n, *blk(j + 1))
-                  v = plgpu.wgmma_accumulator_load(p_j, wait_n=1)
-                  return roll(j + 1, p_n, promote(acc, v, sa_s, sb_s, j))
-                return pl.run_scoped(nxt, plgpu.ACC((tile_m, tile_n), jnp.float32))
-              def first(p0):
-                plgpu.wgmma(p0, *blk(0))
-                return roll(0, p0, acc)
-              return pl.run_scoped(first, plgpu.ACC((tile_m, tile_n), jnp.float32))
             for j in range(0, nblk, 2):
               # The second block's MMA runs while the first is promoted.
               def part2_full(p0, p1, j=j, acc=acc):

@@ -107,26 +107,6 @@ def test_kernel_matches_f64(fa, fb, cfg, packed):
   assert _rel(out, _f64(a) @ _f64(b).T) < RTOL
 
 
-def test_rolling_schedule_bit_identical():
-  """pair="roll" (block j promoted while block j+1's wgmma runs) does the same FP32 operations in the same
-  order as one block at a time: equal bit for bit, over 4 blocks per stage and 2 K steps."""
-  cfg = mg.GemmConfig("fp8", tile_m=64, tile_n=64, tile_k=128, wg_dim="M", max_concurrent_steps=2, pair="roll")
-  a, b = _q((100, 200), "mxfp8_e4m3", 40), _q((70, 200), "mxfp8_e5m2", 41)
-  out = mx_matmul(a, b, out_dtype=jnp.float32, impl="mgpu", config=cfg, interpret=True)
-  one = mx_matmul(a, b, out_dtype=jnp.float32, impl="mgpu", config=dataclasses.replace(cfg, pair=False),
-                  interpret=True)
-  np.testing.assert_array_equal(np.asarray(out), np.asarray(one))
-  assert _rel(out, _f64(a) @ _f64(b).T) < RTOL
-
-
-def test_gemm_config_rejects_bad_pair():
-  with pytest.raises(ValueError, match="pair must be False, True or 'roll'"):
-    dataclasses.replace(FP8_CFG, pair="rolling")
-  with pytest.raises(ValueError, match="pair='roll' applies to the fp8"):
-    dataclasses.replace(BF16_CFG, pair="roll")
-  assert dataclasses.replace(FP8_CFG, pair="roll").name() == FP8_CFG.name() + "_roll"
-
-
 def test_gemm_config_rejects_bad_deq_slots():
   with pytest.raises(ValueError, match="deq_slots must be 1 or 2"):
     dataclasses.replace(BF16_CFG, deq_slots=3)
