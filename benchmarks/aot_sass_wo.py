@@ -35,10 +35,14 @@ def compile_ptx(fmt: str, cfg, m: int, n: int, k: int, out_dir: str) -> str:
   from kernels import wo_triton as wt
   h = gpu_info.get_gpu_info_from_version(gpu_info.GpuVersion.H100)
   gpu_info.get_gpu_info = lambda: h
-  spec = wt.SPECS[fmt]
-  pw = wt.TritonWeight(jnp.zeros((n, k * spec.bits // spec.word), jnp.dtype(f"uint{spec.word}")),
-                       jnp.zeros((n, k // spec.block), jnp.uint8), jnp.zeros((), jnp.float32) if spec.nv else None,
-                       fmt, n, k, True, fmt in wt.FOLDABLE, group=wt.packing_group(fmt, cfg) or 0)
+  spec = wt.weight_spec(fmt, wt.packing_group(fmt, cfg))
+  layout = wt.weight_layout(fmt, cfg)
+  data = jnp.zeros((n, k * spec.bits // spec.word), jnp.dtype(f"uint{spec.word}"))
+  scales = jnp.zeros((n, k // spec.block), jnp.uint8)
+  if layout == "groups":
+    data, scales = (a.reshape(n, k // spec.group, -1).transpose(1, 0, 2) for a in (data, scales))
+  pw = wt.TritonWeight(data, scales, jnp.zeros((), jnp.float32) if spec.nv else None, fmt, n, k, True,
+                       fmt in wt.FOLDABLE, group=wt.packing_group(fmt, cfg) or 0, layout=layout)
   compile_for(h100(), lambda x, w: wt.wo_matmul(x, w, config=cfg), jnp.zeros((m, k), jnp.bfloat16), pw)
   return max(glob.glob(os.path.join(out_dir, "*.ptx")), key=os.path.getsize)
 
@@ -61,6 +65,7 @@ def main():
   p.add_argument("--fmt", default="mxfp4_e2m1")
   p.add_argument("--config", default="64,256,1,4,4,elem,xw,asm",
                  help="block_n,block_k,split_k,num_warps,num_stages,scale_mode,orient,decode[,fold]")
+  p.add_argument("--cand", type=int, default=None, help="index into wo_triton.CANDIDATES (instead of --config)")
   p.add_argument("--m", type=int, default=16)
   p.add_argument("--n", type=int, default=8192)
   p.add_argument("--k", type=int, default=8192)
@@ -70,6 +75,8 @@ def main():
     raise SystemExit("set CUDA13_BIN to a directory holding CUDA 13's ptxas and nvdisasm")
   f = a.config.split(",")
   cfg = wt.WOConfig(*map(int, f[:5]), f[5], f[6], decode=f[7], fold=len(f) > 8 and f[8] == "fold")
+  if a.cand is not None:
+    cfg = wt.CANDIDATES[a.cand]
   with tempfile.TemporaryDirectory() as d:
     report, listing = sass(compile_ptx(a.fmt, cfg, a.m, a.n, a.k, d), bindir)
   print(f"{a.fmt} {cfg.name()} at M={a.m}, N={a.n}, K={a.k}")

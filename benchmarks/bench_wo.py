@@ -192,16 +192,16 @@ def exactness(fmt, cands):
   for c in cands:
     kinds.setdefault(_kind(c), c)
   for kind, c in kinds.items():
-    mode, dec, orient, fold = kind
+    mode, dec, orient, fold, layout = kind
     guard(10)
     rows = block_rows if mode == "block" else elem_rows
     if fold and fmt in wt.FOLDABLE:  # scales the fold accepts (2^(e + fold_shift) finite): the folded kernel runs
       rows = [min(r, 127 - wt.fold_shift(fmt)) for r in rows]
     q = all_codes_weight(fmt, rows, k)
     ref, bound = host_ref(x, q)
-    label = f"{mode:5s} {dec:3s} {orient}{' fold' if fold else ''}"
+    label = f"{mode:5s} {dec:3s} {orient}{' fold' if fold else ''}{' ' + layout if layout != 'rows' else ''}"
     try:
-      pw = wt.prepare_weight_triton(q, wt.packing_group(fmt, c))
+      pw = wt.prepare_weight_triton(q, wt.packing_group(fmt, c), wt.weight_layout(fmt, c))
       out = wt.wo_matmul(x, pw, out_dtype=jnp.float32, config=c, interpret=INTERPRET)
       e = rel_err(out, ref, bound)
       ok[kind] = e <= 1e-5
@@ -214,16 +214,17 @@ def exactness(fmt, cands):
 
 
 def _kind(c):
-  return (c.scale_mode, c.decode, c.orient, c.fold)
+  return (c.scale_mode, c.decode, c.orient, c.fold, c.layout)
 
 
 def weights_for(st, cfg):
-  """The prepared weight copies in the layout ``cfg`` steps over (FP4: its packing group), prepared on first use."""
-  g = wt.packing_group(st["fmt"], cfg)
-  if g not in st["pws"]:
-    st["pws"][g] = [wt.prepare_weight_triton(q, g) for q in st["qs"]]
-    jax.block_until_ready(st["pws"][g])
-  return st["pws"][g]
+  """The prepared weight copies in the layout ``cfg`` steps over (FP4: its packing group; FP4 / FP6: its row- or
+  group-major layout), prepared on first use."""
+  key = (wt.packing_group(st["fmt"], cfg), wt.weight_layout(st["fmt"], cfg))
+  if key not in st["pws"]:
+    st["pws"][key] = [wt.prepare_weight_triton(q, *key) for q in st["qs"]]
+    jax.block_until_ready(st["pws"][key])
+  return st["pws"][key]
 
 
 def check(st, cfg):
@@ -290,8 +291,12 @@ def main():
   p.add_argument("--kernels", action="store_true", help="log each timing's top device kernels")
   p.add_argument("--exact-extra", default="mxfp8_e5m2,mxfp6_e3m2",
                  help="formats given the exactness check only (not timed)")
+  p.add_argument("--smem-budget", type=int, default=None,
+                 help="bytes of pipeline buffers fit_config allows (default wo_triton.SMEM_BUDGET)")
   args = p.parse_args()
   BUDGET_S = args.budget
+  if args.smem_budget:
+    wt.SMEM_BUDGET = args.smem_budget
   SHOW_KERNELS = args.kernels
   if args.out:
     os.makedirs(args.out, exist_ok=True)

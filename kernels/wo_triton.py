@@ -17,13 +17,18 @@ G g + TW j + i, i < TW), byte i of every plane holding element i of every tile:
                 (512-groups with prepare_weight_triton(group=512): four 128-wide tiles)
   FP6           128  4  32   3       3/4         byte p of w_i = c[i] | c[32+i] << 6 | c[64+i] << 12 | c[96+i] << 18
 
-(a tile comes out of one or three loads with shifts and masks, no interleaving). The kernel views W as
-(N_p, K_p/G, planes, TW) bytes, x as (M, K_p/G, S, TW) bf16 (a free reshape), so tile j of group g of x is a
-contiguous row slice. When a K step is one group (8-bit and FP4 at BK = G = 256) every tile is loaded as a
-2-D (rows, TW) block: Triton lays 2-D shared tiles out for the MMA, while the 3-D (rows, T, TW) tiles of a
-multi-group step came out unswizzled (Nsight Compute, session 8: 2-4 way bank conflicts on every shared load).
-Scales stay 1 byte: (N_p, K_p/block) uint8 (E8M0 bytes, or NVFP4's E4M3 bytes); NVFP4's FP32 tensor scale
-multiplies the FP32 accumulator in the kernel's epilogue.
+(a tile comes out of one or three loads with shifts and masks, no interleaving). Row-major ("rows") weights
+put each row's groups one after another; group-major ("groups", FP4 / FP6; ``prepare_weight_triton``'s
+default for FP4) put group g of every row one after another, (K_p/G, N_p, planes * TW), so the tile of BN
+rows a K step reads is one contiguous run (BN x 128 B for FP4) instead of BN runs K_p/2 bytes apart (session
+10: MXFP4 at M = 16 19.2 -> 18.0 us). The kernel views row-major W as (N_p, K_p/G, planes, TW) bytes,
+group-major W as (K_p/G, N_p, planes, TW) (every step then exactly one group), x as (M, K_p/G, S, TW) bf16
+(a free reshape), so tile j of group g of x is a contiguous row slice. When a K step is one group (8-bit and
+FP4 at BK = G = 256) every tile is loaded as a 2-D (rows, TW) block: Triton lays 2-D shared tiles out for the
+MMA, while the 3-D (rows, T, TW) tiles of a multi-group step came out unswizzled (Nsight Compute, session 8:
+2-4 way bank conflicts on every shared load). Scales stay 1 byte: (N_p, K_p/block) uint8 (E8M0 bytes, or
+NVFP4's E4M3 bytes; group-major (K_p/G, N_p, G/block)); NVFP4's FP32 tensor scale multiplies the FP32
+accumulator in the kernel's epilogue.
 
 Decode (``WOConfig.decode``), value = elem * 2^c with a per-format constant c, 2^-c applied to the FP32
 accumulator at the end (exact, a power of two):
@@ -118,6 +123,9 @@ SPECS = {
     "nvfp4": _Spec("e2m1", 256, 1, 16, -6, 4, nv=True, tiles=4, word=16),
 }
 FORMATS = tuple(SPECS)
+# Weight layouts: "rows" (row-major: a K step of a tile of rows reads one short run per row, rows K_p bytes
+# apart) or "groups" (group-major, FP4 / FP6: a K step of a tile of rows is one contiguous run).
+LAYOUTS = ("rows", "groups")
 
 
 def weight_spec(fmt: str, group: int | None = None) -> _Spec:
@@ -142,6 +150,22 @@ def packing_group(fmt: str, cfg: "WOConfig | None") -> int | None:
   return 512 if cfg.block_k >= 512 else 256
 
 
+def default_layout(fmt: str) -> str:
+  """``prepare_weight_triton``'s default layout: group-major for FP4 (session 10: MXFP4 at M = 16 19.2 -> 18.0
+  us with 256-groups), row-major for the rest (8-bit codes have no other; FP6 was not timed group-major)."""
+  return "groups" if weight_spec(fmt).bits == 4 else "rows"
+
+
+def weight_layout(fmt: str, cfg: "WOConfig | None") -> str:
+  """The weight layout ``wo_matmul`` prepares a QArray in for ``cfg``: its ``layout`` for FP4 / FP6 (8-bit
+  codes are always row-major), ``default_layout(fmt)`` for no config."""
+  if cfg is None:
+    return default_layout(fmt)
+  if weight_spec(fmt).bits == 8:
+    return "rows"
+  return cfg.layout
+
+
 @dataclasses.dataclass(frozen=True)
 class WOConfig:
   """Tile / pipeline choice of the Triton weight-only kernel.
@@ -150,7 +174,9 @@ class WOConfig:
   partials summed by XLA when > 1); num_warps / num_stages: Triton's; scale_mode: "block" (promotion per
   scale block, exact for all scales) or "elem" (scale applied to the bf16 W tile; see module docstring);
   orient: "xw" (x is the MMA A operand) or "wt" (decoded W is the A operand); evict_w: load W with
-  evict_first (streamed once) and x with evict_last (re-read by every program); n_acc ("elem" only): FP32
+  evict_first (streamed once) and x with evict_last (re-read by every program); layout: the FP4 / FP6 weight
+  layout made when ``wo_matmul`` prepares a QArray for this config (a prepared weight keeps its own; a
+  group-major one runs block_k = its group); n_acc ("elem" only): FP32
   accumulators, tile j of a step adding into accumulator j mod n_acc (shorter MMA dependency chains), summed
   after the loop; stagger: program i starts its K loop at step i (mod its steps), so the programs running at
   once read different slices of x (each would otherwise read the same x tile at the same time).
@@ -167,6 +193,7 @@ class WOConfig:
   fold: bool = False  # asm decode + "elem": 2^120 (2^112 MXINT8) folded into the bf16 scale (see fold_ok)
   n_acc: int = 1
   stagger: bool = False
+  layout: str = "rows"  # FP4 / FP6: the weight layout prepare_weight_triton makes for this config (LAYOUTS)
 
   def __post_init__(self):
     if self.fold and (self.decode != "asm" or self.scale_mode != "elem"):
@@ -183,6 +210,8 @@ class WOConfig:
         raise ValueError(f"{nm} must be a power of two >= 16; got {v}")
     if self.n_acc not in (1, 2, 4) or (self.n_acc > 1 and self.scale_mode != "elem"):
       raise ValueError(f"n_acc must be 1, 2 or 4 (more than 1 needs scale_mode='elem'); got {self.n_acc}")
+    if self.layout not in LAYOUTS:
+      raise ValueError(f"layout must be one of {LAYOUTS}; got {self.layout!r}")
     if self.split_k < 1 or self.num_warps < 1 or self.num_stages < 1:
       raise ValueError(f"split_k, num_warps, num_stages must be >= 1; got {self}")
 
@@ -190,7 +219,8 @@ class WOConfig:
     return (f"n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}st{self.num_stages}"
             f"_{self.scale_mode}_{self.orient}{'' if self.evict_w else '_noevict'}"
             f"{'_asm' if self.decode == 'asm' else ''}{'_fold' if self.fold else ''}"
-            f"{f'_acc{self.n_acc}' if self.n_acc > 1 else ''}{'_stagger' if self.stagger else ''}")
+            f"{f'_acc{self.n_acc}' if self.n_acc > 1 else ''}{'_stagger' if self.stagger else ''}"
+            f"{'_gm' if self.layout == 'groups' else ''}")
 
 
 DEFAULT_CONFIG = WOConfig()
@@ -275,16 +305,58 @@ CANDIDATES = (
     WOConfig(64, 512, 1, 4, 4, "elem", "xw", evict_w=False, decode="asm", fold=True, n_acc=4, stagger=True),
     WOConfig(64, 256, 2, 4, 6, "elem", "xw", evict_w=False, decode="asm", fold=True, n_acc=4, stagger=True),
     WOConfig(64, 256, 2, 4, 6, "elem", "xw", evict_w=False, decode="asm", fold=True, n_acc=4),
+    # Session 10: the kernel is ~16.9 us at M = 16 with DRAM "cycles active" 61% but "sectors" 47% (run 4 ncu):
+    # each 256-deep step reads 64 rows x 128 B, 4 KB apart. Group-major weights (layout="groups") make every
+    # step's tile one contiguous 8 KB (16 KB for 512-groups) run:
+    WOConfig(64, 256, 2, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups"),       # 49 = 36
+    WOConfig(64, 512, 2, 4, 3, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups"),       # 50 = 34
+    WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups"),       # no sum
+    WOConfig(64, 512, 1, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups"),
+    WOConfig(32, 256, 1, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups"),
+    WOConfig(64, 256, 4, 4, 3, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups"),
+    WOConfig(128, 256, 2, 8, 4, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups"),
+    WOConfig(64, 256, 2, 4, 6, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups"),
+    WOConfig(64, 256, 2, 4, 4, "elem", "xw", evict_w=False, decode="asm", fold=True, n_acc=4, layout="groups"),
+    # Session 10 run 1: group-major 2.94-2.98x at M = 16 (49: 16.4 us kernel + 1.7 us split-K sum; 52, no split-K:
+    # 17.9 us). Without the sum kernel, more warps per scheduler (1 CTA per SM there) and pipeline depths:
+    WOConfig(64, 512, 1, 8, 4, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups"),       # 58
+    WOConfig(64, 256, 1, 8, 4, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups"),
+    WOConfig(64, 512, 1, 4, 3, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups"),
+    WOConfig(64, 256, 1, 8, 6, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups"),
+    WOConfig(64, 512, 1, 8, 3, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups"),
+    WOConfig(64, 512, 1, 4, 4, "elem", "xw", evict_w=False, decode="asm", fold=True, n_acc=4, layout="groups"),
+    WOConfig(64, 512, 1, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=2, layout="groups"),     # 64
+    # Session 10 run 2: 64 (no split-K, 512-groups, 2 accumulators) 17.7 us = 3.00x at M = 16; 8 warps lose
+    # (19.4 us). One CTA per SM holds (stages - 1) x 16 KB of W in flight: deeper pipelines (5-6 stages need
+    # bench_wo --smem-budget above SMEM_BUDGET), 1 accumulator, split-K 2 with 4 stages:
+    WOConfig(64, 512, 1, 4, 5, "elem", "xw", decode="asm", fold=True, n_acc=2, layout="groups"),     # 65
+    WOConfig(64, 512, 1, 4, 6, "elem", "xw", decode="asm", fold=True, n_acc=2, layout="groups"),
+    WOConfig(64, 512, 1, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=1, layout="groups"),
+    WOConfig(64, 512, 2, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=2, layout="groups"),
+    WOConfig(64, 512, 1, 4, 5, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups"),     # 69
+    # Session 10 run 3: everything at 17.8-18.4 us (64: 3.04x / 3.02x); M = 1 runs as fast as M = 16, so neither
+    # x's L2 reads nor the decode bind: the W stream does (one CTA per SM without split-K). Two CTAs per SM
+    # without split-K: 32-row tiles.
+    WOConfig(32, 512, 1, 2, 4, "elem", "xw", decode="asm", fold=True, n_acc=2, layout="groups"),     # 70
+    WOConfig(32, 512, 1, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=2, layout="groups"),
+    WOConfig(32, 512, 1, 2, 3, "elem", "xw", decode="asm", fold=True, n_acc=2, layout="groups"),
+    WOConfig(32, 256, 1, 2, 4, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups"),     # 73
+    # Session 10 run 4: 32-row tiles no faster (18.2 us); 49 / 64 at 2.95-2.96x. The group-major default from
+    # M = 64 (one accumulator), for the M = 1..256 table:
+    WOConfig(64, 256, 2, 4, 4, "elem", "xw", decode="asm", fold=True, layout="groups"),               # 74
 )
 
 
-def default_config(mp: int, fmt: str, elem_ok: bool = False, group: int | None = None) -> WOConfig:
+def default_config(mp: int, fmt: str, elem_ok: bool = False, group: int | None = None,
+                   layout: str | None = None) -> WOConfig:
   """The kernel's default for Mp rows (before ``fit_config``), from the H100 sweeps (BENCHMARKS.md): per-element
   scaling when ``elem_ok`` (every scale of the weight inside ``elem_exact_range``, checked by
   ``prepare_weight_triton``; it beat per-block promotion 1.7x at M = 16), promotion otherwise (exact for every
-  scale). FP4 (any M; ``group``: the weight's packing group): one group per step, split-K 2, the inline-PTX
-  decode with its rescale folded into the scale where the weight allows (``fold_ok``), four accumulators up to
-  M = 32 (session 9 at M = 16: MXFP4 2.78x bf16 with 256-groups, 2.83x with 512-groups). M <= 32, other
+  scale). FP4 (any M; ``group`` / ``layout``: the weight's packing group and layout): one group per step,
+  split-K 2, the inline-PTX decode with its rescale folded into the scale where the weight allows
+  (``fold_ok``), four accumulators up to M = 32; group-major 512-groups: no split-K, two accumulators up to
+  M = 32 (session 10 at M = 16, group-major: MXFP4 2.95-3.01x bf16 with 256-groups, 2.96-3.04x with
+  512-groups; row-major 2.78x / 2.86x). M <= 32, other
   formats: 8-bit floats with the hardware convert (MXFP8 1.86x), FP6 / MXINT8 with the folded inline-PTX
   decode (session 8). Larger M: the 8-warp config (best for MXFP8 / MXINT8 at M = 64 and 128 in session 8's
   run 5)."""
@@ -292,8 +364,13 @@ def default_config(mp: int, fmt: str, elem_ok: bool = False, group: int | None =
   spec = weight_spec(fmt, group)
   asm = not (spec.bits == 8 and not fmt.startswith("mxint"))
   if spec.bits == 4:
+    layout = layout or default_layout(fmt)
+    small = elem_ok and mp <= 32
+    if spec.group >= 512 and layout == "groups":  # no split-K (no sum kernel), two accumulators
+      return WOConfig(64, 512, 1, 4, 4, mode, "xw", decode="asm", fold=elem_ok, n_acc=2 if small else 1,
+                      layout=layout)
     return WOConfig(64, spec.group, 2, 4, 3 if spec.group >= 512 else 4, mode, "xw", decode="asm",
-                    fold=elem_ok, n_acc=4 if elem_ok and mp <= 32 else 1)
+                    fold=elem_ok, n_acc=4 if small else 1, layout=layout)
   if mp <= 32:
     return WOConfig(64, 256, 1, 4, 4, mode, "xw", decode="asm" if asm else "jnp", fold=asm and elem_ok)
   return WOConfig(64, 128 if mp >= 128 else 256, 2, 8 if mp >= 128 else 4, 3, mode, "xw")
@@ -303,11 +380,14 @@ def _next_pow2(n: int) -> int:
   return 1 << max(0, int(n) - 1).bit_length()
 
 
-def fit_config(cfg: WOConfig, fmt: str, mp: int, n_p: int, k_p: int, group: int | None = None) -> WOConfig:
-  """Adapts ``cfg`` to a problem: block_n divides N_p, block_k >= the packing group, block_k * split_k
-  divides K_p, the pipeline fits ``SMEM_BUDGET``, the FP32 accumulator stays <= 64 registers a thread."""
+def fit_config(cfg: WOConfig, fmt: str, mp: int, n_p: int, k_p: int, group: int | None = None,
+               one_group: bool = False) -> WOConfig:
+  """Adapts ``cfg`` to a problem: block_n divides N_p, block_k >= the packing group (== it with ``one_group``,
+  a group-major weight), block_k * split_k divides K_p, the pipeline fits ``SMEM_BUDGET``, the FP32
+  accumulator stays <= 64 registers a thread."""
   spec = weight_spec(fmt, group)
-  bn, bk, sk, nw, ns = cfg.block_n, max(cfg.block_k, spec.group), cfg.split_k, cfg.num_warps, cfg.num_stages
+  bk = spec.group if one_group else max(cfg.block_k, spec.group)
+  bn, sk, nw, ns = cfg.block_n, cfg.split_k, cfg.num_warps, cfg.num_stages
   while n_p % bn:
     bn //= 2
   while k_p % (bk * sk):
@@ -358,9 +438,11 @@ def elem_exact_range(fmt: str) -> tuple[int, int]:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class TritonWeight:
-  """An (N, K) weight laid out for ``wo_matmul``: ``data`` (N_p, K_p * bits / 8) uint8 in the group/plane
-  order above, ``scales`` (N_p, K_p / block) uint8 (E8M0 or E4M3 bytes), ``tensor_scale`` () float32 for
-  NVFP4. ``fmt``, ``n``, ``k`` (logical shape) are static."""
+  """An (N, K) weight laid out for ``wo_matmul``: ``data`` (N_p, K_p * bits / word) words (uint8; FP4 uint16) in
+  the group/plane order above, ``scales`` (N_p, K_p / block) uint8 (E8M0 or E4M3 bytes), ``tensor_scale`` ()
+  float32 for NVFP4. ``layout="groups"`` (FP4 / FP6): ``data`` (K_p / G, N_p, G * bits / word) and ``scales``
+  (K_p / G, N_p, G / block), so one group of consecutive rows is one contiguous run of bytes. ``fmt``, ``n``,
+  ``k`` (logical shape), ``group``, ``layout`` are static."""
   data: jax.Array
   scales: jax.Array
   tensor_scale: jax.Array | None
@@ -370,10 +452,15 @@ class TritonWeight:
   elem_ok: bool = dataclasses.field(default=False, metadata=dict(static=True))
   fold_ok: bool = dataclasses.field(default=False, metadata=dict(static=True))
   group: int = dataclasses.field(default=0, metadata=dict(static=True))  # FP4 packing group (0: the default)
+  layout: str = dataclasses.field(default="rows", metadata=dict(static=True))  # one of LAYOUTS
 
   @property
   def shape(self) -> tuple[int, int]:
     return (self.n, self.k)
+
+  @property
+  def n_padded(self) -> int:
+    return self.scales.shape[0 if self.layout == "rows" else 1]
 
   @property
   def ndim(self) -> int:
@@ -381,7 +468,7 @@ class TritonWeight:
 
   @property
   def k_padded(self) -> int:
-    return self.scales.shape[1] * SPECS[self.fmt].block
+    return self.scales.size // self.n_padded * SPECS[self.fmt].block
 
   @property
   def nbytes(self) -> int:
@@ -434,10 +521,13 @@ def pack_fp6(codes: jax.Array) -> jax.Array:
   return planes.astype(jnp.uint8).reshape(n, 3 * k // 4)
 
 
-def prepare_weight_triton(w: QArray, group: int | None = None) -> TritonWeight:
+def prepare_weight_triton(w: QArray, group: int | None = None, layout: str | None = None) -> TritonWeight:
   """Lays out an (N, K) weight QArray quantized along K (axis 1) for ``wo_matmul`` (do it once). ``group``: FP4
   only, the packing group (``FP4_GROUPS``; default 256), which fixes the kernel's K step: 512 is faster at
-  M <= 32 (MXFP4 2.83x bf16 at M = 16 vs 2.78x) and much slower from M = 128 (64-row calls; session 9)."""
+  M <= 32 (MXFP4 2.83x bf16 at M = 16 vs 2.78x) and much slower from M = 128 (64-row calls; session 9).
+  ``layout``: one of ``LAYOUTS`` (None: ``default_layout``, group-major for FP4); "groups" (FP4 / FP6 only)
+  stores each packing group of all rows contiguously, so every K step of the kernel (one group) reads its tile
+  of rows as one run of bytes (the kernel then steps exactly one group)."""
   if not isinstance(w, QArray):
     raise TypeError(f"w must be a QArray (mx_jax.quantize(...)); got {type(w).__name__}")
   if w.fmt not in SPECS:
@@ -449,7 +539,11 @@ def prepare_weight_triton(w: QArray, group: int | None = None) -> TritonWeight:
     raise ValueError(f"w has block_size {w.block_size}; the Triton weight-only kernel takes {spec.block} "
                      f"for {w.fmt}")
   weight_spec(w.fmt, group)  # validates group
-  tw = _prepare(w, group or 0)
+  layout = default_layout(w.fmt) if layout is None else layout
+  if layout not in LAYOUTS or (layout == "groups" and spec.bits == 8):
+    raise ValueError(f"layout must be one of {LAYOUTS} ('groups' for FP4 / FP6 formats only); got {layout!r} "
+                     f"for {w.fmt}")
+  tw = _prepare(w, group or 0, layout)
   elem_ok = _elem_scaling_exact(tw)
   return dataclasses.replace(tw, elem_ok=elem_ok, fold_ok=elem_ok and _fold_exact(tw))
 
@@ -487,8 +581,8 @@ def _fold_exact(tw: TritonWeight) -> bool:
   return sb is not None and bool(np.all(sb + fold_shift(tw.fmt) <= 254))
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _prepare(w: QArray, group: int) -> TritonWeight:
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _prepare(w: QArray, group: int, layout: str = "rows") -> TritonWeight:
   spec = weight_spec(w.fmt, group or None)
   n, k = w.shape
   w = unpack(w)
@@ -504,7 +598,11 @@ def _prepare(w: QArray, group: int) -> TritonWeight:
   sb = lax.bitcast_convert_type(w.scales, jnp.uint8)
   scales = pad_to(sb, n_p, k_p // spec.block, 0 if spec.nv else 127)
   ts = w.tensor_scale.astype(jnp.float32).reshape(()) if spec.nv else None
-  return TritonWeight(data, scales, ts, w.fmt, n, k, group=group)
+  if layout == "groups":  # (N_p, K_p / G, per-group words) -> (K_p / G, N_p, per-group words)
+    kg = k_p // spec.group
+    data = data.reshape(n_p, kg, -1).transpose(1, 0, 2)
+    scales = scales.reshape(n_p, kg, -1).transpose(1, 0, 2)
+  return TritonWeight(data, scales, ts, w.fmt, n, k, group=group, layout=layout)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -719,7 +817,8 @@ def _dot_nt(a, b):
 
 
 def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps: int, t_groups: int,
-               has_ts: bool, out_mul: float, out_dtype, interpret: bool, fold_shift_: int = 0):
+               has_ts: bool, out_mul: float, out_dtype, interpret: bool, fold_shift_: int = 0,
+               group_major: bool = False):
   x_ref, w_ref, s_ref = refs[:3]
   ts_ref = refs[3] if has_ts else None
   o_ref = refs[-1]
@@ -741,6 +840,14 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
 
   def ld_w(view):
     return pltriton.load(view, eviction_policy=ew)
+
+  # the program's W block is (rows, groups, planes, TW) ("rows" layout) or (groups, rows, planes, TW); its
+  # scales (rows, scales) or (groups, rows, scales per group). Group-major steps are one group (T == 1).
+  def w_view(grp, p, cols=slice(None)):
+    return w_ref.at[grp, :, p, cols] if group_major else w_ref.at[:, grp, p, cols]
+
+  def s_view(g0, count):  # the scales of groups g0 .. g0 + T - 1 (count of them)
+    return s_ref.at[g0] if group_major else s_ref.at[:, pl.ds(g0 * (count // T), count)]
 
   def ld_x(view):
     if row_mask is None:
@@ -766,9 +873,9 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
       accs = list(accs)
       g0 = k_step(t) * T
       grp = g0 if T == 1 else pl.ds(g0, T)  # one group: 2-D tiles (rows, TW), else 3-D (rows, T, TW)
-      planes = [ld_w(w_ref.at[:, grp, _i(p), :]) for p in range(NP)]
+      planes = [ld_w(w_view(grp, _i(p))) for p in range(NP)]
       # one contiguous scale tile per step (a strided per-block load would not be pipelined), split by tile
-      sraw = pltriton.load(s_ref.at[:, pl.ds(g0 * S * nb, nsc)])
+      sraw = pltriton.load(s_view(g0, nsc))
       if not fold:
         st = _scale_bf16(sraw, spec)
       elif spec.nv:
@@ -790,12 +897,12 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
     def step(t, accs):
       acc, = accs
       g0 = k_step(t) * T
-      sf = _scale_f32(pltriton.load(s_ref.at[:, pl.ds(g0 * S * nbk, nsc)]), spec)  # (bn, nsc)
+      sf = _scale_f32(pltriton.load(s_view(g0, nsc)), spec)  # (bn, nsc)
       cols = jnp.split(sf, nsc, axis=1) if nsc > 1 else [sf]
       for tt in range(T):
         g = g0 + tt
         for sub in range(nbk):
-          planes = [ld_w(w_ref.at[:, g, _i(p), pl.ds(sub * D, D)]) for p in range(NP)]  # (bn, D)
+          planes = [ld_w(w_view(g, _i(p), pl.ds(sub * D, D))) for p in range(NP)]  # (bn, D)
           for j, v in enumerate(_decode_planes(planes, spec, use_asm)):
             xt = ld_x(x_ref.at[:, g, _i(j), pl.ds(sub * D, D)])                   # (mp, D)
             s = cols[(tt * S + j) * nbk + sub]                                 # (bn, 1)
@@ -848,20 +955,28 @@ def _uint_of(dtype):
 def _call(xb, pw: TritonWeight, m: int, mp: int, cfg: WOConfig, out_dtype, interpret: bool):
   """One kernel launch on x bits (m, K_p) uint16 -> (m, N) out_dtype."""
   spec = kernel_spec(pw.fmt, cfg, pw.group or None)
-  n_p, k_p = pw.data.shape[0], pw.k_padded
+  n_p, k_p = pw.n_padded, pw.k_padded
   n = pw.n
   kg = k_p // spec.group
   bn, sk = cfg.block_n, cfg.split_k
   kg_s = kg // sk                      # groups per program
   t_groups = cfg.block_k // spec.group  # groups per step
   steps = kg_s // t_groups
+  gm = pw.layout == "groups"
+  if gm and t_groups != 1:
+    raise ValueError(f"a group-major weight needs block_k == its group ({spec.group}); got {cfg.block_k}")
   x4 = xb.reshape(m, kg, spec.tiles, spec.tw)
-  w4 = pw.data.reshape(n_p, kg, spec.planes, spec.tw)
   grid = (pl.cdiv(n, bn), sk)
-  in_specs = [pl.BlockSpec((mp, kg_s, spec.tiles, spec.tw), lambda i, s: (0, s, 0, 0)),
-              pl.BlockSpec((bn, kg_s, spec.planes, spec.tw), lambda i, s: (i, s, 0, 0))]
+  in_specs = [pl.BlockSpec((mp, kg_s, spec.tiles, spec.tw), lambda i, s: (0, s, 0, 0))]
   sc = pw.scales
-  in_specs.append(pl.BlockSpec((bn, sc.shape[1] // sk), lambda i, s: (i, s)))
+  if gm:
+    w4 = pw.data.reshape(kg, n_p, spec.planes, spec.tw)
+    in_specs += [pl.BlockSpec((kg_s, bn, spec.planes, spec.tw), lambda i, s: (s, i, 0, 0)),
+                 pl.BlockSpec((kg_s, bn, sc.shape[2]), lambda i, s: (s, i, 0))]
+  else:
+    w4 = pw.data.reshape(n_p, kg, spec.planes, spec.tw)
+    in_specs += [pl.BlockSpec((bn, kg_s, spec.planes, spec.tw), lambda i, s: (i, s, 0, 0)),
+                 pl.BlockSpec((bn, sc.shape[1] // sk), lambda i, s: (i, s))]
   args = [x4, w4, sc]
   has_ts = pw.tensor_scale is not None
   if has_ts:
@@ -882,7 +997,7 @@ def _call(xb, pw: TritonWeight, m: int, mp: int, cfg: WOConfig, out_dtype, inter
   out_mul = float(2.0 ** (-spec.shift + (_decode_rescale(spec) - fs if fs else 0)))
   kernel = functools.partial(
       _wo_kernel, spec=spec, cfg=cfg, m=m, n=n, mp=mp, steps=steps, t_groups=t_groups, has_ts=has_ts,
-      out_mul=out_mul, out_dtype=o_dtype, interpret=interpret, fold_shift_=fs)
+      out_mul=out_mul, out_dtype=o_dtype, interpret=interpret, fold_shift_=fs, group_major=gm)
   params = None
   if not interpret:
     from jax.experimental.pallas import triton as pltriton
@@ -911,8 +1026,8 @@ def _wo_matmul(x2, pw: TritonWeight, *, out_dtype, config, interpret):
     xr = xb[r0:r0 + rows]
     mr = xr.shape[0]
     mp = max(16, _next_pow2(mr))
-    cfg = fit_config(config or default_config(mp, pw.fmt, pw.elem_ok, pw.group or None), pw.fmt, mp,
-                     pw.data.shape[0], k_p, pw.group or None)
+    cfg = fit_config(config or default_config(mp, pw.fmt, pw.elem_ok, pw.group or None, pw.layout), pw.fmt, mp,
+                     pw.n_padded, k_p, pw.group or None, one_group=pw.layout == "groups")
     outs.append(_call(xr, pw, mr, mp, cfg, out_dtype, interpret))
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
 
@@ -922,7 +1037,10 @@ def wo_matmul(x: jax.Array, w, *, out_dtype=jnp.bfloat16, config: WOConfig | Non
   """(..., N) = x (..., K) @ W^T, W an (N, K) QArray or ``prepare_weight_triton`` result. x is rounded to
   bf16 (the MMA input); FP32 accumulation. ``config``: a ``WOConfig`` (fitted to the shape), default per M."""
   if isinstance(w, QArray):
-    w = prepare_weight_triton(w, packing_group(w.fmt, config) if w.fmt in SPECS else None)
+    if w.fmt in SPECS:
+      w = prepare_weight_triton(w, packing_group(w.fmt, config), weight_layout(w.fmt, config))
+    else:
+      w = prepare_weight_triton(w)  # raises, naming the format
   if not isinstance(w, TritonWeight):
     raise TypeError(f"w must be a QArray or a prepare_weight_triton(...) result; got {type(w).__name__}")
   if config is not None and not isinstance(config, WOConfig):

@@ -102,11 +102,15 @@ def test_dispatch_bf16_out_and_prepared(weights):
 def test_prepared_layout():
   for fmt, dt, bpe in (("mxfp8_e4m3", jnp.uint8, 1.0), ("mxfp4_e2m1", jnp.uint16, 0.25),
                        ("mxfp6_e3m2", jnp.uint8, 0.75), ("nvfp4", jnp.uint16, 0.25)):
-    pw = wt.prepare_weight_triton(_weight(fmt))
+    pw = wt.prepare_weight_triton(_weight(fmt), layout="rows")
     n_p, k_p = 256, 512
     assert pw.data.dtype == dt and pw.data.shape == (n_p, int(k_p * bpe))  # FP4: uint16 words of 4 codes
     blk = 16 if fmt == "nvfp4" else 32
     assert pw.scales.dtype == jnp.uint8 and pw.scales.shape == (n_p, k_p // blk)  # 1-byte scales, not widened
+    if dt == jnp.uint16:  # FP4's default layout: group-major, 256-groups
+      gm = wt.prepare_weight_triton(_weight(fmt))
+      assert gm.layout == "groups" and gm.data.shape == (2, n_p, 64) and gm.scales.shape == (2, n_p, 256 // blk)
+      assert gm.nbytes == pw.nbytes
     assert (pw.tensor_scale is not None) == (fmt == "nvfp4")
     nb = {"mxfp8_e4m3": 1.0, "mxfp4_e2m1": 0.5, "mxfp6_e3m2": 0.75, "nvfp4": 0.5}[fmt] * n_p * k_p
     assert pw.shape == (N, K) and pw.nbytes == nb + pw.scales.size + (4 if fmt == "nvfp4" else 0)
@@ -151,12 +155,54 @@ def test_fp4_512_groups(fmt, cfg):
   q = _weight(fmt, k=700)  # 700 -> padded to 1024: two groups, the second mostly zero padding
   x = _x(33, k=700)
   pw = wt.prepare_weight_triton(q, group=512)
-  assert pw.group == 512 and pw.k_padded == 1024 and pw.data.shape == (256, 256)
+  assert pw.group == 512 and pw.k_padded == 1024 and pw.data.shape == (2, 256, 128)  # group-major (default)
   assert wt.max_rows(fmt, 512) == 64  # 33 rows: one call; more would run in 64-row chunks
   _check(wt.wo_matmul(x, q, out_dtype=jnp.float32, config=cfg, interpret=True), x, q)
   _check(wt.wo_matmul(x, pw, out_dtype=jnp.float32, config=SMALL_CONFIGS[0], interpret=True), x, q)
   x70 = _x(70, k=700, seed=4)  # two row chunks of at most 64
   _check(wt.wo_matmul(x70, pw, out_dtype=jnp.float32, interpret=True), x70, q)
+
+
+@pytest.mark.parametrize("fmt,group,cfg", [
+    ("mxfp4_e2m1", None, wt.WOConfig(64, 256, 2, 4, 3, "elem", "xw", n_acc=4)),
+    ("nvfp4", 512, wt.WOConfig(32, 512, 1, 4, 2, "block", "xw")),
+    ("mxfp6_e3m2", None, wt.WOConfig(64, 256, 2, 4, 3, "elem", "xw")),  # block_k 256 -> one 128-group
+    ("mxfp6_e2m3", None, wt.WOConfig(32, 128, 1, 4, 2, "block", "xw"))], ids=str)
+def test_group_major_layout(fmt, group, cfg):
+  """layout="groups": group g of rows r.. is data[g, r..] (the row-major layout's data[r.., g-th run], moved),
+  the same for the scales, and the kernel reads it to the same numbers (K padded; N not a multiple of block_n;
+  row masks; split-K)."""
+  q = _weight(fmt, k=700)
+  rows, gm = wt.prepare_weight_triton(q, group, layout="rows"), wt.prepare_weight_triton(q, group, layout="groups")
+  spec = wt.weight_spec(fmt, group)
+  kg = rows.k_padded // spec.group
+  assert gm.layout == "groups" and rows.layout == "rows"
+  assert (gm.n_padded, gm.k_padded) == (rows.n_padded, rows.k_padded) == (256, kg * spec.group)
+  assert gm.nbytes == rows.nbytes
+  d, s = np.asarray(rows.data), np.asarray(rows.scales)
+  np.testing.assert_array_equal(np.asarray(gm.data), d.reshape(256, kg, -1).transpose(1, 0, 2))
+  np.testing.assert_array_equal(np.asarray(gm.scales), s.reshape(256, kg, -1).transpose(1, 0, 2))
+  assert gm.data[1, 5].tobytes() == d[5, d.shape[1] // kg:2 * d.shape[1] // kg].tobytes()  # group 1 of row 5
+  x = _x(33, k=700)
+  out = wt.wo_matmul(x, gm, out_dtype=jnp.float32, config=cfg, interpret=True)
+  _check(out, x, q)
+  same = dataclasses.replace(cfg, block_k=spec.group)  # what a group-major weight runs cfg as (one group a step)
+  np.testing.assert_array_equal(out, wt.wo_matmul(x, rows, out_dtype=jnp.float32, config=same, interpret=True))
+  _check(wt.wo_matmul(x[:5], gm, out_dtype=jnp.float32, interpret=True), x[:5], q)  # the default config
+
+
+def test_group_major_validation():
+  with pytest.raises(ValueError, match="layout must be one of"):
+    wt.prepare_weight_triton(_weight("mxfp8_e4m3"), layout="groups")  # 8-bit codes stay row-major
+  with pytest.raises(ValueError, match="layout must be one of"):
+    wt.prepare_weight_triton(_weight("mxfp4_e2m1"), layout="cols")
+  with pytest.raises(ValueError, match="layout must be one of"):
+    wt.WOConfig(layout="cols")
+  cfg = wt.fit_config(wt.WOConfig(64, 512, 2), "mxfp6_e2m3", 16, 256, 1024, one_group=True)
+  assert cfg.block_k == 128  # a group-major step is exactly one group
+  gm_cfg = wt.WOConfig(layout="groups")
+  assert wt.weight_layout("mxfp8_e4m3", gm_cfg) == "rows" and wt.weight_layout("mxfp6_e2m3", gm_cfg) == "groups"
+  assert wt.weight_layout("mxfp4_e2m1", None) == "groups" and wt.weight_layout("mxfp6_e2m3", None) == "rows"
 
 
 def test_fp4_group_validation():
@@ -489,13 +535,20 @@ def test_fold_shift_rejects_formats_without_an_asm_rescale():
 
 
 def test_fp4_default_is_the_timed_candidate():
-  """The FP4 defaults (per-element scaling) are the configs timed as candidates 36 (256-groups) and 34
-  (512-groups) in session 9; one accumulator from M = 64."""
+  """The FP4 defaults (per-element scaling) are configs timed as candidates: group-major weights (the default
+  layout) 49 / 74 (256-groups, M <= 32 / larger) and 64 / 67 (512-groups, session 10); row-major weights 36 / 16
+  and 34 (session 9)."""
   for fmt in ("mxfp4_e2m1", "nvfp4"):
-    assert wt.default_config(16, fmt, True, 512) == wt.CANDIDATES[34]
-    assert wt.default_config(16, fmt, True) == wt.CANDIDATES[36]
-    assert wt.default_config(128, fmt, True) == wt.CANDIDATES[16]
+    assert wt.default_layout(fmt) == "groups"
+    assert wt.default_config(16, fmt, True) == wt.CANDIDATES[49]
+    assert wt.default_config(128, fmt, True) == wt.CANDIDATES[74]
+    assert wt.default_config(16, fmt, True, 512) == wt.CANDIDATES[64]
+    assert wt.default_config(64, fmt, True, 512) == wt.CANDIDATES[67]
+    assert wt.default_config(16, fmt, True, 512, "rows") == wt.CANDIDATES[34]
+    assert wt.default_config(16, fmt, True, None, "rows") == wt.CANDIDATES[36]
+    assert wt.default_config(128, fmt, True, None, "rows") == wt.CANDIDATES[16]
   assert wt.default_config(16, "mxfp8_e4m3", True) == wt.CANDIDATES[1]
+  assert wt.default_layout("mxfp8_e4m3") == wt.default_layout("mxfp6_e2m3") == "rows"
 
 
 def test_n_acc_validation():
