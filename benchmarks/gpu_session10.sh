@@ -14,11 +14,7 @@
 # Call 5: the shipped FP4 defaults over M = 1..256 (group-major: 49 / 74 = 256-groups M <= 32 / larger, 64 / 67 =
 #   512-groups; row-major 36 / 16 for comparison), MXFP4 and NVFP4, every candidate at every M; MXFP8's defaults
 #   (1 / 5) at M = 16.
-set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=.
-OUT="${OUT:-/tmp/mxbench}"; mkdir -p "$OUT"
-nvidia-smi -L
-. benchmarks/ncu_one.sh
+. benchmarks/gpu_env.sh
 if [ "${1:-1}" = 1 ]; then
   timeout 330 python3 benchmarks/bench_wo.py --ms 16,1,32 --anchors 16 --fmts mxfp4_e2m1,nvfp4 --kernels \
     --cands 36,34,49,50,51,52,53,54,55,56,57 --exact-extra "" --top 4 --out "$OUT" --budget 320 2>&1 \

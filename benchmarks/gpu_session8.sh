@@ -7,11 +7,7 @@
 #      rescale, 2 / 4 independent accumulators) beside the best so far, exactness checked first on every code;
 #   2. Nsight Compute on the two best kernels so far (MXFP4 asm, MXFP8): stall reasons and per-SASS samples;
 #   3. the block-scaled GEMM's double-buffered design (b) (deq_slots=2): poisoned-output check, then timed at 8192^3.
-set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=.
-OUT="${OUT:-/tmp/mxbench}"; mkdir -p "$OUT"
-nvidia-smi -L
-. benchmarks/ncu_one.sh
+. benchmarks/gpu_env.sh
 if [ "${1:-1}" = 3 ]; then  # call 3: 2-D (swizzled) shared tiles: every format's exactness, then timed, counters
   timeout 260 python3 benchmarks/bench_wo.py --ms 16,1,32 --anchors 16 --fmts mxfp4_e2m1,mxfp8_e4m3,nvfp4 \
     --cands 0,1,2,12,13,14,15,16,17,18 --exact-extra mxint8,mxfp6_e2m3,mxfp6_e3m2,mxfp8_e5m2 --top 3 --out "$OUT" \

@@ -15,11 +15,7 @@
 # Call 7: staggered K order (45-47; 48 = 47 unstaggered) beside 39 and 41, kernels listed; counters of 45.
 # Call 8: the shipped defaults over M = 1..256 (34 = FP4's, 512-groups; 1 / 5 = MXFP8's small / large M; 16 =
 #   FP4's session-8 default in 256-groups), MXFP4, NVFP4, MXFP8.
-set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=.
-OUT="${OUT:-/tmp/mxbench}"; mkdir -p "$OUT"
-nvidia-smi -L
-. benchmarks/ncu_one.sh
+. benchmarks/gpu_env.sh
 if [ "${1:-1}" = 1 ]; then
   timeout 440 python3 benchmarks/bench_wo.py --ms 16,128,1,2,4,8,32,64,256 --anchors 16,128 \
     --fmts mxfp4_e2m1,nvfp4 --cands 16,19,20,21,22,23 --exact-extra "" --top 2 --out "$OUT" --budget 430 2>&1 \
