@@ -1,5 +1,6 @@
-# Sourced through benchmarks/gpu_env.sh by the gpu_session*.sh scripts: ncu_one FMT CAND writes an Nsight Compute report of one weight-only
-# kernel call (benchmarks/ncu_wo.py) to $OUT as text and per-SASS CSV, and prints its headline counters.
+# Sourced through benchmarks/gpu_env.sh by the gpu_session*.sh scripts: ncu_one FMT CAND writes an Nsight
+# Compute report of one weight-only kernel call (benchmarks/ncu_wo.py) to $OUT as text and per-SASS CSV, and
+# prints its headline counters.
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 ncu_one() {  # fmt cand: Nsight Compute report of one weight-only kernel, as text
   local tag="ncu_${1}_c$2"
