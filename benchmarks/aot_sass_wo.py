@@ -29,20 +29,20 @@ def compile_ptx(fmt: str, cfg, m: int, n: int, k: int, out_dir: str) -> str:
   """Compiles wo_matmul for the H100 with ``cfg`` (every scale allowing per-element scaling and the fold) and
   returns the dumped module PTX's path."""
   os.environ["XLA_FLAGS"] = f"--xla_dump_to={out_dir} --xla_dump_emitter_re=.*"
+  import dataclasses
+  import jax
   import jax.numpy as jnp
+  import mx_jax
   from jax._src.pallas.triton import gpu_info
   from benchmarks.aot_gpu import compile_for, h100
   from kernels import wo_triton as wt
   h = gpu_info.get_gpu_info_from_version(gpu_info.GpuVersion.H100)
   gpu_info.get_gpu_info = lambda: h
-  spec = wt.weight_spec(fmt, wt.packing_group(fmt, cfg))
-  layout = wt.weight_layout(fmt, cfg)
-  data = jnp.zeros((n, k * spec.bits // spec.word), jnp.dtype(f"uint{spec.word}"))
-  scales = jnp.zeros((n, k // spec.block), jnp.uint8)
-  if layout == "groups":
-    data, scales = (a.reshape(n, k // spec.group, -1).transpose(1, 0, 2) for a in (data, scales))
-  pw = wt.TritonWeight(data, scales, jnp.zeros((), jnp.float32) if spec.nv else None, fmt, n, k, True,
-                       fmt in wt.FOLDABLE, group=wt.packing_group(fmt, cfg) or 0, layout=layout)
+  # the weight cfg runs on (its packing group and layout), as zeros whose scales allow "elem" and the fold
+  q = jax.eval_shape(lambda v: mx_jax.quantize(v, fmt, axis=1), jax.ShapeDtypeStruct((n, k), jnp.float32))
+  shapes = jax.eval_shape(lambda q: wt.prepare_weight_for(q, cfg), q)
+  pw = dataclasses.replace(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), elem_ok=True,
+                           fold_ok=fmt in wt.FOLDABLE)
   compile_for(h100(), lambda x, w: wt.wo_matmul(x, w, config=cfg), jnp.zeros((m, k), jnp.bfloat16), pw)
   return max(glob.glob(os.path.join(out_dir, "*.ptx")), key=os.path.getsize)
 

@@ -201,7 +201,7 @@ def exactness(fmt, cands):
     ref, bound = host_ref(x, q)
     label = f"{mode:5s} {dec:3s} {orient}{' fold' if fold else ''}{' ' + layout if layout != 'rows' else ''}"
     try:
-      pw = wt.prepare_weight_triton(q, wt.packing_group(fmt, c), wt.weight_layout(fmt, c))
+      pw = wt.prepare_weight_for(q, c)
       out = wt.wo_matmul(x, pw, out_dtype=jnp.float32, config=c, interpret=INTERPRET)
       e = rel_err(out, ref, bound)
       ok[kind] = e <= 1e-5
@@ -222,7 +222,7 @@ def weights_for(st, cfg):
   group-major layout), prepared on first use."""
   key = (wt.packing_group(st["fmt"], cfg), wt.weight_layout(st["fmt"], cfg))
   if key not in st["pws"]:
-    st["pws"][key] = [wt.prepare_weight_triton(q, *key) for q in st["qs"]]
+    st["pws"][key] = [wt.prepare_weight_for(q, cfg) for q in st["qs"]]
     jax.block_until_ready(st["pws"][key])
   return st["pws"][key]
 

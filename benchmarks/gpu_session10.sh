@@ -4,6 +4,7 @@
 #   1. group-major FP4 weights (layout="groups": every K step's tile of rows one contiguous run; 49-57) beside
 #      their row-major twins (36 = 49, 34 = 50), MXFP4 / NVFP4 at M = 16, 1, 32, device kernels listed;
 #   2. Nsight Compute of 49 (DRAM sectors vs cycles active, against session 9 run 4's 47% / 61%).
+#      (It profiled a row-major weight: ncu_wo.py then prepared the default layout, not the config's.)
 # Call 2: no split-K on group-major weights (58-64: 8 warps, depths, 2 accumulators) beside run 1's best (52 no
 #   split-K, 49 split-K 2), MXFP4 / NVFP4 at M = 16, 1, 32, kernels listed.
 # Call 3 (at commit 1d3e78c, which had the rolling GEMM schedule): deeper pipelines without split-K (65-69; --smem-budget 200 KB) beside 64 / 52 / 49, MXFP4 at M = 16, 1,

@@ -31,12 +31,13 @@ def main():
   a = p.parse_args()
   cfg = wt.CANDIDATES[a.cand]
   w = jax.random.normal(jax.random.key(0), (a.n, a.k), jnp.float32)
-  pw = wt.prepare_weight_triton(mx_jax.quantize(w, a.fmt, axis=1), wt.packing_group(a.fmt, cfg))
+  pw = wt.prepare_weight_for(mx_jax.quantize(w, a.fmt, axis=1), cfg)
   x = jax.random.normal(jax.random.key(1), (a.m, a.k), jnp.float32).astype(jnp.bfloat16)
   f = jax.jit(lambda x, w: wt.wo_matmul(x, w, config=cfg))
   for _ in range(3):
     out = jax.block_until_ready(f(x, pw))
-  print(f"{a.fmt} {cfg.name()} M={a.m}: out {out.shape} {out.dtype}, elem_ok={pw.elem_ok} fold_ok={pw.fold_ok}")
+  print(f"{a.fmt} {cfg.name()} M={a.m}: out {out.shape} {out.dtype}, elem_ok={pw.elem_ok} fold_ok={pw.fold_ok} "
+        f"group={pw.group or 'default'} layout={pw.layout}")
 
 
 if __name__ == "__main__":

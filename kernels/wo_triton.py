@@ -145,9 +145,15 @@ def packing_group(fmt: str, cfg: "WOConfig | None") -> int | None:
   """The FP4 packing group a config steps over (512 when its block_k is 512 or more, else 256); None for
   other formats (their layout does not depend on the config) and for no config (``prepare_weight_triton``'s
   default)."""
+  _check_config(cfg)
   if weight_spec(fmt).bits != 4 or cfg is None:
     return None
   return 512 if cfg.block_k >= 512 else 256
+
+
+def _check_config(cfg) -> None:
+  if cfg is not None and not isinstance(cfg, WOConfig):
+    raise TypeError(f"config must be a WOConfig or None; got {type(cfg).__name__}")
 
 
 def default_layout(fmt: str) -> str:
@@ -159,6 +165,7 @@ def default_layout(fmt: str) -> str:
 def weight_layout(fmt: str, cfg: "WOConfig | None") -> str:
   """The weight layout ``wo_matmul`` prepares a QArray in for ``cfg``: its ``layout`` for FP4 / FP6 (8-bit
   codes are always row-major), ``default_layout(fmt)`` for no config."""
+  _check_config(cfg)
   if cfg is None:
     return default_layout(fmt)
   if weight_spec(fmt).bits == 8:
@@ -546,6 +553,15 @@ def prepare_weight_triton(w: QArray, group: int | None = None, layout: str | Non
   tw = _prepare(w, group or 0, layout)
   elem_ok = _elem_scaling_exact(tw)
   return dataclasses.replace(tw, elem_ok=elem_ok, fold_ok=elem_ok and _fold_exact(tw))
+
+
+def prepare_weight_for(w: QArray, config: WOConfig | None = None) -> TritonWeight:
+  """``prepare_weight_triton`` in the packing group and layout ``config`` steps over (``packing_group``,
+  ``weight_layout``; the defaults for no config): what ``wo_matmul`` does with a QArray weight."""
+  _check_config(config)
+  if not isinstance(w, QArray) or w.fmt not in SPECS:
+    return prepare_weight_triton(w)  # raises, naming w
+  return prepare_weight_triton(w, packing_group(w.fmt, config), weight_layout(w.fmt, config))
 
 
 def _scale_bytes(tw: TritonWeight) -> np.ndarray | None:
@@ -1036,15 +1052,11 @@ def wo_matmul(x: jax.Array, w, *, out_dtype=jnp.bfloat16, config: WOConfig | Non
               interpret: bool = False) -> jax.Array:
   """(..., N) = x (..., K) @ W^T, W an (N, K) QArray or ``prepare_weight_triton`` result. x is rounded to
   bf16 (the MMA input); FP32 accumulation. ``config``: a ``WOConfig`` (fitted to the shape), default per M."""
+  _check_config(config)
   if isinstance(w, QArray):
-    if w.fmt in SPECS:
-      w = prepare_weight_triton(w, packing_group(w.fmt, config), weight_layout(w.fmt, config))
-    else:
-      w = prepare_weight_triton(w)  # raises, naming the format
+    w = prepare_weight_for(w, config)
   if not isinstance(w, TritonWeight):
     raise TypeError(f"w must be a QArray or a prepare_weight_triton(...) result; got {type(w).__name__}")
-  if config is not None and not isinstance(config, WOConfig):
-    raise TypeError(f"config must be a WOConfig; got {type(config).__name__}")
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(f"x must be a floating-point array (bf16, f16, f32); got dtype {x.dtype}")

@@ -191,6 +191,24 @@ def test_group_major_layout(fmt, group, cfg):
   _check(wt.wo_matmul(x[:5], gm, out_dtype=jnp.float32, interpret=True), x[:5], q)  # the default config
 
 
+def test_prepare_weight_for_follows_the_config():
+  """The weight a config runs on (what wo_matmul prepares a QArray into): its packing group and layout."""
+  q = _weight("mxfp4_e2m1", k=512)
+  pw = wt.prepare_weight_for(q, wt.WOConfig(64, 512, layout="rows"))
+  assert (pw.group, pw.layout) == (512, "rows")
+  pw = wt.prepare_weight_for(q, wt.WOConfig(64, 256, layout="groups"))
+  assert (pw.group, pw.layout) == (256, "groups")
+  assert wt.prepare_weight_for(q).layout == wt.default_layout("mxfp4_e2m1")
+  assert wt.prepare_weight_for(_weight("mxfp8_e4m3"), wt.WOConfig(layout="groups")).layout == "rows"
+  for f in (wt.prepare_weight_for, lambda q, c: wt.weight_layout(q.fmt, c), lambda q, c: wt.packing_group(q.fmt, c)):
+    with pytest.raises(TypeError, match="config must be a WOConfig"):
+      f(q, "n64k256")
+  with pytest.raises(ValueError, match="fmt must be one of"):
+    wt.default_layout("mxfp9")
+  with pytest.raises(TypeError, match="w must be a QArray"):
+    wt.prepare_weight_for(np.zeros((4, 32)), None)
+
+
 def test_group_major_validation():
   with pytest.raises(ValueError, match="layout must be one of"):
     wt.prepare_weight_triton(_weight("mxfp8_e4m3"), layout="groups")  # 8-bit codes stay row-major
