@@ -69,6 +69,7 @@ def main():
   p.add_argument("--m", type=int, default=16)
   p.add_argument("--n", type=int, default=8192)
   p.add_argument("--k", type=int, default=8192)
+  p.add_argument("--listing", default=None, help="also write the whole SASS listing to this file")
   a = p.parse_args()
   bindir = os.environ.get("CUDA13_BIN")
   if not bindir:
@@ -79,6 +80,9 @@ def main():
     cfg = wt.CANDIDATES[a.cand]
   with tempfile.TemporaryDirectory() as d:
     report, listing = sass(compile_ptx(a.fmt, cfg, a.m, a.n, a.k, d), bindir)
+  if a.listing:
+    with open(a.listing, "w") as fh:
+      fh.write(listing)
   print(f"{a.fmt} {cfg.name()} at M={a.m}, N={a.n}, K={a.k}")
   print("\n".join(ln for ln in report.splitlines() if "wo_triton" in ln or "registers" in ln))
   mix = kernel_loop(listing)

@@ -192,14 +192,15 @@ def exactness(fmt, cands):
   for c in cands:
     kinds.setdefault(_kind(c), c)
   for kind, c in kinds.items():
-    mode, dec, orient, fold, layout = kind
+    mode, dec, orient, fold, layout, red = kind
     guard(10)
     rows = block_rows if mode == "block" else elem_rows
     if fold and fmt in wt.FOLDABLE:  # scales the fold accepts (2^(e + fold_shift) finite): the folded kernel runs
       rows = [min(r, 127 - wt.fold_shift(fmt)) for r in rows]
     q = all_codes_weight(fmt, rows, k)
     ref, bound = host_ref(x, q)
-    label = f"{mode:5s} {dec:3s} {orient}{' fold' if fold else ''}{' ' + layout if layout != 'rows' else ''}"
+    label = (f"{mode:5s} {dec:3s} {orient}{' fold' if fold else ''}{' ' + layout if layout != 'rows' else ''}"
+             f"{' kernel-reduce' if red == 'kernel' else ''}")
     try:
       pw = wt.prepare_weight_for(q, c)
       out = wt.wo_matmul(x, pw, out_dtype=jnp.float32, config=c, interpret=INTERPRET)
@@ -214,7 +215,7 @@ def exactness(fmt, cands):
 
 
 def _kind(c):
-  return (c.scale_mode, c.decode, c.orient, c.fold, c.layout)
+  return (c.scale_mode, c.decode, c.orient, c.fold, c.layout, c.reduce if c.split_k > 1 else "xla")
 
 
 def weights_for(st, cfg):

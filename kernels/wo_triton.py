@@ -126,6 +126,8 @@ FORMATS = tuple(SPECS)
 # Weight layouts: "rows" (row-major: a K step of a tile of rows reads one short run per row, rows K_p bytes
 # apart) or "groups" (group-major, FP4 / FP6: a K step of a tile of rows is one contiguous run).
 LAYOUTS = ("rows", "groups")
+# Who sums split-K partials: an XLA fusion after the kernel, or the kernel's last-arriving program per tile.
+REDUCES = ("xla", "kernel")
 
 
 def weight_spec(fmt: str, group: int | None = None) -> _Spec:
@@ -183,7 +185,9 @@ class WOConfig:
   orient: "xw" (x is the MMA A operand) or "wt" (decoded W is the A operand); evict_w: load W with
   evict_first (streamed once) and x with evict_last (re-read by every program); layout: the FP4 / FP6 weight
   layout made when ``wo_matmul`` prepares a QArray for this config (a prepared weight keeps its own; a
-  group-major one runs block_k = its group); n_acc ("elem" only): FP32
+  group-major one runs block_k = its group); reduce (split_k > 1): "xla" (the kernel writes FP32 partials, an
+  XLA fusion sums them) or "kernel" (each program stores its partial, then bumps a per-tile counter; the
+  last to arrive sums all partials in split order, so the result is bit-identical to "xla"); n_acc ("elem" only): FP32
   accumulators, tile j of a step adding into accumulator j mod n_acc (shorter MMA dependency chains), summed
   after the loop; stagger: program i starts its K loop at step i (mod its steps), so the programs running at
   once read different slices of x (each would otherwise read the same x tile at the same time).
@@ -201,6 +205,7 @@ class WOConfig:
   n_acc: int = 1
   stagger: bool = False
   layout: str = "rows"  # FP4 / FP6: the weight layout prepare_weight_triton makes for this config (LAYOUTS)
+  reduce: str = "xla"   # split_k > 1: who sums the FP32 partials (REDUCES)
 
   def __post_init__(self):
     if self.fold and (self.decode != "asm" or self.scale_mode != "elem"):
@@ -219,6 +224,8 @@ class WOConfig:
       raise ValueError(f"n_acc must be 1, 2 or 4 (more than 1 needs scale_mode='elem'); got {self.n_acc}")
     if self.layout not in LAYOUTS:
       raise ValueError(f"layout must be one of {LAYOUTS}; got {self.layout!r}")
+    if self.reduce not in REDUCES:
+      raise ValueError(f"reduce must be one of {REDUCES}; got {self.reduce!r}")
     if self.split_k < 1 or self.num_warps < 1 or self.num_stages < 1:
       raise ValueError(f"split_k, num_warps, num_stages must be >= 1; got {self}")
 
@@ -227,7 +234,7 @@ class WOConfig:
             f"_{self.scale_mode}_{self.orient}{'' if self.evict_w else '_noevict'}"
             f"{'_asm' if self.decode == 'asm' else ''}{'_fold' if self.fold else ''}"
             f"{f'_acc{self.n_acc}' if self.n_acc > 1 else ''}{'_stagger' if self.stagger else ''}"
-            f"{'_gm' if self.layout == 'groups' else ''}")
+            f"{'_gm' if self.layout == 'groups' else ''}{'_kred' if self.reduce == 'kernel' else ''}")
 
 
 DEFAULT_CONFIG = WOConfig()
@@ -351,6 +358,16 @@ CANDIDATES = (
     # Session 10 run 4: 32-row tiles no faster (18.2 us); 49 / 64 at 2.95-2.96x. The group-major default from
     # M = 64 (one accumulator), for the M = 1..256 table:
     WOConfig(64, 256, 2, 4, 4, "elem", "xw", decode="asm", fold=True, layout="groups"),               # 74
+    # Session 11: the split-K 2 kernel alone is 16.3-16.4 us (3.25x) but XLA's sum of its partials adds 1.7 us:
+    # sum them in the kernel instead (reduce="kernel"; XLA zeroes the 128 tile counters). 49, 50, 54, 68, 74:
+    WOConfig(64, 256, 2, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups", reduce="kernel"),
+    WOConfig(64, 512, 2, 4, 3, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups", reduce="kernel"),
+    WOConfig(64, 256, 4, 4, 3, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups", reduce="kernel"),
+    WOConfig(64, 512, 2, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=2, layout="groups", reduce="kernel"),
+    WOConfig(64, 256, 2, 4, 4, "elem", "xw", decode="asm", fold=True, layout="groups", reduce="kernel"),  # 79
+    # MXFP8 (default 1, no split-K): split-K 2 summed by XLA / in the kernel
+    WOConfig(64, 256, 2, 4, 4, "elem", "xw"),                                                           # 80
+    WOConfig(64, 256, 2, 4, 4, "elem", "xw", reduce="kernel"),
 )
 
 
@@ -834,10 +851,13 @@ def _dot_nt(a, b):
 
 def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps: int, t_groups: int,
                has_ts: bool, out_mul: float, out_dtype, interpret: bool, fold_shift_: int = 0,
-               group_major: bool = False):
+               group_major: bool = False, kred: bool = False):
   x_ref, w_ref, s_ref = refs[:3]
   ts_ref = refs[3] if has_ts else None
-  o_ref = refs[-1]
+  if kred:  # outputs: out, the partials' workspace, the per-tile counters (aliased to a zeros input)
+    o_ref, ws_ref, cnt_ref = refs[-3:]
+  else:
+    o_ref = refs[-1]
   from jax.experimental.pallas import triton as pltriton
 
   bn, T, S, NP, TW, blk = cfg.block_n, t_groups, spec.tiles, spec.planes, spec.tw, spec.block
@@ -935,12 +955,39 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
     acc = acc * mul
   if not xw:
     acc = acc.T
-  out = acc.astype(out_dtype)
-  if interpret:
-    out = lax.bitcast_convert_type(out, jnp.dtype(f"uint{jnp.dtype(out_dtype).itemsize * 8}"))
-  cols_ok = pl.program_id(0) * bn + lax.broadcasted_iota(jnp.int32, (1, bn), 1) < n
-  mask = cols_ok if row_mask is None else (row_mask & cols_ok)
-  pltriton.store(o_ref, out, mask=jnp.broadcast_to(mask, (mp, bn)))
+  cols_ok = pid_n * bn + lax.broadcasted_iota(jnp.int32, (1, bn), 1) < n
+  mask = jnp.broadcast_to(cols_ok if row_mask is None else (row_mask & cols_ok), (mp, bn))
+
+  def store_out(v):
+    out = v.astype(out_dtype)
+    if interpret:
+      out = lax.bitcast_convert_type(out, _uint_of(out_dtype))
+    pltriton.store(o_ref, out, mask=mask)
+
+  if not kred:
+    store_out(acc)
+    return
+  # Split-K summed in the kernel: store this program's partial, count it in (after a CTA barrier, so every
+  # thread's stores precede the counter's release), and let the last of the tile's sk programs sum the
+  # partials in split order (p_0 + p_1 + ..., as the "xla" reduce does) and store the result.
+  sk = cfg.split_k
+  pid_k = pl.program_id(1)
+  bits = (lambda v: lax.bitcast_convert_type(v, jnp.uint32)) if interpret else (lambda v: v)
+  pltriton.store(ws_ref.at[pid_k], bits(acc), mask=mask)
+  if not interpret:
+    pltriton.debug_barrier()
+  arrived = pltriton.atomic_add(cnt_ref, (pid_n,), jnp.int32(1))  # acq_rel, GPU scope
+
+  @pl.when(arrived == sk - 1)
+  def _():
+    total = None
+    for s in range(sk):  # the partials of the others, read volatile (from L2: never a stale L1 line)
+      v = pltriton.load(ws_ref.at[_i(s)], mask=mask, other=0, volatile=not interpret)
+      if interpret:
+        v = lax.bitcast_convert_type(v, jnp.float32)
+      v = jnp.where(pid_k == s, acc, v)
+      total = v if total is None else total + v
+    store_out(total)
 
 
 def kernel_spec(fmt: str, cfg: WOConfig, group: int | None = None) -> _Spec:
@@ -998,14 +1045,25 @@ def _call(xb, pw: TritonWeight, m: int, mp: int, cfg: WOConfig, out_dtype, inter
   if has_ts:
     args.append(pw.tensor_scale.reshape(1, 1).astype(jnp.float32))
     in_specs.append(pl.BlockSpec((1, 1), lambda i, s: (0, 0)))
-  o_dtype = jnp.dtype(out_dtype) if sk == 1 else jnp.dtype(jnp.float32)
+  kred = sk > 1 and cfg.reduce == "kernel"
+  o_dtype = jnp.dtype(out_dtype) if sk == 1 or kred else jnp.dtype(jnp.float32)
   store_dtype = _uint_of(o_dtype) if interpret else o_dtype
-  if sk == 1:
+  aliases = {}
+  if sk == 1 or kred:
     out_shape = jax.ShapeDtypeStruct((m, n), store_dtype)
     out_spec = pl.BlockSpec((mp, bn), lambda i, s: (0, i))
   else:
     out_shape = jax.ShapeDtypeStruct((sk, m, n), store_dtype)
     out_spec = pl.BlockSpec((pl.squeezed, mp, bn), lambda i, s: (s, 0, i))
+  if kred:  # + the FP32 partials (sk, m, n) and one arrival counter per N tile, zeroed by XLA before the call
+    tiles = _next_pow2(grid[0])
+    ws_dtype = jnp.uint32 if interpret else jnp.float32
+    out_shape = (out_shape, jax.ShapeDtypeStruct((sk, m, n), ws_dtype), jax.ShapeDtypeStruct((tiles,), jnp.int32))
+    out_spec = (out_spec, pl.BlockSpec((sk, mp, bn), lambda i, s: (0, 0, i)),
+                pl.BlockSpec((tiles,), lambda i, s: (0,)))
+    aliases = {len(args): 2}
+    args.append(jnp.zeros((tiles,), jnp.int32))
+    in_specs.append(pl.BlockSpec((tiles,), lambda i, s: (0,)))
   # (WOConfig: fold implies the asm decode and per-element scales; the interpreter runs the jnp decode)
   fs = fold_shift(pw.fmt) if cfg.fold and pw.fold_ok and not interpret else 0  # never folds a weight it can't
   # the decoded value is elem * 2^shift; a fold that moves less than the whole rescale (NVFP4: 2^119 of 2^120)
@@ -1013,18 +1071,20 @@ def _call(xb, pw: TritonWeight, m: int, mp: int, cfg: WOConfig, out_dtype, inter
   out_mul = float(2.0 ** (-spec.shift + (_decode_rescale(spec) - fs if fs else 0)))
   kernel = functools.partial(
       _wo_kernel, spec=spec, cfg=cfg, m=m, n=n, mp=mp, steps=steps, t_groups=t_groups, has_ts=has_ts,
-      out_mul=out_mul, out_dtype=o_dtype, interpret=interpret, fold_shift_=fs, group_major=gm)
+      out_mul=out_mul, out_dtype=o_dtype, interpret=interpret, fold_shift_=fs, group_major=gm, kred=kred)
   params = None
   if not interpret:
     from jax.experimental.pallas import triton as pltriton
     params = pltriton.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
   out = pl.pallas_call(
       kernel, out_shape=out_shape, grid=grid, in_specs=in_specs, out_specs=out_spec, interpret=interpret,
-      compiler_params=params, name=f"wo_triton_{pw.fmt}_{cfg.name()}",
+      compiler_params=params, input_output_aliases=aliases, name=f"wo_triton_{pw.fmt}_{cfg.name()}",
   )(*args)
+  if kred:
+    out = out[0]
   if interpret:
     out = lax.bitcast_convert_type(out, o_dtype)
-  if sk > 1:  # an elementwise sum of the partials (XLA emits a loop fusion; jnp.sum's reduce fusion took 1.6 us)
+  if sk > 1 and not kred:  # an elementwise sum of the partials (XLA emits a loop fusion; jnp.sum's reduce fusion took 1.6 us)
     out = functools.reduce(lambda a, b: a + b, [out[i] for i in range(sk)]).astype(out_dtype)
   return out
 

@@ -191,6 +191,31 @@ def test_group_major_layout(fmt, group, cfg):
   _check(wt.wo_matmul(x[:5], gm, out_dtype=jnp.float32, interpret=True), x[:5], q)  # the default config
 
 
+@pytest.mark.parametrize("fmt,group,layout,cfg", [
+    ("mxfp4_e2m1", None, "groups", wt.WOConfig(64, 256, 2, 4, 3, "elem", "xw", n_acc=4)),
+    ("nvfp4", 512, "groups", wt.WOConfig(32, 512, 2, 4, 2, "block", "xw")),
+    ("mxfp8_e4m3", None, "rows", wt.WOConfig(32, 128, 3, 4, 2, "elem", "xw")),
+    ("mxfp6_e2m3", None, "rows", wt.WOConfig(64, 128, 4, 4, 2, "block", "wt"))], ids=str)
+def test_split_k_summed_in_the_kernel(fmt, group, layout, cfg):
+  """reduce="kernel": the last program of each N tile sums the FP32 partials in split order, so the output is
+  bit-identical to the XLA-summed split-K (and within the FP32 bound of the f64 reference); K padded, N not a
+  multiple of block_n, row masks, 2-4 splits."""
+  q = _weight(fmt, k=1000)
+  pw = wt.prepare_weight_triton(q, group, layout=layout)
+  x = _x(33, k=1000)
+  kcfg = dataclasses.replace(cfg, reduce="kernel")
+  for m in (33, 5):
+    out = wt.wo_matmul(x[:m], pw, out_dtype=jnp.float32, config=kcfg, interpret=True)
+    _check(out, x[:m], q)
+    np.testing.assert_array_equal(out, wt.wo_matmul(x[:m], pw, out_dtype=jnp.float32, config=cfg, interpret=True))
+  bf = wt.wo_matmul(x, pw, config=kcfg, interpret=True)  # bf16 out: the f32 sum rounded once
+  assert bf.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(bf, np.float32),
+                                np.asarray(wt.wo_matmul(x, pw, config=cfg, interpret=True), np.float32))
+  with pytest.raises(ValueError, match="reduce"):
+    wt.WOConfig(reduce="atomic")
+
+
 def test_prepare_weight_for_follows_the_config():
   """The weight a config runs on (what wo_matmul prepares a QArray into): its packing group and layout."""
   q = _weight("mxfp4_e2m1", k=512)
