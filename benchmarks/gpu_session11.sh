@@ -17,3 +17,17 @@ if [ "${1:-1}" = 1 ]; then
     --exact-extra "" --top 3 --out "$OUT/fp8" --budget 80 2>&1 | grep -v Warn | tail -12
   exit 0
 fi
+# Call 2: the in-kernel sum where XLA's grows (M >= 32): FP4 defaults 49 / 74 beside 75 / 79 (and 50 / 76),
+#   MXFP4 / NVFP4 at M = 32, 64, 128, 256; MXFP8's defaults (82 at M = 64, 5 above) beside 83 / 84; then Nsight
+#   Compute of 49 and 64 on their group-major weights (none was taken in session 10).
+if [ "${1:-1}" = 2 ]; then
+  timeout 250 python3 benchmarks/bench_wo.py --ms 32,64,128,256 --anchors 32,64,128,256 --kernels \
+    --fmts mxfp4_e2m1,nvfp4 --cands 49,75,74,79,50,76 --exact-extra "" --top 6 --out "$OUT" --budget 240 2>&1 \
+    | grep -v Warn | tail -24
+  mkdir -p "$OUT/fp8"
+  timeout 100 python3 benchmarks/bench_wo.py --ms 64,128,256 --anchors 64,128,256 --fmts mxfp8_e4m3 --kernels \
+    --cands 82,83,5,84 --exact-extra "" --top 4 --out "$OUT/fp8" --budget 90 2>&1 | grep -v Warn | tail -10
+  ncu_one mxfp4_e2m1 49
+  ncu_one mxfp4_e2m1 64
+  exit 0
+fi

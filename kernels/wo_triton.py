@@ -367,7 +367,13 @@ CANDIDATES = (
     WOConfig(64, 256, 2, 4, 4, "elem", "xw", decode="asm", fold=True, layout="groups", reduce="kernel"),  # 79
     # MXFP8 (default 1, no split-K): split-K 2 summed by XLA / in the kernel
     WOConfig(64, 256, 2, 4, 4, "elem", "xw"),                                                           # 80
-    WOConfig(64, 256, 2, 4, 4, "elem", "xw", reduce="kernel"),
+    WOConfig(64, 256, 2, 4, 4, "elem", "xw", reduce="kernel"),                                          # 81
+    # Session 11 run 1: the in-kernel sum costs the kernel ~2 us (its tail: fence, counter, the last program's
+    # reads), as much as XLA's sum; it gained only at M = 32 (XLA's sum grows with M). MXFP8's M = 64 default
+    # (82) and 128 default (5) with the sum in the kernel (83, 84), for M >= 32:
+    WOConfig(64, 256, 2, 4, 3, "elem", "xw"),                                                           # 82
+    WOConfig(64, 256, 2, 4, 3, "elem", "xw", reduce="kernel"),
+    WOConfig(64, 128, 2, 8, 3, "elem", "xw", reduce="kernel"),                                          # 84
 )
 
 
