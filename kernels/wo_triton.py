@@ -384,7 +384,8 @@ def default_config(mp: int, fmt: str, elem_ok: bool = False, group: int | None =
   ``prepare_weight_triton``; it beat per-block promotion 1.7x at M = 16), promotion otherwise (exact for every
   scale). FP4 (any M; ``group`` / ``layout``: the weight's packing group and layout): one group per step,
   split-K 2, the inline-PTX decode with its rescale folded into the scale where the weight allows
-  (``fold_ok``), four accumulators up to M = 32; group-major 512-groups: no split-K, two accumulators up to
+  (``fold_ok``), four accumulators up to M = 32, the partials summed in the kernel at 17..32 rows of a
+  group-major weight (session 11: MXFP4 2.58x there, was 2.36x); group-major 512-groups: no split-K, two accumulators up to
   M = 32 (session 10 at M = 16, group-major: MXFP4 2.95-3.01x bf16 with 256-groups, 2.96-3.04x with
   512-groups; row-major 2.78x / 2.86x). M <= 32, other
   formats: 8-bit floats with the hardware convert (MXFP8 1.86x), FP6 / MXINT8 with the folded inline-PTX
@@ -399,8 +400,11 @@ def default_config(mp: int, fmt: str, elem_ok: bool = False, group: int | None =
     if spec.group >= 512 and layout == "groups":  # no split-K (no sum kernel), two accumulators
       return WOConfig(64, 512, 1, 4, 4, mode, "xw", decode="asm", fold=elem_ok, n_acc=2 if small else 1,
                       layout=layout)
+    # 17..32 rows of a group-major weight: XLA's sum of the partials has grown to ~2.3 us; summing them in the
+    # kernel was 1-2 us faster there (session 11), not at 16 rows or fewer, and not from 64 rows
+    kred = layout == "groups" and spec.group < 512 and 16 < mp <= 32
     return WOConfig(64, spec.group, 2, 4, 3 if spec.group >= 512 else 4, mode, "xw", decode="asm",
-                    fold=elem_ok, n_acc=4 if small else 1, layout=layout)
+                    fold=elem_ok, n_acc=4 if small else 1, layout=layout, reduce="kernel" if kred else "xla")
   if mp <= 32:
     return WOConfig(64, 256, 1, 4, 4, mode, "xw", decode="asm" if asm else "jnp", fold=asm and elem_ok)
   return WOConfig(64, 128 if mp >= 128 else 256, 2, 8 if mp >= 128 else 4, 3, mode, "xw")

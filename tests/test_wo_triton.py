@@ -212,6 +212,7 @@ def test_split_k_summed_in_the_kernel(fmt, group, layout, cfg):
   assert bf.dtype == jnp.bfloat16
   np.testing.assert_array_equal(np.asarray(bf, np.float32),
                                 np.asarray(wt.wo_matmul(x, pw, config=cfg, interpret=True), np.float32))
+  _check(wt.wo_matmul(x[:20], pw, out_dtype=jnp.float32, interpret=True), x[:20], q)  # 17..32 rows: the default
   with pytest.raises(ValueError, match="reduce"):
     wt.WOConfig(reduce="atomic")
 
@@ -501,7 +502,8 @@ def test_fit_config():
 @pytest.mark.parametrize("fmt,cfg", [(f, wt.CANDIDATES[0]) for f in FORMATS]
                          + [(f, c) for f in ("mxfp4_e2m1", "mxfp6_e3m2", "mxint8", "mxfp8_e4m3")
                             for c in (wt.CANDIDATES[2], wt.CANDIDATES[4])]
-                         + [(f, wt.default_config(16, f, True)) for f in FORMATS])
+                         + [(f, wt.default_config(16, f, True)) for f in FORMATS]
+                         + [("mxfp4_e2m1", wt.default_config(32, "mxfp4_e2m1", True))])  # split-K summed in-kernel
 def test_lowers_to_triton(fmt, cfg):
   """The compiled path lowers to Triton IR (every primitive has a Pallas Triton rule), on a CPU host."""
   from kernels import _dispatch
@@ -579,11 +581,13 @@ def test_fold_shift_rejects_formats_without_an_asm_rescale():
 
 def test_fp4_default_is_the_timed_candidate():
   """The FP4 defaults (per-element scaling) are configs timed as candidates: group-major weights (the default
-  layout) 49 / 74 (256-groups, M <= 32 / larger) and 64 / 67 (512-groups, session 10); row-major weights 36 / 16
+  layout) 49 / 75 / 74 (256-groups, M <= 16 / <= 32 / larger; 75 = 49 summing split-K in the kernel, session
+  11) and 64 / 67 (512-groups, session 10); row-major weights 36 / 16
   and 34 (session 9)."""
   for fmt in ("mxfp4_e2m1", "nvfp4"):
     assert wt.default_layout(fmt) == "groups"
     assert wt.default_config(16, fmt, True) == wt.CANDIDATES[49]
+    assert wt.default_config(32, fmt, True) == wt.CANDIDATES[75]  # 49 with the partials summed in the kernel
     assert wt.default_config(128, fmt, True) == wt.CANDIDATES[74]
     assert wt.default_config(16, fmt, True, 512) == wt.CANDIDATES[64]
     assert wt.default_config(64, fmt, True, 512) == wt.CANDIDATES[67]
