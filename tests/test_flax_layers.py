@@ -78,22 +78,32 @@ def test_layers_keep_stock_parameters():
     assert float(jnp.max(jnp.abs(y - ys))) < 0.2 * float(jnp.max(jnp.abs(ys)))
 
 
+_MODELS: dict = {}  # recipe -> (model, optimizer, jitted step): a later _train of the recipe reuses the compiled step
+
+
+def _model_and_step(recipe):
+  if recipe not in _MODELS:
+    m = quantize_model(StockTransformer(), recipe, exclude=["embed", "head"])
+
+    @jax.jit
+    def step(state, tok):
+      def loss_fn(p):
+        logits = state.apply_fn(p, tok[:, :-1])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, tok[:, 1:]).mean()
+      loss, g = jax.value_and_grad(loss_fn)(state.params)
+      return state.apply_gradients(grads=g), loss
+
+    _MODELS[recipe] = m, optax.adamw(3e-3), step  # the optimizer too: it is static in TrainState, a jit key
+  return _MODELS[recipe]
+
+
 def _train(recipe, steps=30, seed=0):
-  m = quantize_model(StockTransformer(), recipe, exclude=["embed", "head"])
+  m, tx, step = _model_and_step(recipe)
   tok = _tokens()
   variables = m.init(jax.random.key(seed), tok)
   params = {"params": variables["params"], **({OVERWRITE_WITH_GRADIENT: variables[OVERWRITE_WITH_GRADIENT]}
                                                if OVERWRITE_WITH_GRADIENT in variables else {})}
-  state = train_state.TrainState.create(apply_fn=m.apply, params=params, tx=optax.adamw(3e-3))
-
-  @jax.jit
-  def step(state, tok):
-    def loss_fn(p):
-      logits = state.apply_fn(p, tok[:, :-1])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, tok[:, 1:]).mean()
-    loss, g = jax.value_and_grad(loss_fn)(state.params)
-    return state.apply_gradients(grads=g), loss
-
+  state = train_state.TrainState.create(apply_fn=m.apply, params=params, tx=tx)
   losses = []
   for i in range(steps):
     state, loss = step(state, _tokens(seed=i))

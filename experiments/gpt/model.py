@@ -92,8 +92,12 @@ def _norm_fmt(rec) -> str | None:
     return fmt if fmt and (fmt.startswith("mx") or fmt == "nvfp4") else None
 
 
+@functools.lru_cache(maxsize=None)
 def quant_for_recipe(name: str, telemetry: bool = False) -> Quant:
     """Resolves a recipe name ("fp32", "bf16", "fp8_current", "fp8_delayed", "mxfp8", ...) to a ``Quant``.
+
+    Memoized: the ``Quant`` (frozen) holds ``functools.partial`` factories, which compare by identity, so a
+    fresh one per call would make every ``train()`` re-trace and re-compile the same model.
 
     Uses ``mx_jax.recipe`` / ``mx_jax.dot_general``; stateful recipes (delayed scaling, telemetry) use
     ``mx_jax.flax.MxDotGeneral`` when it exists, else a local module with the same collection layout.
