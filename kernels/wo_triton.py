@@ -67,7 +67,11 @@ Grid (cdiv(N, BN), SPLIT_K); each program loops over K_p / SPLIT_K in BK steps (
 "wt" computes (BN, Mp) = W_tile @ x_tile^T (the decoded W is the A operand, so Hopper wgmma can take it from
 registers) and transposes the tile before the store. Output: SPLIT_K == 1 writes ``out_dtype`` (M, N)
 directly (masked rows / columns: no padding or slicing kernels); SPLIT_K > 1 writes FP32 partials
-(SPLIT_K, M, N) that XLA sums (one small fusion). Mp = M rounded up to a power of two >= 16 (tl.dot's
+(SPLIT_K, M, N) that XLA sums (one small fusion), or with ``WOConfig(reduce="kernel")`` stores them to a
+workspace and counts arrivals per N tile (CTA barrier, then a GPU-scope acq_rel atomic on a counter XLA
+zeroes); the last program of the tile reads the others' partials and writes p_0 + p_1 + ... in ``out_dtype``
+(the same sum, in the same order, as XLA's: bit-identical; a ~2 us longer kernel tail, so the default only at
+17..32 rows, session 11). Mp = M rounded up to a power of two >= 16 (tl.dot's
 minimum); rows >= M are masked loads. M > 256 runs in row chunks of 256 (128 for FP4: ``max_rows``).
 
 ``interpret=True`` runs the same kernel body in the Pallas interpreter (CPU tests). x travels as its bf16
