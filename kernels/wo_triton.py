@@ -406,7 +406,7 @@ def default_config(mp: int, fmt: str, elem_ok: bool = False, group: int | None =
                       layout=layout)
     # 17..32 rows of a group-major weight: XLA's sum of the partials has grown to ~2.3 us; summing them in the
     # kernel was 1-2 us faster there (session 11), not at 16 rows or fewer, and not from 64 rows
-    kred = layout == "groups" and spec.group < 512 and 16 < mp <= 32
+    kred = layout == "groups" and 16 < mp <= 32  # (group-major 512-groups returned above)
     return WOConfig(64, spec.group, 2, 4, 3 if spec.group >= 512 else 4, mode, "xw", decode="asm",
                     fold=elem_ok, n_acc=4 if small else 1, layout=layout, reduce="kernel" if kred else "xla")
   if mp <= 32:
