@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Session 12's H100 lease (issue 7), `bash benchmarks/gpu_session12.sh N`, logs to $OUT.
+# Session 12's H100 lease (issue 7), `bash benchmarks/gpu_session12.sh N`, logs to $OUT (benchmarks/results/session12).
+# Calls 1-3 ran at commit 9d30ca4: kernels/gemm_triton.py, benchmarks/bench_gemm_triton.py, WOConfig(pmul) and
+# wo_triton.CANDIDATES 85-90 were removed after they measured no gain (BENCHMARKS.md, session 12); check that
+# commit out to run them again. Call 4 runs at any later commit.
 # Call 1: the Pallas-Triton block-scaled GEMM (kernels/gemm_triton.py): exactness on the GPU, the tile sweep at
 #   8192^3 beside lax.scaled_dot / bf16 jnp.dot / the Mosaic GPU design (a), then the sizes with the best config.
 . benchmarks/gpu_env.sh

@@ -210,13 +210,10 @@ class WOConfig:
   stagger: bool = False
   layout: str = "rows"  # FP4 / FP6: the weight layout prepare_weight_triton makes for this config (LAYOUTS)
   reduce: str = "xla"   # split_k > 1: who sums the FP32 partials (REDUCES)
-  pmul: bool = False    # asm decode + "elem": the bf16 scale multiply inside the inline PTX (mul.rn.bf16x2)
 
   def __post_init__(self):
     if self.fold and (self.decode != "asm" or self.scale_mode != "elem"):
       raise ValueError(f"fold needs decode='asm' and scale_mode='elem'; got {self.decode!r}, {self.scale_mode!r}")
-    if self.pmul and (self.decode != "asm" or self.scale_mode != "elem"):
-      raise ValueError(f"pmul needs decode='asm' and scale_mode='elem'; got {self.decode!r}, {self.scale_mode!r}")
     if self.scale_mode not in ("block", "elem"):
       raise ValueError(f"scale_mode must be 'block' or 'elem'; got {self.scale_mode!r}")
     if self.decode not in ("jnp", "asm"):
@@ -241,8 +238,7 @@ class WOConfig:
             f"_{self.scale_mode}_{self.orient}{'' if self.evict_w else '_noevict'}"
             f"{'_asm' if self.decode == 'asm' else ''}{'_fold' if self.fold else ''}"
             f"{f'_acc{self.n_acc}' if self.n_acc > 1 else ''}{'_stagger' if self.stagger else ''}"
-            f"{'_gm' if self.layout == 'groups' else ''}{'_kred' if self.reduce == 'kernel' else ''}"
-            f"{'_pmul' if self.pmul else ''}")
+            f"{'_gm' if self.layout == 'groups' else ''}{'_kred' if self.reduce == 'kernel' else ''}")
 
 
 DEFAULT_CONFIG = WOConfig()
@@ -382,16 +378,6 @@ CANDIDATES = (
     WOConfig(64, 256, 2, 4, 3, "elem", "xw"),                                                           # 82
     WOConfig(64, 256, 2, 4, 3, "elem", "xw", reduce="kernel"),
     WOConfig(64, 128, 2, 8, 3, "elem", "xw", reduce="kernel"),                                          # 84
-    # Session 12: Triton lowers a bf16 tile product to scalar mul.rn.bf16 (PTX of the Triton GEMM), one per
-    # element; pmul moves the scale multiply into the asm decode as mul.rn.bf16x2. Twins of 49, 64, 75, 74, and
-    # MXFP8 with the asm decode (2 + fold):
-    WOConfig(64, 256, 2, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups", pmul=True),  # 85
-    WOConfig(64, 512, 1, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=2, layout="groups", pmul=True),
-    WOConfig(64, 256, 2, 4, 4, "elem", "xw", decode="asm", fold=True, n_acc=4, layout="groups", reduce="kernel",
-             pmul=True),
-    WOConfig(64, 256, 2, 4, 4, "elem", "xw", decode="asm", fold=True, layout="groups", pmul=True),           # 88
-    WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="asm", fold=True, pmul=True),                            # 89
-    WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="asm", fold=True),                                       # 90
 )
 
 
@@ -804,47 +790,35 @@ def _unfold(asm: str, shift: int) -> str:
   raise ValueError(f"asm decode has no 2^{shift} rescale to fold")
 
 
-def _asm_decode(asm: str, args, word: int = 8, scale=None):
+def _asm_decode(asm: str, args, word: int = 8):
   """Inline PTX over 32-bit registers: 4 bytes -> two bf16x2 results ($0, $1), or (``word`` 16) two uint16
-  words -> one ($0). ``scale`` (a bf16 tile of the same shape): each result register is multiplied by its
-  elements' scales in the asm (mul.rn.bf16x2; a bf16 tile product outside it lowers to scalar mul.rn.bf16)."""
+  words -> one ($0)."""
   from jax.experimental.pallas import triton as pltriton
   out = jax.ShapeDtypeStruct(args[0].shape, jnp.bfloat16)
   pack = 32 // word
-  outs = pack // 2
-  regs = ["r"] * len(args)
-  if scale is not None:  # the scale tile's registers follow the code registers: bf16x2 pairs, as the results
-    first = outs + len(args)
-    asm = asm.rstrip()[:-1] + "".join(f" mul.rn.bf16x2 ${i}, ${i}, ${first + i};" for i in range(outs)) + " }"
-    args = list(args) + [scale.astype(jnp.bfloat16)]
-    regs += ["r"] * outs
-  cons = ",".join(["=r"] * outs + regs)
+  cons = ",".join(["=r"] * (pack // 2) + ["r"] * len(args))
   [res] = pltriton.elementwise_inline_asm(asm, args=list(args), constraints=cons, pack=pack,
                                           result_shape_dtypes=[out])
   return res
 
 
-def _decode_planes(planes, spec: _Spec, use_asm: bool, unfold: int = 0, scales=None):
+def _decode_planes(planes, spec: _Spec, use_asm: bool, unfold: int = 0):
   """A group's planes (uint8 / uint16 tiles) -> the S decoded bf16 tiles (elem * 2^shift, exact; with
-  ``unfold``, asm only: the decode's final 2^unfold rescale left out, for the scale to apply). ``scales``
-  (asm only): the S tiles' bf16 scale tiles, multiplied in by the asm (``WOConfig.pmul``)."""
-  def dec(asm, args, j=0):
-    asm = _unfold(asm, unfold) if unfold else asm
-    return _asm_decode(asm, args, spec.word, None if scales is None else scales[j].reshape(args[0].shape))
+  ``unfold``, asm only: the decode's final 2^unfold rescale left out, for the scale to apply)."""
+  def dec(asm, args):
+    return _asm_decode(_unfold(asm, unfold) if unfold else asm, args, spec.word)
   if use_asm and spec.bits == 4:
-    return [dec(_asm_fp4(j), planes, j) for j in range(spec.tiles)]
+    return [dec(_asm_fp4(j), planes) for j in range(spec.tiles)]
   if use_asm and spec.elem == "e4m3":
     return [dec(_ASM_E4M3, planes)]
   if use_asm and spec.elem == "int8":
     return [dec(_ASM_INT8, planes)]
   if use_asm and spec.bits == 6:
     outs = []
-    for j, ((code, _), reads) in enumerate(zip(_FP6_CODE, _FP6_PLANES)):
+    for (code, _), reads in zip(_FP6_CODE, _FP6_PLANES):
       asm = "{ .reg .b32 c, h, l, t, k; " + code + " " + _FP6_BYTES[spec.elem] + " " + _ASM_TAIL + " }"
-      outs.append(dec(asm, [planes[p] for p in reads], j))
+      outs.append(dec(asm, [planes[p] for p in reads]))
     return outs
-  if scales is not None:
-    raise ValueError("scales are multiplied inside the asm decode only")
   return [_decode_block(c, spec) for c in _block_codes(planes, spec)]
 
 
@@ -960,13 +934,9 @@ def _wo_kernel(*refs, spec: _Spec, cfg: WOConfig, m: int, n: int, mp: int, steps
         st = _scale_bf16_folded(sraw, fold_shift_)
       st = st.reshape(bn, T, S, nb)
       scs = jnp.split(st, S, axis=2) if S > 1 else [st]
-      bcast = [lax.broadcast_in_dim(c.reshape(bn, T * nb), (bn, T * nb, blk), (0, 1)).reshape(bn, T * TW)
-               for c in scs]
-      pmul = cfg.pmul and use_asm  # the scale multiply inside the asm, packed
-      decoded = _decode_planes(planes, spec, use_asm, _decode_rescale(spec) if fold else 0,
-                               scales=bcast if pmul else None)
-      for j, v in enumerate(decoded):
-        wt = v.reshape(bn, T * TW) if pmul else v.reshape(bn, T * TW) * bcast[j]
+      for j, v in enumerate(_decode_planes(planes, spec, use_asm, _decode_rescale(spec) if fold else 0)):
+        sc = lax.broadcast_in_dim(scs[j].reshape(bn, T * nb), (bn, T * nb, blk), (0, 1)).reshape(bn, T * TW)
+        wt = v.reshape(bn, T * TW) * sc
         xt = ld_x(x_ref.at[:, grp, _i(j), :]).reshape(mp, T * TW)
         accs[j % n_acc] = accs[j % n_acc] + mma(xt, wt)
       return tuple(accs)

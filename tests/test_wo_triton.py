@@ -625,29 +625,3 @@ def test_fold_drops_the_decode_rescale_only_for_weights_that_allow_it(fmt):
   low = lambda w: _dispatch.lower_for_cuda(lambda x, w: wt.wo_matmul(x, w, config=cfg), x, w)  # noqa: E731
   assert "mul.rn.bf16x2" not in low(dataclasses.replace(pw, fold_ok=True))
   assert "mul.rn.bf16x2" in low(dataclasses.replace(pw, fold_ok=False))
-
-
-def test_pmul_config_validation():
-  with pytest.raises(ValueError, match="pmul"):
-    wt.WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="jnp", pmul=True)
-  with pytest.raises(ValueError, match="pmul"):
-    wt.WOConfig(64, 256, 1, 4, 4, "block", "xw", decode="asm", pmul=True)
-  assert wt.WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="asm", pmul=True).name().endswith("_pmul")
-
-
-@pytest.mark.parametrize("fmt,outs", [("mxfp8_e4m3", 2), ("mxfp4_e2m1", 1), ("mxfp6_e3m2", 2), ("mxint8", 2),
-                                      ("nvfp4", 1)])
-def test_pmul_multiplies_the_scale_inside_the_asm(fmt, outs):
-  """Lowered for CUDA, a pmul config's asm decode ends with one packed mul.rn.bf16x2 per result register by the
-  scale registers that follow the code registers (one code register; two for FP6 codes 1 and 2)."""
-  from kernels import _dispatch
-  q = jax.eval_shape(lambda w: mx_jax.quantize(w, fmt, axis=1), jax.ShapeDtypeStruct((512, 1024), jnp.float32))
-  pw = dataclasses.replace(jax.eval_shape(wt.prepare_weight_triton, q), elem_ok=True, fold_ok=True)
-  x = jax.ShapeDtypeStruct((5, 1024), jnp.bfloat16)
-  low = lambda cfg: _dispatch.lower_for_cuda(lambda x, w: wt.wo_matmul(x, w, config=cfg), x, pw)  # noqa: E731
-  cfg = wt.WOConfig(64, 256, 1, 4, 4, "elem", "xw", decode="asm", fold=True)
-  plain, packed = low(cfg), low(dataclasses.replace(cfg, pmul=True))
-  for nregs in ((1, 2) if fmt.startswith("mxfp6") else (1,)):
-    tail = "".join(f" mul.rn.bf16x2 ${i}, ${i}, ${outs + nregs + i};" for i in range(outs)) + " }"
-    assert tail in packed, tail
-    assert tail not in plain
