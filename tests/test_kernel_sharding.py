@@ -211,7 +211,10 @@ def group_matmul():
                            (("data", "model", None), ("data", None, None), ("data", "model", None))):
     a_s, b_s = shard(a4, *sa), shard(b4, *sb)
     out = f(a_s, b_s)
-    _same(out, ref4)
+    # FP32 summation order only: XLA:CPU's f32 batched dot can round an element differently at another batch
+    # size (1 ulp of 24576 on an AMD host without AVX-512; bit-identical on others). A mis-sharded operand or
+    # scale would be off by whole values.
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref4), rtol=1e-6, atol=1e-5)
     assert out.sharding.is_equivalent_to(jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*out_spec)),
                                          3), out.sharding
     assert not _gathered(_hlo(f, a_s, b_s)), (sa, sb)
