@@ -100,7 +100,7 @@ def _model_and_step(recipe):
 def _train(recipe, steps=30, seed=0):
   m, tx, step = _model_and_step(recipe)
   tok = _tokens()
-  variables = m.init(jax.random.key(seed), tok)
+  variables = jax.jit(m.init)(jax.random.key(seed), tok)  # one program, not op-by-op (4 s less per recipe)
   params = {"params": variables["params"], **({OVERWRITE_WITH_GRADIENT: variables[OVERWRITE_WITH_GRADIENT]}
                                                if OVERWRITE_WITH_GRADIENT in variables else {})}
   state = train_state.TrainState.create(apply_fn=m.apply, params=params, tx=tx)
@@ -152,7 +152,7 @@ def test_telemetry_metrics_come_back_from_the_step():
 
 SHARDED = textwrap.dedent("""
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     import mx_jax

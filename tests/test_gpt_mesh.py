@@ -6,7 +6,7 @@ import textwrap
 
 SCRIPT = textwrap.dedent("""
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     import numpy as np
     from experiments.gpt.train import make_config, train
     kw = dict(steps=6, eval_every=6, eval_batches=1, telemetry_every=0, progress=False, log_every=1)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 if __name__ == "__main__":
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
   os.environ.setdefault("NPROC", "32")  # Mosaic GPU's interpreter parks a host thread per warpgroup
 
 import pytest  # noqa: E402

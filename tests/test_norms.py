@@ -90,7 +90,8 @@ def test_mx_norm_normalizes_gaussian_rows_and_its_gradient():
   gx, gg = jax.grad(f, (0, 1))(x, g)
   gx_ref, gg_ref = jax.grad(lambda x, g: jnp.sum(norms._mx_norm_diff(x, g, 1e-6, 2, 32) * w), (0, 1))(x, g)
   np.testing.assert_allclose(gx, gx_ref, rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(gg, gg_ref, rtol=1e-6, atol=1e-6)
+  # gg sums 16 rows of O(1) terms: FP32 summation order alone moves it by a few 1e-6 (XLA:CPU at -O0 vs -O2)
+  np.testing.assert_allclose(gg, gg_ref, rtol=1e-6, atol=1e-5)
   # directional finite difference (float64-free: a large step on a smooth direction away from ties)
   d = rand((16, 512), seed=7) * 1e-3
   fd = (f(x + d, g) - f(x - d, g)) / 2
