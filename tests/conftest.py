@@ -15,7 +15,7 @@ def fetched():
 
 # The heaviest files first (seconds of one CI run at XLA -O0, 2 cores, session 13), the rest in their usual
 # order: pytest-xdist's --dist loadfile hands out files in collection order, and a heavy file handed out last
-# leaves the other worker idle at the end (test_wo_triton.py, alphabetically last, cost ~1 min of wall time).
+# leaves the other worker idle at the end (test_wo_triton.py, 2 minutes of one worker, is alphabetically last).
 HEAVY_FIRST = ("test_ptq.py", "test_wo_triton.py", "test_flax_layers.py", "test_kernels_matmul.py",
                "test_kernels_tpu.py", "test_api.py", "test_formats_exhaustive.py", "test_gpt_mesh.py",
                "test_kernels_mgpu_norm.py", "test_kernel_sharding.py", "test_sharding.py", "test_specials.py")

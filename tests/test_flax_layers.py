@@ -100,7 +100,7 @@ def _model_and_step(recipe):
 def _train(recipe, steps=30, seed=0):
   m, tx, step = _model_and_step(recipe)
   tok = _tokens()
-  variables = jax.jit(m.init)(jax.random.key(seed), tok)  # one program, not op-by-op (4 s less per recipe)
+  variables = jax.jit(m.init)(jax.random.key(seed), tok)  # one program (op by op: 6.9 s vs 2.3 s, nvfp4)
   params = {"params": variables["params"], **({OVERWRITE_WITH_GRADIENT: variables[OVERWRITE_WITH_GRADIENT]}
                                                if OVERWRITE_WITH_GRADIENT in variables else {})}
   state = train_state.TrainState.create(apply_fn=m.apply, params=params, tx=tx)
