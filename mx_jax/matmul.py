@@ -155,6 +155,10 @@ def mx_matmul(a: QArray, b: QArray, *, out_dtype: Any = jnp.bfloat16, impl: str 
   for q, nm in ((a, "a"), (b, "b")):
     if q.block_size is not None and q.axis != 1:
       raise ValueError(f"{nm} must be quantized along K (axis=1); got axis={q.axis}")
+  return _mx_matmul_jit(a, b, out_dtype, impl, config, interpret)
+
+
+def _mx_matmul_body(a: QArray, b: QArray, out_dtype, impl: str, config, interpret) -> jax.Array:
   if impl == "xla":
     return _xla_dot(a, b, (((1,), (1,)), ((), ())), out_dtype)
   if impl == "auto" and _tpu_takes(a, b):
@@ -167,6 +171,12 @@ def mx_matmul(a: QArray, b: QArray, *, out_dtype: Any = jnp.bfloat16, impl: str 
     return _xla_dot(a, b, (((1,), (1,)), ((), ())), out_dtype)
   return _glue().mx_gemm(a, b, out_dtype=out_dtype, variant=_variant(impl, config), config=config,
                          interpret=interpret)
+
+
+# The dispatch bodies run as one compiled program per (shapes, static options): an eager call is one dispatch
+# instead of one compiled program per glue op (padding, layout, scale decode: ~25 per call), and under an outer
+# jax.jit they inline as before.
+_mx_matmul_jit = jax.jit(_mx_matmul_body, static_argnums=(2, 3, 4, 5))
 
 
 def _variant(impl: str, config: Any) -> str | None:
@@ -211,7 +221,12 @@ def mx_dot_general(lhs: QArray, rhs: QArray, dimension_numbers, *, out_dtype: An
                        "dot products need the contracting dim to be the quantized axis")
   if any(lhs.shape[i] != rhs.shape[j] for i, j in zip(lb, rb)):
     raise ValueError(f"batch dims differ: lhs {lhs.shape} {lb} vs rhs {rhs.shape} {rb}")
-  dn = (((lc0,), (rc0,)), (lb, rb))
+  return _mx_dot_general_jit(lhs, rhs, (((lc0,), (rc0,)), (lb, rb)), out_dtype, impl, config, interpret)
+
+
+def _mx_dot_general_body(lhs: QArray, rhs: QArray, dn, out_dtype, impl: str, config, interpret) -> jax.Array:
+  (lc, rc), (lb, rb) = dn
+  lc0, rc0 = lc[0], rc[0]
   if impl == "xla":
     return _xla_dot(lhs, rhs, dn, out_dtype)
   if impl == "auto" and _tpu_takes(lhs, rhs):
@@ -235,6 +250,9 @@ def mx_dot_general(lhs: QArray, rhs: QArray, dimension_numbers, *, out_dtype: An
     out = _glue().mx_gemm(l3, r3, out_dtype=out_dtype, variant=_variant(impl, config), config=config,
                           interpret=interpret)
   return out.reshape(tuple(bshape) + tuple(lfree) + tuple(rfree))
+
+
+_mx_dot_general_jit = jax.jit(_mx_dot_general_body, static_argnums=(2, 3, 4, 5, 6))
 
 
 def prepare_weight_only(w: QArray):
@@ -274,6 +292,12 @@ def mx_weight_only_matmul(x: jax.Array, w: Any, *, out_dtype: Any = jnp.bfloat16
   if not prepared:
     if w.ndim != 2 or (w.block_size is not None and w.axis != 1):
       raise ValueError(f"w must be (N, K) quantized along axis 1; got {w!r}")
+  return _wo_jit(x, w, out_dtype, impl, config, interpret)
+
+
+def _wo_body(x: jax.Array, w: Any, out_dtype, impl: str, config, interpret) -> jax.Array:
+  prepared = not isinstance(w, QArray)
+  n, k = w.shape
   lead = x.shape[:-1]
   if impl == "auto" and not prepared and _tpu_takes(w):
     return _tpu().weight_only_matmul(x, w, out_dtype=out_dtype)
@@ -298,3 +322,6 @@ def mx_weight_only_matmul(x: jax.Array, w: Any, *, out_dtype: Any = jnp.bfloat16
   pw = w if prepared else g.prepare_weight(w)
   out = g.weight_only_matmul(x2, pw, out_dtype=out_dtype, config=config, interpret=interpret)
   return out.reshape(lead + (n,))
+
+
+_wo_jit = jax.jit(_wo_body, static_argnums=(2, 3, 4, 5))

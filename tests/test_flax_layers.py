@@ -111,9 +111,10 @@ def _train(recipe, steps=30, seed=0):
   return state, losses
 
 
-# mxfp8_e5m2grad and mxfp6 train through the same Flax path as mxfp8 (only the element formats differ; test_dot
-# checks their forward and both gradients): slow, run with `-m slow` before a release.
-_SAME_PATH = {"mxfp8_e5m2grad", "mxfp6"}
+# Slow (bash scripts/test_all.sh): mxfp8_e5m2grad, mxfp6 and fp8_current train through the same stateless Flax
+# path as mxfp8 (only the formats / scaling differ; test_dot checks their forward and both gradients), and fp32
+# through the same unquantized path as bf16.
+_SAME_PATH = {"mxfp8_e5m2grad", "mxfp6", "fp8_current", "fp32"}
 
 
 @pytest.mark.parametrize("recipe", [pytest.param(r, marks=pytest.mark.slow) if r in _SAME_PATH else r for r in ALL])

@@ -80,6 +80,32 @@ def test_xla_path_nvfp4_and_bf16_out():
   assert out.dtype == jnp.bfloat16 and _rel(out, ref) < 1e-2
 
 
+def _compiles(f):
+  """How many XLA programs calling f() compiles."""
+  seen = []
+  def on(event, secs, **kw):
+    if event == "/jax/core/compile/backend_compile_duration":
+      seen.append(secs)
+  jax.monitoring.register_event_duration_secs_listener(on)
+  try:
+    f()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(on)
+  return len(seen)
+
+
+def test_eager_calls_compile_one_program():
+  """An eager call runs its glue (dequantize, layout, dot, cast) as one compiled program, not op by op."""
+  a, b = _q((40, 64), "mxfp8_e4m3", 3), _q((24, 64), "mxint8", 4)
+  x = jnp.ones((5, 64), jnp.bfloat16)
+  assert _compiles(lambda: mx_matmul(a, b, impl="xla")) == 1
+  a3 = mx_jax.quantize(_data((2, 6, 64), 5), "mxfp8_e4m3", axis=2)
+  b3 = mx_jax.quantize(_data((2, 7, 64), 6), "mxfp8_e5m2", axis=2)
+  assert _compiles(lambda: mx_dot_general(a3, b3, (((2,), (2,)), ((0,), (0,))), impl="xla")) == 1
+  assert _compiles(lambda: mx_weight_only_matmul(x, b, impl="xla")) == 1
+  assert _compiles(lambda: mx_weight_only_matmul(x, b, impl="xla")) == 0  # cached
+
+
 def test_auto_on_cpu_is_xla():
   a, b = _q((10, 40), "mxfp8_e4m3", 5), _q((6, 40), "mxfp4_e2m1", 6)
   np.testing.assert_array_equal(np.asarray(mx_matmul(a, b, out_dtype=jnp.float32)),
