@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent("""
     import os
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
@@ -27,6 +29,9 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+# Slow (bash scripts/test_all.sh): the training script on a 4-device mesh. The library's own DP x TP step is
+# checked against the unsharded one in CI by tests/test_sharding.py.
+@pytest.mark.slow
 def test_data_parallel_mesh_matches_single_device(fetched):  # the subprocess reads the fetched Shakespeare
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=400, cwd=root,

@@ -78,6 +78,11 @@ def test_every_row_builds():
 
 
 # ---------------------------------------------------------------------------------------- quick study
+# The end-to-end reduced study (both models, 12 quantized forwards: ~55 s of one CI worker on 2 cores) is slow:
+# run by `bash scripts/test_all.sh` (BUILD.md, "Test suite time"). The quantizers it uses are checked above.
+quick_study = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def quick(fetched, tmp_path_factory):  # fetched: the data first (skips with the reason when it cannot be had)
   from experiments.ptq import study
@@ -87,6 +92,7 @@ def quick(fetched, tmp_path_factory):  # fetched: the data first (skips with the
   return res, out
 
 
+@quick_study
 def test_quick_reference_rows(quick):
   res, _ = quick
   m, g = res["formats"]["minilm"]["fp32"]["w"], res["formats"]["glassllm"]["fp32"]["w"]
@@ -95,6 +101,7 @@ def test_quick_reference_rows(quick):
   assert 20 < g["ppl"] < 1000  # out-of-domain text for a tiny Carroll model: high but finite
 
 
+@quick_study
 def test_quick_orderings(quick):
   res, _ = quick
   fm, fg = res["formats"]["minilm"], res["formats"]["glassllm"]
@@ -109,6 +116,7 @@ def test_quick_orderings(quick):
   assert fm["mxfp4_e2m1"]["wa"]["cos_mean"] < 0.98  # MXFP4 direct cast degrades
 
 
+@quick_study
 def test_quick_fp8_study(quick):
   res, _ = quick
   d = res["fp8"]["glassllm"]
@@ -120,6 +128,7 @@ def test_quick_fp8_study(quick):
   assert r["x_max"] < 56 and r["res_max"] < 56  # why bias 10 (max 56) does not clip this model
 
 
+@quick_study
 def test_quick_outputs(quick):
   _, out = quick
   md = (out / "R.md").read_text()
