@@ -111,10 +111,11 @@ def _train(recipe, steps=30, seed=0):
   return state, losses
 
 
-# Slow (bash scripts/test_all.sh): mxfp8_e5m2grad, mxfp6 and fp8_current train through the same stateless Flax
-# path as mxfp8 (only the formats / scaling differ; test_dot checks their forward and both gradients), and fp32
-# through the same unquantized path as bf16.
-_SAME_PATH = {"mxfp8_e5m2grad", "mxfp6", "fp8_current", "fp32"}
+# Slow (bash scripts/test_all.sh): mxfp8_e5m2grad, mxfp6, fp8_current and nvfp4 train through the same stateless
+# Flax path as mxfp8 (only the formats / scaling differ; test_dot checks their forward and both gradients, and
+# scripts/main.sh trains the GPT with every recipe), fp32 through the same unquantized path as bf16. CI keeps one
+# recipe per path: bf16 (unquantized), mxfp8 (stateless), fp8_delayed (stateful), mxfp4_weights (W != X format).
+_SAME_PATH = {"mxfp8_e5m2grad", "mxfp6", "fp8_current", "fp32", "nvfp4"}
 
 
 @pytest.mark.parametrize("recipe", [pytest.param(r, marks=pytest.mark.slow) if r in _SAME_PATH else r for r in ALL])
