@@ -295,7 +295,10 @@ def gemm(a, b, sa, sb, *, a_elem=None, b_elem=None, out_dtype=jnp.bfloat16, conf
     if ra.shape != a.shape[:-1] or rb.shape != b.shape[:-1] or ra.dtype != jnp.float32 or rb.dtype != jnp.float32:
       raise ValueError(f"row_scales must be float32 {a.shape[:-1]} and {b.shape[:-1]}; got {ra.shape} {ra.dtype}, "
                        f"{rb.shape} {rb.dtype}")
-    row_scales = (ra.reshape(-1), rb.reshape(-1))
+    # (K steps, B*rows): Pallas pipelines only stream blocks that move with the grid, so each K step gets its
+    # own copy of the tile's factors (1/64 of the FP8 operand bytes at tile_k = 64, 1/128 at 128)
+    steps = k // cfg.tile_k
+    row_scales = tuple(jnp.broadcast_to(r.reshape(1, -1), (steps, r.size)) for r in (ra, rb))
   if a.ndim == 3:
     flat = lambda x: x.reshape(x.shape[0] * x.shape[1], x.shape[2])   # (B, rows, K) -> (B*rows, K)
     kflat = lambda s: s.reshape(s.shape[0], s.shape[1] * s.shape[2])  # (K/32, B, rows) -> (K/32, B*rows)
@@ -348,6 +351,10 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
   def kernel(a_g, b_g, sa_g, sb_g, *rest, o_smem):
     ra_g, rb_g, o_g = rest if f16 else (None, None) + rest
     def pipeline(body, ctx):
+      # design (c) also streams the tile's FP32 row / column factors (the same values every step; the body
+      # carries the last ones loaded to the epilogue)
+      rows = [plgpu.BlockSpec((1, cta_m), lambda kk: (kk, 0), memory_space=plgpu.SMEM),
+              plgpu.BlockSpec((1, cta_n), lambda kk: (kk, 0), memory_space=plgpu.SMEM)] if f16 else []
       return plgpu.emit_pipeline_warp_specialized(
           body, grid=(k_iters,), memory_registers=40,
           in_specs=[
@@ -355,7 +362,7 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
               plgpu.BlockSpec((cta_n, b_tk), lambda kk: (0, kk), transforms=b_tr, memory_space=plgpu.SMEM),
               plgpu.BlockSpec((nblk, cta_m), lambda kk: (kk, 0), memory_space=plgpu.SMEM),
               plgpu.BlockSpec((nblk, cta_n), lambda kk: (kk, 0), memory_space=plgpu.SMEM),
-          ],
+          ] + rows,
           wg_axis="wg", num_compute_wgs=2, max_concurrent_steps=cfg.max_concurrent_steps, compute_context=ctx)
 
     ignore = lambda *_, **__: None
@@ -366,7 +373,10 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
       if not a_regs:
         extra["aq"] = plgpu.SMEM((2, *slots, tile_m, tile_k), cdt, transforms=_block_tiled(cdt))
 
-    @functools.partial(pl.run_scoped, allocs=pipeline(ignore, ignore).get_allocations(a_g, b_g, sa_g, sb_g),
+    row_refs = (ra_g, rb_g) if f16 else ()
+
+    @functools.partial(pl.run_scoped, allocs=pipeline(ignore, ignore).get_allocations(a_g, b_g, sa_g, sb_g,
+                                                                                        *row_refs),
                        collective_axes="wg", **extra)
     def _scope(allocs, bq=None, aq=None):
       wg = lax.axis_index("wg")
@@ -381,16 +391,13 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
         if cfg.wg_dim == "M":
           wg_m, wg_n = pl.ds(wg * tile_m, tile_m), slice(None)
           row0, col0 = a_row() + wg * tile_m, ni * cta_n
-          bcol0 = lambda: b_row()
         else:
           wg_m, wg_n = slice(None), pl.ds(wg * tile_n, tile_n)
           row0, col0 = a_row(), ni * cta_n + wg * tile_n
-          bcol0 = lambda: b_row() + wg * tile_n
 
-        def epilogue(acc):
-          if f16:  # design (c): the rows' and columns' 2^(E - H), as (acc * ra) * rb
-            ra = plgpu.load(ra_g.at[pl.ds(row0, tile_m)], layout=plgpu.Layout.WGMMA.reduce(1))
-            rb = plgpu.load(rb_g.at[pl.ds(bcol0(), tile_n)], layout=plgpu.Layout.WGMMA.reduce(0))
+        def epilogue(acc, rows=None):
+          if rows is not None:  # design (c): the rows' and columns' 2^(E - H), as (acc * ra) * rb
+            ra, rb = rows
             acc = (acc * _row(ra, acc.shape)) * _col(rb, acc.shape)
           accv = acc.astype(out_dtype)
           plgpu.wait_smem_to_gmem(0, wait_read_only=True)
@@ -440,13 +447,21 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
         else:  # bf16 / f16 dequantize-then-wgmma
           def ctx(run):
             def scope(acc_ref):
-              run(acc_ref)
+              if f16:
+                zero = lambda n, d: plgpu.layout_cast(jnp.zeros((n,), jnp.float32), plgpu.Layout.WGMMA.reduce(d))
+                _, ra, rb = run((acc_ref, zero(tile_m, 1), zero(tile_n, 0)))
+              else:
+                run(acc_ref)
               if cfg.deq_slots > 1:
                 plgpu.wgmma_wait(0)  # the last stage's wgmmas are still in flight
-              return acc_ref[...]
-            epilogue(pl.run_scoped(scope, plgpu.ACC((tile_m, tile_n), jnp.float32)))
+              return acc_ref[...], ((ra, rb) if f16 else None)
+            epilogue(*pl.run_scoped(scope, plgpu.ACC((tile_m, tile_n), jnp.float32)))
 
-          def body(idx, a_s, b_s, sa_s, sb_s, acc_ref):
+          def body(idx, a_s, b_s, sa_s, sb_s, *refs_carry):
+            if f16:
+              ra_s, rb_s, (acc_ref, _, _) = refs_carry
+            else:
+              (acc_ref,) = refs_carry
             bq_w, aq_w = bq.at[wg], (None if a_regs else aq.at[wg])
             if cfg.deq_slots > 1:
               # Slot k % 2 was last read by stage k - 2's wgmmas: wait until at most stage k - 1's (one group
@@ -473,11 +488,16 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
                 plgpu.wgmma(acc_ref, aq_w.at[:, pl.ds(off, BLOCK)], bq_w.at[:, pl.ds(off, BLOCK)].T)
             if cfg.deq_slots == 1:
               plgpu.wgmma_wait(0)
+            if f16:
+              return (acc_ref, plgpu.load(ra_s.at[0, wg_m], layout=plgpu.Layout.WGMMA.reduce(1)),
+                      plgpu.load(rb_s.at[0, wg_n], layout=plgpu.Layout.WGMMA.reduce(0)))
             return acc_ref
 
         pipeline(body, ctx)(
             a_g.at[pl.ds(a_row(), cta_m), :], b_g.at[pl.ds(b_row(), cta_n), :],
-            sa_g.at[:, pl.ds(a_row(), cta_m)], sb_g.at[:, pl.ds(b_row(), cta_n)], allocations=allocs)
+            sa_g.at[:, pl.ds(a_row(), cta_m)], sb_g.at[:, pl.ds(b_row(), cta_n)],
+            *((ra_g.at[:, pl.ds(a_row(), cta_m)], rb_g.at[:, pl.ds(b_row(), cta_n)]) if f16 else ()),
+            allocations=allocs)
 
       if bsz == 1:
         @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
