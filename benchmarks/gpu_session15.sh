@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Session 15 device calls: design (c) (variant "f16") of the block-scaled GEMM. OUT=$OUT bash benchmarks/gpu_session15.sh N
+# Session 15 device calls: design (c) (variant "f16") of the block-scaled GEMM, removed after the runs: check out
+# commit 9be7d7c (which holds the code they timed) to re-run them. OUT=$OUT bash benchmarks/gpu_session15.sh N
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=. PYTHONUNBUFFERED=1

@@ -91,21 +91,6 @@ def gemm_operand(q: QArray, rows_p: int, k_p: int, *, widen_to_fp8: bool):
   return data, scales, kind
 
 
-def f16_operand(q: QArray, rows_p: int, k_p: int):
-  """Design (c)'s operand: (FP8 data ([B,] rows_p, k_p), float16 multipliers (k_p/32, [B,] rows_p), float32 row
-  factors ([B,] rows_p)) from a ([B,] rows, K) MXFP8/MXFP6/MXFP4 QArray quantized along K (FP6/FP4 widened to
-  e4m3 exactly); ``mgpu.f16_multipliers`` on the real blocks only, padding multipliers 0 and row factors 1."""
-  q = unpack(q)
-  kind = _MX_ELEM[q.fmt]
-  if kind == "int8":
-    raise ValueError("MXINT8 elements are not FP8; the f16 design takes MXFP8/MXFP6/MXFP4 operands")
-  data = q.data if kind == "fp8" else _bits.from_elem_dtype(q.data, q.format.elem).astype(jnp.float8_e4m3fn)
-  mult, row = mgpu.f16_multipliers(q.scales, data.dtype)
-  mult = jnp.moveaxis(pad_to(mult, rows_p, k_p // BLOCK, 0), -1, 0)
-  row = pad_to(row[..., None], rows_p, 1, 1.0)[..., 0]
-  return pad_to(data, rows_p, k_p), mult, row
-
-
 def default_gemm_config(m: int, n: int, k: int, a_fmt: str, b_fmt: str, variant: str | None = None) -> GemmConfig:
   """Tile config for a problem size (from the H100 sweeps recorded in BENCHMARKS.md)."""
   fp8_ok = all(_MX_ELEM[f] != "int8" for f in (a_fmt, b_fmt))
@@ -115,10 +100,6 @@ def default_gemm_config(m: int, n: int, k: int, a_fmt: str, b_fmt: str, variant:
     if not fp8_ok:
       raise ValueError("the FP8-wgmma design cannot take MXINT8 operands")
     return DEFAULT_FP8
-  if variant == "f16":
-    if not fp8_ok:
-      raise ValueError("the f16 design cannot take MXINT8 operands")
-    return DEFAULT_F16
   packed = {_MX_ELEM[f] for f in (a_fmt, b_fmt)}
   cfg = DEFAULT_BF16
   if packed & {"e3m2", "e2m3"} and cfg.tile_k % 128:
@@ -131,7 +112,7 @@ def default_gemm_config(m: int, n: int, k: int, a_fmt: str, b_fmt: str, variant:
 def fit_gemm_config(cfg: GemmConfig, a_fmt: str, b_fmt: str, out_dtype, interpret: bool = False) -> GemmConfig:
   """Lowers the pipeline depth (down to 2), then tile_m, until the kernel fits in shared memory."""
   ae, be = _MX_ELEM[a_fmt], _MX_ELEM[b_fmt]
-  if cfg.variant in ("fp8", "f16"):
+  if cfg.variant == "fp8":
     ae = be = "fp8"
   fits = lambda c: mgpu.gemm_smem_bytes(c, ae, be, out_dtype, interpret) <= mgpu.SMEM_LIMIT
   while not fits(cfg) and cfg.max_concurrent_steps > 2:
@@ -146,7 +127,6 @@ DEFAULT_VARIANT = "fp8"
 # 8192^3 MXFP8 on H100: fp8 pair k256 447 TFLOP/s, fp8 k256 439, bf16 m128n128k64 385 (run 2).
 DEFAULT_FP8 = GemmConfig("fp8", tile_m=64, tile_n=128, tile_k=256, wg_dim="M", max_concurrent_steps=2, pair=True)
 DEFAULT_BF16 = GemmConfig("bf16", tile_m=128, tile_n=128, tile_k=64, wg_dim="N", max_concurrent_steps=4)
-DEFAULT_F16 = dataclasses.replace(DEFAULT_BF16, variant="f16")
 
 
 @partitioning.gemm
@@ -165,17 +145,11 @@ def mx_gemm(a: QArray, b: QArray, *, out_dtype=jnp.bfloat16, variant: str | None
                                   bool(interpret))
   k_p = round_up(max(k, 1), cfg.tile_k)  # tile_k is a multiple of 32 and of the packing group
   m_p, n_p = round_up(m, cfg.cta_m), round_up(n, cfg.cta_n)
-  if cfg.variant == "f16":
-    ad, sa, ra = f16_operand(a, m_p, k_p)
-    bd, sb, rb = f16_operand(b, n_p, k_p)
-    out = mgpu.gemm(ad, bd, sa, sb, out_dtype=out_dtype, config=cfg, interpret=interpret, num_sms=num_sms,
-                    row_scales=(ra, rb))
-  else:
-    widen = cfg.variant == "fp8"
-    ad, sa, ak = gemm_operand(a, m_p, k_p, widen_to_fp8=widen)
-    bd, sb, bk = gemm_operand(b, n_p, k_p, widen_to_fp8=widen)
-    out = mgpu.gemm(ad, bd, sa, sb, a_elem=ak, b_elem=bk, out_dtype=out_dtype, config=cfg, interpret=interpret,
-                    num_sms=num_sms)
+  widen = cfg.variant == "fp8"
+  ad, sa, ak = gemm_operand(a, m_p, k_p, widen_to_fp8=widen)
+  bd, sb, bk = gemm_operand(b, n_p, k_p, widen_to_fp8=widen)
+  out = mgpu.gemm(ad, bd, sa, sb, a_elem=ak, b_elem=bk, out_dtype=out_dtype, config=cfg, interpret=interpret,
+                  num_sms=num_sms)
   if (m_p, n_p) != (m, n):
     out = out[..., :m, :n]
   return out

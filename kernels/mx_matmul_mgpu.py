@@ -17,12 +17,6 @@ Two GEMM designs, same contract ``out = sum_kb (a_kb @ b_kb^T) * sa[kb] (x) sb[k
 (b) ``variant="bf16"``: tiles dequantized to bf16 (exact: an FP8/FP6/FP4/INT8 element times a power of two
     fits bf16) and fed to bf16 ``wgmma``; B is written dequantized to shared memory, A goes from
     registers (``a_regs=True``) or also through shared memory.
-(c) ``variant="f16"`` (FP8 operands only): design (b) with each block re-based on its row's largest scale
-    exponent E: the element goes FP8 -> f16 in one hardware convert and is multiplied by the f16 power of two
-    ``sa`` = 2^(e - E + H) (H = 7 for e4m3, 0 for e5m2: the largest value stays below f16's 65504), f16
-    ``wgmma``, and the epilogue multiplies by the FP32 row / column factors 2^(E - H) (``row_scales``).
-    Exact while e >= E + H - 15 - 9 (every FP8 value x 2^(e - E + H) is an f16, subnormals included);
-    below that the bits under 2^-24 round away, < 2^-30 of the row's largest element for MX-quantized data.
 
 Both use a persistent grid (one CTA per SM, ``plgpu.nd_loop`` over output tiles), two compute warpgroups
 and one TMA warpgroup (``plgpu.emit_pipeline_warp_specialized``), and a TMA-store epilogue.
@@ -112,23 +106,15 @@ def row_bytes(k: int, elem: str) -> int:
   return k // group * nbytes
 
 
-def dequant_blocks(ref, elem: str, tile_k: int, scale_at, decode_fn=None, block: int = BLOCK, f16: bool = False):
+def dequant_blocks(ref, elem: str, tile_k: int, scale_at, decode_fn=None, block: int = BLOCK):
   """Yields (k offset, bf16 (rows, 32) tile) for each 32-column block of one pipeline stage.
 
   ``ref``: the stage's SMEM tile of element codes (rows already selected), ``scale_at(i)``: the float32
   (rows,) scale vector of scale block ``i`` of the stage (blocks of ``block`` = 32, or 16 for NVFP4).
   Dequantization: elements decoded exactly to float32, times the row's block scale, rounded to bf16
-  (exact for every MX element times a power of two inside bf16's range). ``f16``: design (c), FP8 elements
-  times the f16 multiplier ``scale_at(i)`` in f16, exact (see the module docstring).
+  (exact for every MX element times a power of two inside bf16's range).
   """
   decode_fn = decode_fn or decode_subbyte
-  if f16:  # design (c): FP8 -> f16 (one hardware convert per pair), times the f16 power of two; no rounding
-    if elem != "fp8" or block != BLOCK:
-      raise ValueError(f"the f16 design takes FP8 elements in 32-blocks; got {elem}, block {block}")
-    for j in range(tile_k // BLOCK):
-      vals = ref.at[:, pl.ds(BLOCK * j, BLOCK)][...].astype(jnp.float16)
-      yield BLOCK * j, vals * _row(scale_at(j), vals.shape)
-    return
 
   def scaled(vals, col):
     if block == BLOCK:
@@ -160,17 +146,9 @@ def dequant_blocks(ref, elem: str, tile_k: int, scale_at, decode_fn=None, block:
 # ----------------------------------------------------------------------------------------------------------
 
 
-DEQUANT_VARIANTS = ("bf16", "f16")  # designs that dequantize tiles and run 16-bit wgmma
-# f16 headroom of design (c): 448 * 2^7 and 57344 * 2^0 stay below f16's largest finite value 65504.
-F16_HEADROOM = {jnp.dtype(jnp.float8_e4m3fn): 7, jnp.dtype(jnp.float8_e5m2): 0}
-# Smallest exact re-basing exponent t: every e4m3 value is a multiple of 2^-9 (e5m2: 2^-16), and v * 2^t is an
-# f16 (step 2^-24) for t >= -15 (-8). So a row is exact when its block exponents span <= 22 (e4m3) / 8 (e5m2).
-F16_EXACT = {jnp.dtype(jnp.float8_e4m3fn): -15, jnp.dtype(jnp.float8_e5m2): -8}
-
-
 @dataclasses.dataclass(frozen=True)
 class GemmConfig:
-  variant: str = "fp8"      # "fp8" (design a), "bf16" (design b) or "f16" (design c, FP8 operands)
+  variant: str = "fp8"      # "fp8" (design a) or "bf16" (design b)
   tile_m: int = 64          # rows of one compute warpgroup's output tile
   tile_n: int = 128         # columns of one compute warpgroup's output tile
   tile_k: int = 128         # K depth of one pipeline stage (a multiple of 32)
@@ -194,7 +172,7 @@ class GemmConfig:
 
   def name(self):
     s = f"{self.variant}_m{self.tile_m}n{self.tile_n}k{self.tile_k}_wg{self.wg_dim}_s{self.max_concurrent_steps}"
-    if self.variant in DEQUANT_VARIANTS:
+    if self.variant == "bf16":
       s += "_areg" if self.a_regs else "_asmem"
     if self.pair:
       s += "_pair"
@@ -203,12 +181,10 @@ class GemmConfig:
     return s
 
   def __post_init__(self):
-    if self.variant not in ("fp8",) + DEQUANT_VARIANTS:
-      raise ValueError(f"variant must be 'fp8', 'bf16' or 'f16'; got {self.variant!r}")
     if self.deq_slots not in (1, 2):
       raise ValueError(f"deq_slots must be 1 or 2; got {self.deq_slots}")
-    if self.deq_slots == 2 and self.variant not in DEQUANT_VARIANTS:
-      raise ValueError("deq_slots=2 applies to the dequantize-then-wgmma variants (bf16, f16) only")
+    if self.deq_slots == 2 and self.variant != "bf16":
+      raise ValueError("deq_slots=2 applies to the bf16 (dequantize-then-wgmma) variant only")
 
 
 def _epi_n(cfg: GemmConfig, out_dtype) -> int:
@@ -224,7 +200,7 @@ def gemm_smem_bytes(cfg: GemmConfig, a_elem: str = "fp8", b_elem: str = "fp8", o
   stage = (cfg.cta_m * row_bytes(cfg.tile_k, a_elem) + cfg.cta_n * row_bytes(cfg.tile_k, b_elem)
            + nblk * (cfg.cta_m + cfg.cta_n) * 4)
   total = cfg.max_concurrent_steps * stage + 4 * cfg.tile_m * _epi_n(cfg, out_dtype) * jnp.dtype(out_dtype).itemsize
-  if cfg.variant in DEQUANT_VARIANTS:
+  if cfg.variant == "bf16":
     total += 2 * cfg.deq_slots * cfg.tile_n * cfg.tile_k * 2
     if not cfg.a_regs or interpret:
       total += 2 * cfg.deq_slots * cfg.tile_m * cfg.tile_k * 2
@@ -248,8 +224,8 @@ def _gemm_dims(a, b, sa, sb, a_elem: str, b_elem: str, cfg: GemmConfig) -> tuple
   if sa.shape != (k // BLOCK,) + lead + (m,) or sb.shape != (k // BLOCK,) + lead + (n,):
     want = "(K/32, B, M) and (K/32, B, N)" if batched else "(K/32, M) and (K/32, N)"
     raise ValueError(f"scales must be {want}; got {sa.shape}, {sb.shape}")
-  if cfg.variant in ("fp8", "f16") and (a_elem != "fp8" or b_elem != "fp8"):
-    raise ValueError(f"variant {cfg.variant!r} needs float8 operands; got {a_elem}, {b_elem}")
+  if cfg.variant == "fp8" and (a_elem != "fp8" or b_elem != "fp8"):
+    raise ValueError(f"variant 'fp8' needs float8 operands; got {a_elem}, {b_elem}")
   if cfg.variant == "bf16" and cfg.tile_k % max(ELEM_GROUP[a_elem][0], ELEM_GROUP[b_elem][0]):
     raise ValueError(f"tile_k={cfg.tile_k} must be a multiple of the packing group of {a_elem}/{b_elem}")
   if cfg.tile_k % BLOCK:
@@ -266,7 +242,7 @@ def _batch_row(bi, rows: int, off):
 
 
 def gemm(a, b, sa, sb, *, a_elem=None, b_elem=None, out_dtype=jnp.bfloat16, config: GemmConfig = GemmConfig(),
-         num_sms: int | None = None, interpret=False, row_scales=None):
+         num_sms: int | None = None, interpret=False):
   """out (M, N) = MX block-scaled a (M, K) @ b (N, K)^T; see the module docstring for the layout.
 
   ``a_elem``/``b_elem``: "fp8" (float8 dtypes, inferred), "int8" (inferred), or "e2m1"/"e3m2"/"e2m3" for
@@ -278,57 +254,20 @@ def gemm(a, b, sa, sb, *, a_elem=None, b_elem=None, out_dtype=jnp.bfloat16, conf
   (M, N padded to the CTA tile, tiles never straddle two batch elements). The persistent loop runs over
   (B, M/cta_m * N/cta_n) tiles, batch outermost (consecutive CTAs share one batch element's operands), the
   planar snake inside each batch element. B = 1 (or 2D operands) lowers to the unbatched kernel.
-
-  ``variant="f16"`` (design (c)): ``sa``/``sb`` are float16 multipliers 2^(e - E + H) (``f16_multipliers``)
-  and ``row_scales`` = (ra ([B,] M), rb ([B,] N)) the float32 factors 2^(E - H) the epilogue applies.
   """
   cfg = config
   a_elem, b_elem = elem_kind(a.dtype, a_elem), elem_kind(b.dtype, b_elem)
   bsz, m, n, k = _gemm_dims(a, b, sa, sb, a_elem, b_elem, cfg)
-  want = jnp.dtype(jnp.float16 if cfg.variant == "f16" else jnp.float32)
-  if sa.dtype != want or sb.dtype != want:
-    raise TypeError(f"sa, sb must be {want} for variant {cfg.variant!r}; got {sa.dtype}, {sb.dtype}")
-  if (cfg.variant == "f16") != (row_scales is not None):
-    raise ValueError("row_scales=(ra, rb) is given with variant 'f16', and only then")
-  if row_scales is not None:
-    ra, rb = row_scales
-    if ra.shape != a.shape[:-1] or rb.shape != b.shape[:-1] or ra.dtype != jnp.float32 or rb.dtype != jnp.float32:
-      raise ValueError(f"row_scales must be float32 {a.shape[:-1]} and {b.shape[:-1]}; got {ra.shape} {ra.dtype}, "
-                       f"{rb.shape} {rb.dtype}")
-    # (K steps, B*rows): Pallas pipelines only stream blocks that move with the grid, so each K step gets its
-    # own copy of the tile's factors (1/64 of the FP8 operand bytes at tile_k = 64, 1/128 at 128)
-    steps = k // cfg.tile_k
-    row_scales = tuple(jnp.broadcast_to(r.reshape(1, -1), (steps, r.size)) for r in (ra, rb))
   if a.ndim == 3:
     flat = lambda x: x.reshape(x.shape[0] * x.shape[1], x.shape[2])   # (B, rows, K) -> (B*rows, K)
     kflat = lambda s: s.reshape(s.shape[0], s.shape[1] * s.shape[2])  # (K/32, B, rows) -> (K/32, B*rows)
     out = _gemm(flat(a), flat(b), kflat(sa), kflat(sb), bsz, m, n, k, a_elem, b_elem, out_dtype, cfg, num_sms,
-                interpret, row_scales)
+                interpret)
     return out.reshape(bsz, m, n)
-  return _gemm(a, b, sa, sb, 1, m, n, k, a_elem, b_elem, out_dtype, cfg, num_sms, interpret, row_scales)
+  return _gemm(a, b, sa, sb, 1, m, n, k, a_elem, b_elem, out_dtype, cfg, num_sms, interpret)
 
 
-def f16_multipliers(scales, data_dtype):
-  """Design (c)'s operand factors from E8M0 scale bytes ``scales`` (..., rows, K/32) of FP8 data.
-
-  Returns (mult (..., rows, K/32) float16 = 2^(e - E + H) rounded to f16 (0 below 2^-24), row (..., rows)
-  float32 = 2^(E - H)), E the row's largest exponent e = byte - 127 (NaN bytes ignored; they give a NaN
-  multiplier), H the f16 headroom of the element type (7 for e4m3, 0 for e5m2). The kernel is exact where
-  every block has e - E + H >= F16_EXACT[dtype] (``f16_exact``).
-  """
-  h = F16_HEADROOM[jnp.dtype(data_dtype)]
-  b = lax.bitcast_convert_type(scales, jnp.uint8).astype(jnp.int32)
-  nan = b == 255
-  e = b - 127
-  big = jnp.max(jnp.where(nan, -127, e), axis=-1, keepdims=True)
-  t = e - big + h
-  mult = jnp.where(nan, jnp.float32(jnp.nan), jnp.exp2(t.astype(jnp.float32))).astype(jnp.float16)
-  row = jnp.exp2((big[..., 0] - h).astype(jnp.float32))
-  return mult, row
-
-
-def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig, num_sms, interpret,
-          row_scales=None):
+def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig, num_sms, interpret):
   """The kernel on batch-flattened operands: a (B*M, K), b (B*N, K), sa (K/32, B*M), sb (K/32, B*N)."""
   interp = _interpret_params(interpret)
   a_regs = cfg.a_regs and interp is None
@@ -345,16 +284,10 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
   a_tk, b_tk = row_bytes(tile_k, a_elem), row_bytes(tile_k, b_elem)  # bytes of a stage's row
   out_tr = _tiled(epi_n, out_dtype)
   minor = 1 if cfg.grid_minor == "N" else 0
-  f16 = cfg.variant == "f16"
-  cdt = jnp.float16 if f16 else jnp.bfloat16  # the dequantized tiles' dtype (designs b, c)
+  bf16 = jnp.bfloat16
 
-  def kernel(a_g, b_g, sa_g, sb_g, *rest, o_smem):
-    ra_g, rb_g, o_g = rest if f16 else (None, None) + rest
+  def kernel(a_g, b_g, sa_g, sb_g, o_g, o_smem):
     def pipeline(body, ctx):
-      # design (c) also streams the tile's FP32 row / column factors (the same values every step; the body
-      # carries the last ones loaded to the epilogue)
-      rows = [plgpu.BlockSpec((1, cta_m), lambda kk: (kk, 0), memory_space=plgpu.SMEM),
-              plgpu.BlockSpec((1, cta_n), lambda kk: (kk, 0), memory_space=plgpu.SMEM)] if f16 else []
       return plgpu.emit_pipeline_warp_specialized(
           body, grid=(k_iters,), memory_registers=40,
           in_specs=[
@@ -362,21 +295,18 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
               plgpu.BlockSpec((cta_n, b_tk), lambda kk: (0, kk), transforms=b_tr, memory_space=plgpu.SMEM),
               plgpu.BlockSpec((nblk, cta_m), lambda kk: (kk, 0), memory_space=plgpu.SMEM),
               plgpu.BlockSpec((nblk, cta_n), lambda kk: (kk, 0), memory_space=plgpu.SMEM),
-          ] + rows,
+          ],
           wg_axis="wg", num_compute_wgs=2, max_concurrent_steps=cfg.max_concurrent_steps, compute_context=ctx)
 
     ignore = lambda *_, **__: None
     extra = {}
-    if cfg.variant in DEQUANT_VARIANTS:
+    if cfg.variant == "bf16":
       slots = (cfg.deq_slots,) if cfg.deq_slots > 1 else ()
-      extra["bq"] = plgpu.SMEM((2, *slots, tile_n, tile_k), cdt, transforms=_block_tiled(cdt))
+      extra["bq"] = plgpu.SMEM((2, *slots, tile_n, tile_k), bf16, transforms=_block_tiled(bf16))
       if not a_regs:
-        extra["aq"] = plgpu.SMEM((2, *slots, tile_m, tile_k), cdt, transforms=_block_tiled(cdt))
+        extra["aq"] = plgpu.SMEM((2, *slots, tile_m, tile_k), bf16, transforms=_block_tiled(bf16))
 
-    row_refs = (ra_g, rb_g) if f16 else ()
-
-    @functools.partial(pl.run_scoped, allocs=pipeline(ignore, ignore).get_allocations(a_g, b_g, sa_g, sb_g,
-                                                                                        *row_refs),
+    @functools.partial(pl.run_scoped, allocs=pipeline(ignore, ignore).get_allocations(a_g, b_g, sa_g, sb_g),
                        collective_axes="wg", **extra)
     def _scope(allocs, bq=None, aq=None):
       wg = lax.axis_index("wg")
@@ -395,10 +325,7 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
           wg_m, wg_n = slice(None), pl.ds(wg * tile_n, tile_n)
           row0, col0 = a_row(), ni * cta_n + wg * tile_n
 
-        def epilogue(acc, rows=None):
-          if rows is not None:  # design (c): the rows' and columns' 2^(E - H), as (acc * ra) * rb
-            ra, rb = rows
-            acc = (acc * _row(ra, acc.shape)) * _col(rb, acc.shape)
+        def epilogue(acc):
           accv = acc.astype(out_dtype)
           plgpu.wait_smem_to_gmem(0, wait_read_only=True)
           for e in range(tile_n // epi_n):
@@ -444,24 +371,16 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
                                   plgpu.ACC((tile_m, tile_n), jnp.float32))
             return acc
 
-        else:  # bf16 / f16 dequantize-then-wgmma
+        else:  # bf16 dequantize-then-wgmma
           def ctx(run):
             def scope(acc_ref):
-              if f16:
-                zero = lambda n, d: plgpu.layout_cast(jnp.zeros((n,), jnp.float32), plgpu.Layout.WGMMA.reduce(d))
-                _, ra, rb = run((acc_ref, zero(tile_m, 1), zero(tile_n, 0)))
-              else:
-                run(acc_ref)
+              run(acc_ref)
               if cfg.deq_slots > 1:
                 plgpu.wgmma_wait(0)  # the last stage's wgmmas are still in flight
-              return acc_ref[...], ((ra, rb) if f16 else None)
-            epilogue(*pl.run_scoped(scope, plgpu.ACC((tile_m, tile_n), jnp.float32)))
+              return acc_ref[...]
+            epilogue(pl.run_scoped(scope, plgpu.ACC((tile_m, tile_n), jnp.float32)))
 
-          def body(idx, a_s, b_s, sa_s, sb_s, *refs_carry):
-            if f16:
-              ra_s, rb_s, (acc_ref, _, _) = refs_carry
-            else:
-              (acc_ref,) = refs_carry
+          def body(idx, a_s, b_s, sa_s, sb_s, acc_ref):
             bq_w, aq_w = bq.at[wg], (None if a_regs else aq.at[wg])
             if cfg.deq_slots > 1:
               # Slot k % 2 was last read by stage k - 2's wgmmas: wait until at most stage k - 1's (one group
@@ -471,12 +390,12 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
               bq_w = bq_w.at[slot]
               aq_w = None if a_regs else aq_w.at[slot]
             b_scale = lambda i: plgpu.load(sb_s.at[i, wg_n], layout=plgpu.Layout.WGMMA.reduce(1))
-            for off, bt in dequant_blocks(b_s.at[wg_n], b_elem, tile_k, b_scale, f16=f16):
+            for off, bt in dequant_blocks(b_s.at[wg_n], b_elem, tile_k, b_scale):
               bq_w.at[:, pl.ds(off, BLOCK)][...] = bt
             plgpu.commit_smem()
             a_scale = lambda i: plgpu.load(sa_s.at[i, wg_m], layout=plgpu.Layout.WGMMA.reduce(1))
             offs = []
-            for off, at in dequant_blocks(a_s.at[wg_m], a_elem, tile_k, a_scale, f16=f16):
+            for off, at in dequant_blocks(a_s.at[wg_m], a_elem, tile_k, a_scale):
               if a_regs:
                 plgpu.wgmma(acc_ref, at, bq_w.at[:, pl.ds(off, BLOCK)].T)
               else:
@@ -488,16 +407,11 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
                 plgpu.wgmma(acc_ref, aq_w.at[:, pl.ds(off, BLOCK)], bq_w.at[:, pl.ds(off, BLOCK)].T)
             if cfg.deq_slots == 1:
               plgpu.wgmma_wait(0)
-            if f16:
-              return (acc_ref, plgpu.load(ra_s.at[0, wg_m], layout=plgpu.Layout.WGMMA.reduce(1)),
-                      plgpu.load(rb_s.at[0, wg_n], layout=plgpu.Layout.WGMMA.reduce(0)))
             return acc_ref
 
         pipeline(body, ctx)(
             a_g.at[pl.ds(a_row(), cta_m), :], b_g.at[pl.ds(b_row(), cta_n), :],
-            sa_g.at[:, pl.ds(a_row(), cta_m)], sb_g.at[:, pl.ds(b_row(), cta_n)],
-            *((ra_g.at[:, pl.ds(a_row(), cta_m)], rb_g.at[:, pl.ds(b_row(), cta_n)]) if f16 else ()),
-            allocations=allocs)
+            sa_g.at[:, pl.ds(a_row(), cta_m)], sb_g.at[:, pl.ds(b_row(), cta_n)], allocations=allocs)
 
       if bsz == 1:
         @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
@@ -516,7 +430,7 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
       compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
       scratch_types=dict(o_smem=plgpu.SMEM((2, 2, tile_m, epi_n), out_dtype, transforms=out_tr)),
       interpret=interp)
-  return f(a, b, sa, sb, *(row_scales or ()))
+  return f(a, b, sa, sb)
 
 
 # ----------------------------------------------------------------------------------------------------------

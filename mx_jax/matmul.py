@@ -9,9 +9,7 @@ scale_b[n, kb], accumulated in FP32, returned in ``out_dtype``. Mixed formats ar
               and the fallback on CPU/TPU or for formats the kernels don't take).
   "mgpu"      the Hopper Pallas/Mosaic GPU kernels (kernels/mx_matmul_mgpu.py); the design (FP8 wgmma with
               per-block promotion, or dequantize-to-bf16 wgmma) is picked per shape and format.
-  "mgpu_fp8" / "mgpu_bf16" / "mgpu_f16"   force one design; "mgpu_f16" (MXFP8/6/4 operands) dequantizes
-              each block to f16 relative to its row's largest scale and runs f16 wgmma (kernels/mx_matmul_mgpu.py,
-              design (c)).
+  "mgpu_fp8" / "mgpu_bf16"   force one design.
   "native"    ``jax.nn.scaled_matmul`` (MXFP8, K a multiple of 32): cuDNN's block-scaled tensor-core GEMM on
               Blackwell, JAX's own decomposition elsewhere.
   "auto"      "native" on Blackwell (compute capability >= 10) for MXFP8 pairs; "mgpu" on an H100/H200 when
@@ -40,7 +38,7 @@ from jax import lax
 from mx_jax.qarray import QArray
 from mx_jax.quantize import dequantize
 
-IMPLS = ("auto", "xla", "native", "mgpu", "mgpu_fp8", "mgpu_bf16", "mgpu_f16")
+IMPLS = ("auto", "xla", "native", "mgpu", "mgpu_fp8", "mgpu_bf16")
 WO_IMPLS = ("auto", "xla", "mgpu", "triton")
 # impl="auto" on Hopper: the Triton weight-only kernel up to this many rows (measured faster than the bf16
 # GEMM there: 1.4-1.8x at M = 16; slower from M = 64), the Mosaic kernel above.
@@ -185,7 +183,7 @@ def _variant(impl: str, config: Any) -> str | None:
   """The kernel design an "mgpu*" impl (or a config) asks for; None: picked per shape and format."""
   if config is not None:
     return config.variant
-  return {"mgpu": None, "mgpu_fp8": "fp8", "mgpu_bf16": "bf16", "mgpu_f16": "f16"}[impl]
+  return {"mgpu": None, "mgpu_fp8": "fp8", "mgpu_bf16": "bf16"}[impl]
 
 
 def _move_to_bmk(q: QArray, batch: tuple[int, ...], contract: int) -> QArray:
