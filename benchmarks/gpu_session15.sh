@@ -7,6 +7,4 @@ export PYTHONPATH=. PYTHONUNBUFFERED=1
 case "${1:-1}" in
   1) timeout 570 python3 benchmarks/bench_matmul.py --sections env,check,sweep,sizes --sweep-set f16 --check-wo none \
        --sizes 8192x8192x8192 --sizes-lite --budget 540 --out "$OUT" ;;
-  2) timeout 570 python3 benchmarks/bench_matmul.py --sections sizes,acc --sizes-lite --acc-ks 1024,4096,16384 \
-       --budget 540 --out "$OUT" ;;
 esac
