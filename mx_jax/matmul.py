@@ -245,7 +245,7 @@ def _mx_dot_general_body(lhs: QArray, rhs: QArray, dn, out_dtype, impl: str, con
     out = _native_bmk(l3, r3, out_dtype)
   elif l3.shape[0] == 1:  # no batch: the 2D kernel
     drop = lambda q: dataclasses.replace(q, data=q.data[0], scales=q.scales[0], axis=1, shape=q.shape[1:])
-    out = mx_matmul(drop(l3), drop(r3), out_dtype=out_dtype, impl=impl, config=config, interpret=interpret)[None]
+    out = _mx_matmul_body(drop(l3), drop(r3), out_dtype, impl, config, interpret)[None]
   else:  # one batched kernel launch for all B products
     out = _glue().mx_gemm(l3, r3, out_dtype=out_dtype, variant=_variant(impl, config), config=config,
                           interpret=interpret)
@@ -318,7 +318,7 @@ def _wo_body(x: jax.Array, w: Any, out_dtype, impl: str, config, interpret) -> j
   if impl == "auto" and not g.on_hopper() and not interpret:
     if prepared:
       raise ValueError("a prepared weight needs the Hopper kernel (impl='mgpu' or interpret=True)")
-    return mx_weight_only_matmul(x, w, out_dtype=out_dtype, impl="xla")
+    return _wo_body(x, w, out_dtype, "xla", config, interpret)
   pw = w if prepared else g.prepare_weight(w)
   out = g.weight_only_matmul(x2, pw, out_dtype=out_dtype, config=config, interpret=interpret)
   return out.reshape(lead + (n,))
