@@ -1,0 +1,380 @@
+"""MXFP4 weight-only GEMM on Hopper in Pallas on Mosaic GPU: out (M, N) = x (M, K) bf16 @ W^T, small M.
+
+W is an (N, K) MXFP4 weight (E2M1 codes, blocks of 32 along K, E8M0 scales). The kernel streams it with TMA
+on a producer warpgroup (``plgpu.emit_pipeline_warp_specialized``) and decodes it in the registers of one
+consumer warpgroup straight into the A operand of bf16 ``wgmma`` (m64 x n=Mp x k32 per block, x^T the B
+operand in shared memory). One CTA per 64 weight rows walks all of K: no split-K, no second kernel.
+
+Weight layout (``prepare_weight_mgpu``, done once). Each (64-row tile, 32-block) is 256 uint32 words in
+*thread order*: thread i = 32 w + 4 q + t of the warpgroup holds word 2i + h for row 16 w + 8 h + q, which
+packs the 8 codes of that row at columns 8 g + 2 t + v (g < 4, v < 2) -- exactly the thread's slice of the
+wgmma A fragment (Mosaic GPU's ``WGMMA_LAYOUT``). Half v of the word is a ``wo_triton.pack_fp4`` uint16
+(code g's magnitude at ``FP4_MAG[g]``, its sign at ``FP4_SIGN[g]``), so one shift and one mask put a code's
+bits at bf16 bits 8..6 and 15 (value elem * 2^-126) and one ``mul.rn.bf16x2`` applies
+2^(e + 120) -- the block scale with the rescale folded in -- giving elem * 2^(e - 6), exact in bf16 for
+1 <= e8m0 byte <= 134 (``fold_ok``; other weights go to ``wo_triton``). The epilogue multiplies the FP32
+accumulator by 2^6 (exact). A thread's two words are one 8-byte shared-memory load; its two scale bytes
+(rows r, r + 8) one 2-byte load (scale byte order 16 w + 2 q + h). Stored as
+words (K_p / (32 S), N_p / 64 * 8 S, 32) and scales (K_p / (32 S), N_p / 64 * S, 64): S blocks per pipeline
+step, one contiguous run per (step, tile), the tiles of a step adjacent (the group-major order of session 10).
+
+The FP32 accumulator is written transposed (x rows major) through shared memory and one TMA store per CTA,
+so the result is (Mp, N) with no transpose kernel. ``interpret=True`` (CPU tests) decodes with jnp from the
+same words into shared memory (the interpreter's wgmma takes A from shared memory only); the compiled kernel
+uses the inline PTX (``_decode_regs``), which only the GPU runs: ``benchmarks/bench_wo.py`` checks it
+against the XLA reference on every code and extreme scales before timing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+import jax.experimental.pallas.mosaic_gpu as plgpu
+
+from kernels._dispatch import pad_to, round_up
+from kernels.wo_triton import FP4_MAG, FP4_SIGN
+from mx_jax.packing import element_codes, unpack
+from mx_jax.qarray import QArray
+
+TILE_N = 64        # weight rows per CTA (the wgmma M)
+BLOCK = 32         # MX block
+FOLD = 120         # 2^(e + FOLD) is the bf16 scale the decode multiplies by
+SHIFT = -6         # decoded value = elem * 2^(e + SHIFT); the epilogue multiplies by 2^-SHIFT
+MAX_ROWS = 128     # x rows per call (wgmma N <= 256; 64 FP32 accumulator registers per thread at 128)
+
+
+@dataclasses.dataclass(frozen=True)
+class MgpuWOConfig:
+  steps: int = 8               # 32-blocks per pipeline step (fixes the weight layout)
+  max_concurrent_steps: int = 6
+  lag: bool = True             # release a step's buffers one step late; wait for the previous step's wgmmas only
+
+  def __post_init__(self):
+    if self.steps not in (2, 4, 8, 16):
+      raise ValueError(f"steps must be 2, 4, 8 or 16; got {self.steps!r}")
+    if not 2 <= self.max_concurrent_steps <= 12 or self.max_concurrent_steps <= int(self.lag):
+      raise ValueError(f"max_concurrent_steps must be in 2..12; got {self.max_concurrent_steps!r}")
+
+  def name(self) -> str:
+    return f"mgpu_s{self.steps}_c{self.max_concurrent_steps}{'_lag' if self.lag else ''}"
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class MgpuFP4Weight:
+  """An (N, K) MXFP4 weight in the kernel's layout (module docstring): ``words`` uint32, ``scales`` uint8."""
+  words: jax.Array
+  scales: jax.Array
+  n: int = dataclasses.field(metadata=dict(static=True))
+  k: int = dataclasses.field(metadata=dict(static=True))
+  steps: int = dataclasses.field(metadata=dict(static=True))
+  fold_ok: bool = dataclasses.field(default=False, metadata=dict(static=True))
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    return (self.n, self.k)
+
+  @property
+  def n_padded(self) -> int:
+    return self.scales.shape[1] // self.steps * TILE_N
+
+  @property
+  def k_padded(self) -> int:
+    return self.scales.shape[0] * self.steps * BLOCK
+
+  @property
+  def nbytes(self) -> int:
+    return int(self.words.size * 4 + self.scales.size)
+
+
+def pack_words(codes: jax.Array, steps: int) -> jax.Array:
+  """(N, K) FP4 codes (N % 64 == 0, K % (32 steps) == 0) -> (K / (32 steps), N / 64 * 8 steps, 32) uint32."""
+  n, k = codes.shape
+  nt, kb = n // TILE_N, k // BLOCK
+  c = codes.astype(jnp.uint32).reshape(nt, 4, 2, 8, kb, 4, 4, 2)  # (nt, w, h, q, kb, g, t, v)
+  half = jnp.zeros((nt, 4, 2, 8, kb, 4, 2), jnp.uint32)            # (nt, w, h, q, kb, t, v)
+  for g in range(4):
+    cg = c[:, :, :, :, :, g]
+    half = half | ((cg & 7) << FP4_MAG[g]) | ((cg >> 3) << FP4_SIGN[g])
+  word = half[..., 0] | (half[..., 1] << 16)                       # (nt, w, h, q, kb, t)
+  word = word.reshape(nt, 4, 2, 8, kb // steps, steps, 4)
+  word = word.transpose(4, 0, 5, 1, 3, 6, 2)                       # (ks, nt, s, w, q, t, h)
+  return word.reshape(kb // steps, nt * 8 * steps, 32)
+
+
+def pack_scales(sb: jax.Array, steps: int) -> jax.Array:
+  """(N, K / 32) E8M0 bytes -> (K / (32 steps), N / 64 * steps, 64) uint8, byte 16 w + 2 q + h of a block
+  holding row 16 w + 8 h + q."""
+  n, kb = sb.shape
+  nt = n // TILE_N
+  s = sb.astype(jnp.uint8).reshape(nt, 4, 2, 8, kb // steps, steps)  # (nt, w, h, q, ks, s)
+  return s.transpose(4, 0, 5, 1, 3, 2).reshape(kb // steps, nt * steps, 64)
+
+
+def fold_ok_bytes(sb) -> bool:
+  """True when every E8M0 byte b keeps the folded decode exact: 1 <= b <= 134 (2^(e + 120) a normal finite
+  bf16 and elem * 2^(e - 6) >= 2^-133, bf16's least subnormal, for elem >= 0.5)."""
+  sb = np.asarray(sb).astype(np.int32)
+  return bool(np.all((sb >= 1) & (sb <= 254 - FOLD)))
+
+
+def prepare_weight_mgpu(w: QArray, steps: int = MgpuWOConfig.steps) -> MgpuFP4Weight:
+  """Lays out an (N, K) MXFP4 QArray quantized along K (axis 1) for ``wo_matmul_mgpu`` (do it once, eagerly:
+  ``fold_ok`` reads the scales on the host)."""
+  if not isinstance(w, QArray):
+    raise TypeError(f"w must be a QArray (mx_jax.quantize(...)); got {type(w).__name__}")
+  if w.fmt != "mxfp4_e2m1":
+    raise ValueError(f"w has format {w.fmt!r}; the Mosaic GPU weight-only kernel takes mxfp4_e2m1")
+  if w.ndim != 2 or w.axis != 1 or w.block_size != BLOCK:
+    raise ValueError(f"w must be an (N, K) QArray quantized along axis 1 in blocks of 32; got {w!r}")
+  MgpuWOConfig(steps=steps)  # validates steps
+  words, scales = _prepare(w, steps)
+  try:
+    ok = fold_ok_bytes(scales)
+  except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+    ok = False
+  n, k = w.shape
+  return MgpuFP4Weight(words, scales, n, k, steps, ok)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _prepare(w: QArray, steps: int):
+  w = unpack(w)
+  codes = element_codes(w)
+  n = codes.shape[0]
+  n_p, k_p = round_up(n, TILE_N), round_up(max(codes.shape[1], 1), BLOCK * steps)
+  codes = pad_to(codes, n_p, k_p)
+  sb = pad_to(lax.bitcast_convert_type(w.scales, jnp.uint8), n_p, k_p // BLOCK, 127)
+  return pack_words(codes, steps), pack_scales(sb, steps)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Decode: inline PTX on the thread's registers (compiled), jnp from the same words (interpreter)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _asm_decode(g: int) -> str:
+  """Code g of the word $1 (one code per bf16 half) times the folded scale $2 -> bf16x2 $0."""
+  def shifted(reg, d):
+    return f"shl.b32 {reg}, $1, {d};" if d > 0 else f"shr.b32 {reg}, $1, {-d};"
+  dm, ds = 6 - FP4_MAG[g], 15 - FP4_SIGN[g]
+  if dm == ds:
+    body = "and.b32 t, $1, 0x81C081C0;" if dm == 0 else shifted("t", dm) + " and.b32 t, t, 0x81C081C0;"
+  else:
+    body = (shifted("t", dm) + " and.b32 t, t, 0x01C001C0; " + shifted("u", ds)
+            + " and.b32 u, u, 0x80008000; or.b32 t, t, u;")
+  return "{ .reg .b32 t, u; " + body + " mul.rn.bf16x2 $0, t, $2; }"
+
+
+def _decode_regs(w_ref, s_ref, b: int):
+  """inline_mgpu body: block b of a stage -> (64, 32) bf16 WGMMA_LAYOUT array of elem * 2^(e - 6)."""
+  from jax._src.lib.mlir import ir
+  from jax._src.lib.mlir.dialects import arith, llvm, vector
+  import jax.experimental.mosaic.gpu as mgpu
+  from jax.experimental.mosaic.gpu import utils as mu
+
+  i32, i8 = ir.IntegerType.get_signless(32), ir.IntegerType.get_signless(8)
+  index = ir.IndexType.get()
+  c = lambda v: arith.constant(i32, v)
+  ix = lambda v: arith.index_cast(index, v)
+  tid = arith.remui(mu.thread_idx(), c(128))
+  words = vector.load(ir.VectorType.get((2,), i32), w_ref,
+                      [ix(arith.addi(c(8 * b), arith.divui(tid, c(16)))), ix(arith.muli(arith.remui(tid, c(16)), c(2)))])
+  warp, lane = arith.divui(tid, c(32)), arith.remui(tid, c(32))
+  sbyte = arith.addi(arith.muli(warp, c(16)), arith.muli(arith.divui(lane, c(4)), c(2)))
+  sv = vector.load(ir.VectorType.get((2,), i8), s_ref, [ix(c(b)), ix(sbyte)])
+  bf2 = ir.VectorType.get((2,), ir.BF16Type.get())
+  layout = mgpu.WGMMA_LAYOUT
+  shape = layout.registers_shape((TILE_N, BLOCK))
+  assert shape == (1, 4, 1, 1, 2, 1, 1, 1, 1), shape
+  regs = np.empty(shape, dtype=object)
+  for h in range(2):
+    word = vector.extract(words, [], [h])
+    e = arith.extui(i32, vector.extract(sv, [], [h]))
+    # bf16 bits of 2^(e - 127 + FOLD) in both halves: (e + FOLD) << 7 | (e + FOLD) << 23.
+    k = arith.muli(arith.addi(e, c(FOLD)), c(0x00800080))
+    for g in range(4):
+      out = llvm.inline_asm(i32, [word, k], _asm_decode(g), "=r,r,r")
+      regs[0, g, 0, 0, h, 0, 0, 0, 0] = vector.bitcast(bf2, vector.broadcast(ir.VectorType.get((1,), i32), out))
+  return mgpu.FragmentedArray(_registers=regs, _layout=layout, _is_signed=None)
+
+
+def decode_block_jnp(words, sbytes):
+  """(8, 32) uint32 words and (64,) scale bytes of one (tile, block) -> (64, 32) bf16 elem * 2^(e - 6), by
+  the layout's definition (the interpreter's decode; tests check it against the codes)."""
+  wd = words.reshape(4, 8, 4, 2)                              # (w, q, t, h)
+  cols = []
+  for v in range(2):
+    half = (wd >> (16 * v)) & 0xFFFF
+    for g in range(4):
+      code = ((half >> FP4_MAG[g]) & 7) | (((half >> FP4_SIGN[g]) & 1) << 3)
+      cols.append(code)                                      # column 8 g + 2 t + v
+  code = jnp.stack(cols).reshape(2, 4, 4, 8, 4, 2)           # (v, g, w, q, t, h)
+  code = code.transpose(2, 5, 3, 1, 4, 0).reshape(TILE_N, BLOCK)  # rows (w, h, q), cols (g, t, v)
+  e2, m = (code >> 1) & 3, (code & 1).astype(jnp.float32)
+  # |elem|: 0.5 m for exponent 0, else (2 + m) 2^(e2 - 2) (no subnormal bit patterns: XLA:CPU flushes them).
+  mag = jnp.where(e2 == 0, 0.5 * m, (2.0 + m) * jnp.where(e2 == 1, 0.5, jnp.where(e2 == 2, 1.0, 2.0)))
+  val = jnp.where((code & 8) != 0, -mag, mag)
+  sb = sbytes.reshape(4, 8, 2).transpose(0, 2, 1).reshape(TILE_N).astype(jnp.int32)
+  scale = lax.bitcast_convert_type(sb << 23, jnp.float32) * jnp.float32(2.0 ** SHIFT)
+  return (val * scale[:, None]).astype(jnp.bfloat16)
+
+
+def _store_transposed(acc, o_ref, out_dtype):
+  """inline_mgpu body: the (64, Mp) FP32 WGMMA_LAYOUT accumulator times 2^-SHIFT -> o_ref (Mp, 64)."""
+  from jax._src.lib.mlir import ir
+  from jax._src.lib.mlir.dialects import arith, memref, vector
+  import jax.experimental.mosaic.gpu as mgpu
+  from jax.experimental.mosaic.gpu import utils as mu
+
+  i32, f32 = ir.IntegerType.get_signless(32), ir.F32Type.get()
+  index = ir.IndexType.get()
+  c = lambda v: arith.constant(i32, v)
+  ix = lambda v: arith.index_cast(index, v)
+  tid = arith.remui(mu.thread_idx(), c(128))
+  warp, lane = arith.divui(tid, c(32)), arith.remui(tid, c(32))
+  row0 = arith.addi(arith.muli(warp, c(16)), arith.divui(lane, c(4)))
+  col0 = arith.muli(arith.remui(lane, c(4)), c(2))
+  odt = mu.dtype_to_ir_type(out_dtype)
+  mul = arith.constant(f32, float(2.0 ** -SHIFT))
+  regs = acc.registers
+  for idx in np.ndindex(regs.shape):
+    g, h = idx[1], idx[4]
+    reg = regs[idx]
+    for v in range(2):
+      val = vector.extract(reg, [], [v])
+      val = arith.mulf(val, mul)
+      if odt != f32:
+        val = arith.truncf(odt, val)
+      col = arith.addi(col0, c(8 * g + v))
+      row = arith.addi(row0, c(8 * h))
+      memref.store(val, o_ref, [ix(col), ix(row)])
+  return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The kernel
+# ----------------------------------------------------------------------------------------------------------
+
+
+def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig = MgpuWOConfig(), out_dtype=jnp.bfloat16,
+           interpret=False):
+  """(Mp, N_p) = x (Mp, K_p) bf16 @ W^T. x already padded: Mp a multiple of 8 (<= MAX_ROWS), K_p = the
+  weight's padded K. Needs ``w.fold_ok`` (checked by the caller)."""
+  cfg = config
+  if w.steps != cfg.steps:
+    raise ValueError(f"w was laid out for steps={w.steps}; config has steps={cfg.steps}")
+  mp, kp = x.shape
+  if mp % 8 or mp > MAX_ROWS or kp != w.k_padded:
+    raise ValueError(f"x must be (Mp, {w.k_padded}) with Mp a multiple of 8 <= {MAX_ROWS}; got {x.shape}")
+  s = cfg.steps
+  ks, nt = w.words.shape[0], w.n_padded // TILE_N
+  tile_k = BLOCK * s
+  interp = plgpu.InterpretGPUParams() if interpret else None
+  bf16 = jnp.bfloat16
+  dr = 1 if cfg.lag else 0
+  x_tr = (plgpu.TilingTransform((8, BLOCK)), plgpu.SwizzleTransform(64))
+  a_tr = x_tr
+
+  def kernel(x_g, w_g, s_g, o_g, o_smem, *maybe_aq):
+    ni = lax.axis_index("n")
+
+    def pipeline(body, ctx):
+      return plgpu.emit_pipeline_warp_specialized(
+          body, grid=(ks,), memory_registers=40,
+          in_specs=[
+              plgpu.BlockSpec((mp, tile_k), lambda kk: (0, kk), transforms=x_tr, delay_release=dr),
+              plgpu.BlockSpec((None, 8 * s, 32), lambda kk: (kk, 0, 0), delay_release=dr),
+              plgpu.BlockSpec((None, s, 64), lambda kk: (kk, 0, 0), delay_release=dr),
+          ],
+          wg_axis="wg", num_compute_wgs=1, max_concurrent_steps=cfg.max_concurrent_steps, compute_context=ctx)
+
+    def ctx(run):
+      def scope(acc_ref):
+        run(acc_ref)
+        plgpu.wgmma_wait(0)
+        return acc_ref[...]
+      acc = pl.run_scoped(scope, plgpu.ACC((TILE_N, mp), jnp.float32))
+      if interp is None:
+        plgpu.inline_mgpu(arg_types=(plgpu.Layout.WGMMA, plgpu.RefType()))(
+            lambda _, a, o: _store_transposed(a, o, o_smem.dtype))(acc, o_smem)
+      else:
+        o_smem[...] = (acc * jnp.float32(2.0 ** -SHIFT)).T.astype(o_smem.dtype)
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(o_smem, o_g.at[:, pl.ds(ni * TILE_N, TILE_N)])
+      plgpu.wait_smem_to_gmem(0)
+
+    def body(_, x_s, w_s, s_s, acc_ref):
+      for b in range(s):
+        xb = x_s.at[:, pl.ds(BLOCK * b, BLOCK)].T
+        if interp is None:
+          a = plgpu.inline_mgpu(
+              arg_types=(plgpu.RefType(), plgpu.RefType()),
+              return_type=plgpu.ShapeDtypeStruct((TILE_N, BLOCK), bf16, layout=plgpu.Layout.WGMMA),
+          )(lambda _, wr, sr, b=b: _decode_regs(wr, sr, b))(w_s, s_s)
+          plgpu.wgmma(acc_ref, a, xb)
+        else:
+          aq = maybe_aq[0]
+          aq[...] = decode_block_jnp(w_s[pl.ds(8 * b, 8), :], s_s[b, :])
+          plgpu.commit_smem()
+          plgpu.wgmma(acc_ref, aq, xb)
+          plgpu.wgmma_wait(0)
+      plgpu.wgmma_wait(s if cfg.lag else 0)
+      return acc_ref
+
+    pipeline(body, ctx)(x_g, w_g.at[:, pl.ds(ni * 8 * s, 8 * s)], s_g.at[:, pl.ds(ni * s, s)])
+
+  scratch = dict(o_smem=plgpu.SMEM((mp, TILE_N), out_dtype))
+  if interp is not None:
+    scratch["aq"] = plgpu.SMEM((TILE_N, BLOCK), bf16, transforms=a_tr)
+
+  def kernel_kw(x_g, w_g, s_g, o_g, o_smem, aq=None):
+    return kernel(x_g, w_g, s_g, o_g, o_smem, *(() if aq is None else (aq,)))
+
+  f = plgpu.kernel(
+      kernel_kw, out_type=jax.ShapeDtypeStruct((mp, w.n_padded), out_dtype), grid=(nt,), grid_names=("n",),
+      num_threads=2, thread_name="wg",
+      compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
+      scratch_types=scratch, interpret=interp)
+  return f(x.astype(bf16), w.words, w.scales)
+
+
+def wo_matmul_mgpu(x: jax.Array, w: MgpuFP4Weight, *, out_dtype=jnp.bfloat16,
+                   config: MgpuWOConfig | None = None, interpret: bool = False) -> jax.Array:
+  """(..., N) = x (..., K) @ W^T for a ``prepare_weight_mgpu`` weight; x rounded to bf16, FP32 accumulation.
+  Rows are padded to a multiple of 8 and run in chunks of ``MAX_ROWS``."""
+  if not isinstance(w, MgpuFP4Weight):
+    raise TypeError(f"w must be a prepare_weight_mgpu(...) result; got {type(w).__name__}")
+  if not w.fold_ok:
+    raise ValueError("w has E8M0 scale bytes outside 1..134 (or traced scales), where the folded decode is not "
+                     "exact; use kernels.wo_triton for this weight")
+  cfg = config or MgpuWOConfig(steps=w.steps)
+  if not isinstance(cfg, MgpuWOConfig):
+    raise TypeError(f"config must be an MgpuWOConfig; got {type(cfg).__name__}")
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"x must be a floating-point array; got dtype {x.dtype}")
+  if x.ndim < 1 or x.shape[-1] != w.k:
+    raise ValueError(f"x's last dim ({x.shape[-1] if x.ndim else None}) does not match the weight's K={w.k}")
+  out_dtype = jnp.dtype(out_dtype)
+  if out_dtype not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32), jnp.dtype(jnp.float16)):
+    raise TypeError(f"out_dtype must be bfloat16, float16 or float32; got {out_dtype}")
+  lead = x.shape[:-1]
+  x2 = x.reshape((-1, w.k)).astype(jnp.bfloat16)
+  m = x2.shape[0]
+  if m == 0:
+    return jnp.zeros(lead + (w.n,), out_dtype)
+  outs = []
+  for r0 in range(0, m, MAX_ROWS):
+    xc = x2[r0:r0 + MAX_ROWS]
+    mc = xc.shape[0]
+    xc = pad_to(xc, round_up(mc, 8), w.k_padded)
+    o = wo_fp4(xc, w, config=cfg, out_dtype=out_dtype, interpret=interpret)
+    outs.append(o[:mc, :w.n] if (o.shape[0] != mc or o.shape[1] != w.n) else o)
+  out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
+  return out.reshape(lead + (w.n,))
