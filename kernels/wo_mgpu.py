@@ -53,15 +53,19 @@ class MgpuWOConfig:
   steps: int = 8               # 32-blocks per pipeline step (fixes the weight layout)
   max_concurrent_steps: int = 6
   lag: bool = True             # release a step's buffers one step late; wait for the previous step's wgmmas only
+  wgs: int = 1                 # consumer warpgroups; 2 split each step's blocks and sum through shared memory
 
   def __post_init__(self):
-    if self.steps not in (2, 4, 8, 16):
-      raise ValueError(f"steps must be 2, 4, 8 or 16; got {self.steps!r}")
+    if self.steps not in (2, 4, 8, 16, 32):
+      raise ValueError(f"steps must be 2, 4, 8, 16 or 32; got {self.steps!r}")
+    if self.wgs not in (1, 2):
+      raise ValueError(f"wgs must be 1 or 2; got {self.wgs!r}")
     if not 2 <= self.max_concurrent_steps <= 12 or self.max_concurrent_steps <= int(self.lag):
       raise ValueError(f"max_concurrent_steps must be in 2..12; got {self.max_concurrent_steps!r}")
 
   def name(self) -> str:
-    return f"mgpu_s{self.steps}_c{self.max_concurrent_steps}{'_lag' if self.lag else ''}"
+    return (f"mgpu_s{self.steps}_c{self.max_concurrent_steps}{'_lag' if self.lag else ''}"
+            f"{'_wg2' if self.wgs == 2 else ''}")
 
 
 @jax.tree_util.register_dataclass
@@ -171,8 +175,9 @@ def _asm_decode(g: int) -> str:
   return "{ .reg .b32 t, u; " + body + " mul.rn.bf16x2 $0, t, $2; }"
 
 
-def _decode_regs(w_ref, s_ref, b: int):
-  """inline_mgpu body: block b of a stage -> (64, 32) bf16 WGMMA_LAYOUT array of elem * 2^(e - 6)."""
+def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0):
+  """inline_mgpu body: block b (+ wg_blocks per consumer warpgroup before this one) of a stage -> (64, 32)
+  bf16 WGMMA_LAYOUT array of elem * 2^(e - 6)."""
   from jax._src.lib.mlir import ir
   from jax._src.lib.mlir.dialects import arith, llvm, vector
   import jax.experimental.mosaic.gpu as mgpu
@@ -183,11 +188,15 @@ def _decode_regs(w_ref, s_ref, b: int):
   c = lambda v: arith.constant(i32, v)
   ix = lambda v: arith.index_cast(index, v)
   tid = arith.remui(mu.thread_idx(), c(128))
+  blk = c(b)
+  if wg_blocks:
+    blk = arith.addi(blk, arith.muli(arith.divui(mu.thread_idx(), c(128)), c(wg_blocks)))
   words = vector.load(ir.VectorType.get((2,), i32), w_ref,
-                      [ix(arith.addi(c(8 * b), arith.divui(tid, c(16)))), ix(arith.muli(arith.remui(tid, c(16)), c(2)))])
+                      [ix(arith.addi(arith.muli(blk, c(8)), arith.divui(tid, c(16)))),
+                       ix(arith.muli(arith.remui(tid, c(16)), c(2)))])
   warp, lane = arith.divui(tid, c(32)), arith.remui(tid, c(32))
   sbyte = arith.addi(arith.muli(warp, c(16)), arith.muli(arith.divui(lane, c(4)), c(2)))
-  sv = vector.load(ir.VectorType.get((2,), i8), s_ref, [ix(c(b)), ix(sbyte)])
+  sv = vector.load(ir.VectorType.get((2,), i8), s_ref, [ix(blk), ix(sbyte)])
   bf2 = ir.VectorType.get((2,), ir.BF16Type.get())
   layout = mgpu.WGMMA_LAYOUT
   shape = layout.registers_shape((TILE_N, BLOCK))
@@ -225,8 +234,9 @@ def decode_block_jnp(words, sbytes):
   return (val * scale[:, None]).astype(jnp.bfloat16)
 
 
-def _store_transposed(acc, o_ref, out_dtype):
-  """inline_mgpu body: the (64, Mp) FP32 WGMMA_LAYOUT accumulator times 2^-SHIFT -> o_ref (Mp, 64)."""
+def _store_transposed(acc, o_ref, out_dtype, scale: float, add_ref=None):
+  """inline_mgpu body: ((64, Mp) FP32 WGMMA_LAYOUT accumulator [+ add_ref (Mp, 64) FP32, transposed]) * scale
+  -> o_ref (Mp, 64)."""
   from jax._src.lib.mlir import ir
   from jax._src.lib.mlir.dialects import arith, memref, vector
   import jax.experimental.mosaic.gpu as mgpu
@@ -241,19 +251,22 @@ def _store_transposed(acc, o_ref, out_dtype):
   row0 = arith.addi(arith.muli(warp, c(16)), arith.divui(lane, c(4)))
   col0 = arith.muli(arith.remui(lane, c(4)), c(2))
   odt = mu.dtype_to_ir_type(out_dtype)
-  mul = arith.constant(f32, float(2.0 ** -SHIFT))
+  mul = arith.constant(f32, float(scale))
   regs = acc.registers
   for idx in np.ndindex(regs.shape):
     g, h = idx[1], idx[4]
     reg = regs[idx]
     for v in range(2):
       val = vector.extract(reg, [], [v])
-      val = arith.mulf(val, mul)
+      col = ix(arith.addi(col0, c(8 * g + v)))
+      row = ix(arith.addi(row0, c(8 * h)))
+      if add_ref is not None:
+        val = arith.addf(val, memref.load(add_ref, [col, row]))
+      if scale != 1.0:
+        val = arith.mulf(val, mul)
       if odt != f32:
         val = arith.truncf(odt, val)
-      col = arith.addi(col0, c(8 * g + v))
-      row = arith.addi(row0, c(8 * h))
-      memref.store(val, o_ref, [ix(col), ix(row)])
+      memref.store(val, o_ref, [col, row])
   return None
 
 
@@ -281,7 +294,11 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig = MgpuWOConfig(), out_dt
   x_tr = (plgpu.TilingTransform((8, BLOCK)), plgpu.SwizzleTransform(64))
   a_tr = x_tr
 
-  def kernel(x_g, w_g, s_g, o_g, o_smem, *maybe_aq):
+  wgs = cfg.wgs
+  per_wg = s // wgs
+  scale = float(2.0 ** -SHIFT)
+
+  def kernel(x_g, w_g, s_g, o_g, o_smem, aq=None, red=None, bar=None):
     ni = lax.axis_index("n")
 
     def pipeline(body, ctx):
@@ -292,7 +309,27 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig = MgpuWOConfig(), out_dt
               plgpu.BlockSpec((None, 8 * s, 32), lambda kk: (kk, 0, 0), delay_release=dr),
               plgpu.BlockSpec((None, s, 64), lambda kk: (kk, 0, 0), delay_release=dr),
           ],
-          wg_axis="wg", num_compute_wgs=1, max_concurrent_steps=cfg.max_concurrent_steps, compute_context=ctx)
+          wg_axis="wg", num_compute_wgs=wgs, max_concurrent_steps=cfg.max_concurrent_steps, compute_context=ctx)
+
+    def store(acc, target, dtype, sc, add=None):
+      if interp is None:
+        args = (acc, target) if add is None else (acc, target, add)
+        types = (plgpu.Layout.WGMMA, plgpu.RefType()) + (() if add is None else (plgpu.RefType(),))
+        plgpu.inline_mgpu(arg_types=types)(
+            lambda _, a, o, *r: _store_transposed(a, o, dtype, sc, *r))(*args)
+      else:
+        v = acc.T if add is None else acc.T + add[...]
+        target[...] = (v * jnp.float32(sc)).astype(dtype)
+
+    def finish(acc):
+      if wgs == 2:
+        store(acc, red, jnp.float32, 1.0)
+        plgpu.barrier_arrive(bar)
+      else:
+        store(acc, o_smem, o_smem.dtype, scale)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(o_smem, o_g.at[:, pl.ds(ni * TILE_N, TILE_N)])
+        plgpu.wait_smem_to_gmem(0)
 
     def ctx(run):
       def scope(acc_ref):
@@ -300,45 +337,54 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig = MgpuWOConfig(), out_dt
         plgpu.wgmma_wait(0)
         return acc_ref[...]
       acc = pl.run_scoped(scope, plgpu.ACC((TILE_N, mp), jnp.float32))
-      if interp is None:
-        plgpu.inline_mgpu(arg_types=(plgpu.Layout.WGMMA, plgpu.RefType()))(
-            lambda _, a, o: _store_transposed(a, o, o_smem.dtype))(acc, o_smem)
-      else:
-        o_smem[...] = (acc * jnp.float32(2.0 ** -SHIFT)).T.astype(o_smem.dtype)
-      plgpu.commit_smem()
-      plgpu.copy_smem_to_gmem(o_smem, o_g.at[:, pl.ds(ni * TILE_N, TILE_N)])
-      plgpu.wait_smem_to_gmem(0)
+      if wgs == 1:
+        finish(acc)
+        return
+      wg = lax.axis_index("wg")
+
+      @pl.when(wg == 1)
+      def _():
+        finish(acc)
+
+      @pl.when(wg == 0)
+      def _():
+        plgpu.barrier_wait(bar)
+        store(acc, o_smem, o_smem.dtype, scale, red)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(o_smem, o_g.at[:, pl.ds(ni * TILE_N, TILE_N)])
+        plgpu.wait_smem_to_gmem(0)
 
     def body(_, x_s, w_s, s_s, acc_ref):
-      for b in range(s):
-        xb = x_s.at[:, pl.ds(BLOCK * b, BLOCK)].T
+      wg0 = lax.axis_index("wg") * per_wg if wgs == 2 else 0
+      for b in range(per_wg):
+        xb = x_s.at[:, pl.ds(BLOCK * (wg0 + b), BLOCK)].T
         if interp is None:
           a = plgpu.inline_mgpu(
               arg_types=(plgpu.RefType(), plgpu.RefType()),
               return_type=plgpu.ShapeDtypeStruct((TILE_N, BLOCK), bf16, layout=plgpu.Layout.WGMMA),
-          )(lambda _, wr, sr, b=b: _decode_regs(wr, sr, b))(w_s, s_s)
+          )(lambda _, wr, sr, b=b: _decode_regs(wr, sr, b, per_wg if wgs == 2 else 0))(w_s, s_s)
           plgpu.wgmma(acc_ref, a, xb)
         else:
-          aq = maybe_aq[0]
-          aq[...] = decode_block_jnp(w_s[pl.ds(8 * b, 8), :], s_s[b, :])
+          aw = aq.at[lax.axis_index("wg")] if wgs == 2 else aq
+          aw[...] = decode_block_jnp(w_s[pl.ds(8 * (wg0 + b), 8), :], s_s[wg0 + b, :])
           plgpu.commit_smem()
-          plgpu.wgmma(acc_ref, aq, xb)
+          plgpu.wgmma(acc_ref, aw, xb)
           plgpu.wgmma_wait(0)
-      plgpu.wgmma_wait(s if cfg.lag else 0)
+      plgpu.wgmma_wait(per_wg if cfg.lag else 0)
       return acc_ref
 
     pipeline(body, ctx)(x_g, w_g.at[:, pl.ds(ni * 8 * s, 8 * s)], s_g.at[:, pl.ds(ni * s, s)])
 
   scratch = dict(o_smem=plgpu.SMEM((mp, TILE_N), out_dtype))
   if interp is not None:
-    scratch["aq"] = plgpu.SMEM((TILE_N, BLOCK), bf16, transforms=a_tr)
-
-  def kernel_kw(x_g, w_g, s_g, o_g, o_smem, aq=None):
-    return kernel(x_g, w_g, s_g, o_g, o_smem, *(() if aq is None else (aq,)))
+    scratch["aq"] = plgpu.SMEM(((wgs,) if wgs == 2 else ()) + (TILE_N, BLOCK), bf16, transforms=a_tr)
+  if wgs == 2:
+    scratch["red"] = plgpu.SMEM((mp, TILE_N), jnp.float32)
+    scratch["bar"] = plgpu.Barrier(num_arrivals=1)
 
   f = plgpu.kernel(
-      kernel_kw, out_type=jax.ShapeDtypeStruct((mp, w.n_padded), out_dtype), grid=(nt,), grid_names=("n",),
-      num_threads=2, thread_name="wg",
+      kernel, out_type=jax.ShapeDtypeStruct((mp, w.n_padded), out_dtype), grid=(nt,), grid_names=("n",),
+      num_threads=wgs + 1, thread_name="wg",
       compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
       scratch_types=scratch, interpret=interp)
   return f(x.astype(bf16), w.words, w.scales)
