@@ -41,12 +41,12 @@ def smem_bytes(cfg: wm.MgpuWOConfig, mp: int) -> int:
 
 
 def configs():
-  """Run 2 of session 16 timed steps 4..16 x 3..8 stages x lag with one consumer warpgroup (best: s16 c4, 18.7
-  us); these are the candidates since."""
+  """Session 16: run 2 timed steps 4..16 x 3..8 stages x lag with one consumer warpgroup (best s16 c4, 18.7 us
+  at M = 16), run 3 two warpgroups and steps 32 (best s16 c4 wg2, 17.1 us); these are the candidates since."""
   C = wm.MgpuWOConfig
-  return [C(16, 4), C(32, 2), C(32, 3),
-          C(8, 4, wgs=2), C(8, 6, wgs=2), C(16, 3, wgs=2), C(16, 4, wgs=2), C(16, 6, wgs=2),
-          C(16, 4, lag=False, wgs=2), C(32, 2, wgs=2), C(32, 3, wgs=2), C(32, 3, lag=False, wgs=2)]
+  return [C(16, 4, wgs=2), C(16, 5, wgs=2), C(16, 4, lag=False, wgs=2), C(8, 4, wgs=2),
+          C(16, 4, wgs=2, cluster=2), C(16, 5, wgs=2, cluster=2), C(8, 6, wgs=2, cluster=2),
+          C(32, 3, wgs=2, cluster=2), C(16, 4, cluster=2)]
 
 
 def exactness(cfgs, interpret):

@@ -54,18 +54,21 @@ class MgpuWOConfig:
   max_concurrent_steps: int = 6
   lag: bool = True             # release a step's buffers one step late; wait for the previous step's wgmmas only
   wgs: int = 1                 # consumer warpgroups; 2 split each step's blocks and sum through shared memory
+  cluster: int = 1             # CTAs per cluster sharing each x tile (TMA multicast); 2 needs N_p % 128 == 0
 
   def __post_init__(self):
     if self.steps not in (2, 4, 8, 16, 32):
       raise ValueError(f"steps must be 2, 4, 8, 16 or 32; got {self.steps!r}")
     if self.wgs not in (1, 2):
       raise ValueError(f"wgs must be 1 or 2; got {self.wgs!r}")
+    if self.cluster not in (1, 2):
+      raise ValueError(f"cluster must be 1 or 2; got {self.cluster!r}")
     if not 2 <= self.max_concurrent_steps <= 12 or self.max_concurrent_steps <= int(self.lag):
       raise ValueError(f"max_concurrent_steps must be in 2..12; got {self.max_concurrent_steps!r}")
 
   def name(self) -> str:
     return (f"mgpu_s{self.steps}_c{self.max_concurrent_steps}{'_lag' if self.lag else ''}"
-            f"{'_wg2' if self.wgs == 2 else ''}")
+            f"{'_wg2' if self.wgs == 2 else ''}{'_cl2' if self.cluster == 2 else ''}")
 
 
 @jax.tree_util.register_dataclass
@@ -299,13 +302,14 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig = MgpuWOConfig(), out_dt
   scale = float(2.0 ** -SHIFT)
 
   def kernel(x_g, w_g, s_g, o_g, o_smem, aq=None, red=None, bar=None):
-    ni = lax.axis_index("n")
+    ni = lax.axis_index("n") * cfg.cluster + (lax.axis_index("cluster") if cfg.cluster > 1 else 0)
 
     def pipeline(body, ctx):
       return plgpu.emit_pipeline_warp_specialized(
           body, grid=(ks,), memory_registers=40,
           in_specs=[
-              plgpu.BlockSpec((mp, tile_k), lambda kk: (0, kk), transforms=x_tr, delay_release=dr),
+              plgpu.BlockSpec((mp, tile_k), lambda kk: (0, kk), transforms=x_tr, delay_release=dr,
+                              collective_axes=("cluster",) if cfg.cluster > 1 else ()),
               plgpu.BlockSpec((None, 8 * s, 32), lambda kk: (kk, 0, 0), delay_release=dr),
               plgpu.BlockSpec((None, s, 64), lambda kk: (kk, 0, 0), delay_release=dr),
           ],
@@ -382,9 +386,13 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig = MgpuWOConfig(), out_dt
     scratch["red"] = plgpu.SMEM((mp, TILE_N), jnp.float32)
     scratch["bar"] = plgpu.Barrier(num_arrivals=1)
 
+  if nt % cfg.cluster:
+    raise ValueError(f"cluster={cfg.cluster} needs the weight's padded N ({w.n_padded}) to be a multiple of "
+                     f"{TILE_N * cfg.cluster}")
+  cl = dict(cluster=(cfg.cluster,), cluster_names=("cluster",)) if cfg.cluster > 1 else {}
   f = plgpu.kernel(
-      kernel, out_type=jax.ShapeDtypeStruct((mp, w.n_padded), out_dtype), grid=(nt,), grid_names=("n",),
-      num_threads=wgs + 1, thread_name="wg",
+      kernel, out_type=jax.ShapeDtypeStruct((mp, w.n_padded), out_dtype), grid=(nt // cfg.cluster,),
+      grid_names=("n",), num_threads=wgs + 1, thread_name="wg", **cl,
       compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
       scratch_types=scratch, interpret=interp)
   return f(x.astype(bf16), w.words, w.scales)
