@@ -1,28 +1,32 @@
 """MXFP4 weight-only GEMM on Hopper in Pallas on Mosaic GPU: out (M, N) = x (M, K) bf16 @ W^T, small M.
 
-W is an (N, K) MXFP4 weight (E2M1 codes, blocks of 32 along K, E8M0 scales). The kernel streams it with TMA
-on a producer warpgroup (``plgpu.emit_pipeline_warp_specialized``) and decodes it in the registers of one
-consumer warpgroup straight into the A operand of bf16 ``wgmma`` (m64 x n=Mp x k32 per block, x^T the B
-operand in shared memory). One CTA per 64 weight rows walks all of K: no split-K, no second kernel.
+W is an (N, K) MXFP4 weight (E2M1 codes, blocks of 32 along K, E8M0 scales). A producer warpgroup streams it
+with TMA (``plgpu.emit_pipeline_warp_specialized``); one or two consumer warpgroups decode it in registers
+straight into the A operand of bf16 ``wgmma`` (m64 x n=Mp x k16, x^T the B operand in shared memory). One CTA
+per 64 weight rows walks all of K: no split-K, no second kernel. ``MgpuWOConfig``: ``wgs=2`` splits each
+step's blocks between two consumer warpgroups, whose FP32 partials are added in the epilogue through shared
+memory (an mbarrier orders them); ``cluster=2`` multicasts each x tile to the two CTAs of a cluster.
 
 Weight layout (``prepare_weight_mgpu``, done once). Each (64-row tile, 32-block) is 256 uint32 words in
 *thread order*: thread i = 32 w + 4 q + t of the warpgroup holds word 2i + h for row 16 w + 8 h + q, which
 packs the 8 codes of that row at columns 8 g + 2 t + v (g < 4, v < 2) -- exactly the thread's slice of the
 wgmma A fragment (Mosaic GPU's ``WGMMA_LAYOUT``). Half v of the word is a ``wo_triton.pack_fp4`` uint16
-(code g's magnitude at ``FP4_MAG[g]``, its sign at ``FP4_SIGN[g]``), so one shift and one mask put a code's
-bits at bf16 bits 8..6 and 15 (value elem * 2^-126) and one ``mul.rn.bf16x2`` applies
-2^(e + 120) -- the block scale with the rescale folded in -- giving elem * 2^(e - 6), exact in bf16 for
-1 <= e8m0 byte <= 134 (``fold_ok``; other weights go to ``wo_triton``). The epilogue multiplies the FP32
-accumulator by 2^6 (exact). A thread's two words are one 8-byte shared-memory load; its two scale bytes
-(rows r, r + 8) one 2-byte load (scale byte order 16 w + 2 q + h). Stored as
-words (K_p / (32 S), N_p / 64 * 8 S, 32) and scales (K_p / (32 S), N_p / 64 * S, 64): S blocks per pipeline
-step, one contiguous run per (step, tile), the tiles of a step adjacent (the group-major order of session 10).
+(code g's magnitude at ``FP4_MAG[g]``, its sign at ``FP4_SIGN[g]``), so one shift and one mask (two more for
+g = 2, 3) put a code's bits at bf16 bits 8..6 and 15: the value elem * 2^-126 (code 0.5 a bf16 subnormal,
+which sm_90's ``mul.rn.bf16x2`` keeps). Then, with every E8M0 byte in 1..134 (``fold_ok``, true of trained
+weights), one ``mul.rn.bf16x2`` by 2^(e + 120) gives elem * 2^(e - 6) and the epilogue multiplies the FP32
+accumulator by 2^6; otherwise ×2^126 then ×2^e (the scale's bf16: byte 0 is 2^-127, 255 NaN) gives elem * 2^e.
+Both are exact (the product is representable: bf16 has FP32's exponent range) except byte 0 with codes 0.5 /
+1.5, below bf16's least subnormal. A thread's two words are one 8-byte shared-memory load, its two scale
+bytes (rows r, r + 8; byte order 16 w + 2 q + h) one 2-byte load. Stored as words (K_p / (32 S), N_p / 64 *
+8 S, 32) and scales (K_p / (32 S), N_p / 64 * S, 64): S blocks per pipeline step, one contiguous run per
+(step, tile), the tiles of a step adjacent (the group-major order of session 10).
 
 The FP32 accumulator is written transposed (x rows major) through shared memory and one TMA store per CTA,
 so the result is (Mp, N) with no transpose kernel. ``interpret=True`` (CPU tests) decodes with jnp from the
 same words into shared memory (the interpreter's wgmma takes A from shared memory only); the compiled kernel
-uses the inline PTX (``_decode_regs``), which only the GPU runs: ``benchmarks/bench_wo.py`` checks it
-against the XLA reference on every code and extreme scales before timing.
+uses the inline PTX (``_decode_regs``), which only the GPU runs: ``benchmarks/bench_wo_mgpu.py`` checks it
+against a float64 reference on every code at extreme scales before timing.
 """
 from __future__ import annotations
 
@@ -43,17 +47,19 @@ from mx_jax.qarray import QArray
 
 TILE_N = 64        # weight rows per CTA (the wgmma M)
 BLOCK = 32         # MX block
-FOLD = 120         # 2^(e + FOLD) is the bf16 scale the decode multiplies by
-SHIFT = -6         # decoded value = elem * 2^(e + SHIFT); the epilogue multiplies by 2^-SHIFT
+FOLD = 120         # folded decode: 2^(e + FOLD) is the bf16 scale the decode multiplies by
+SHIFT = -6         # folded decode: value = elem * 2^(e + SHIFT); the epilogue multiplies by 2^-SHIFT
+UNFOLD_BITS = (126 + 127) << 7  # unfolded decode: bf16 bits of 2^126, then times the scale 2^e itself
 MAX_ROWS = 128     # x rows per call (wgmma N <= 256; 64 FP32 accumulator registers per thread at 128)
+SMEM_LIMIT = 220 * 1024  # of the H100's 227 KB per CTA (the pipeline's barriers need a little)
 
 
 @dataclasses.dataclass(frozen=True)
 class MgpuWOConfig:
-  steps: int = 8               # 32-blocks per pipeline step (fixes the weight layout)
-  max_concurrent_steps: int = 6
+  steps: int = 16              # 32-blocks per pipeline step (fixes the weight layout)
+  max_concurrent_steps: int = 4
   lag: bool = True             # release a step's buffers one step late; wait for the previous step's wgmmas only
-  wgs: int = 1                 # consumer warpgroups; 2 split each step's blocks and sum through shared memory
+  wgs: int = 2                 # consumer warpgroups; 2 split each step's blocks and sum through shared memory
   cluster: int = 1             # CTAs per cluster sharing each x tile (TMA multicast); 2 needs N_p % 128 == 0
 
   def __post_init__(self):
@@ -69,6 +75,30 @@ class MgpuWOConfig:
   def name(self) -> str:
     return (f"mgpu_s{self.steps}_c{self.max_concurrent_steps}{'_lag' if self.lag else ''}"
             f"{'_wg2' if self.wgs == 2 else ''}{'_cl2' if self.cluster == 2 else ''}")
+
+
+def smem_bytes(cfg: MgpuWOConfig, mp: int) -> int:
+  """Shared memory of one CTA: the pipeline's stages (x tile, words, scales), the output tile and, with two
+  consumer warpgroups, the FP32 partial sum."""
+  per_step = mp * BLOCK * cfg.steps * 2 + 1024 * cfg.steps + 64 * cfg.steps
+  return per_step * cfg.max_concurrent_steps + mp * TILE_N * (4 + 4 * (cfg.wgs == 2))
+
+
+def max_rows(steps: int) -> int:
+  """The most x rows (a multiple of 8, <= MAX_ROWS) whose tiles fit two pipeline stages."""
+  cfg = MgpuWOConfig(steps=steps, max_concurrent_steps=2)
+  return max(m for m in range(8, MAX_ROWS + 1, 8) if smem_bytes(cfg, m) <= SMEM_LIMIT)
+
+
+def default_config(w: "MgpuFP4Weight", mp: int, interpret: bool = False) -> MgpuWOConfig:
+  """Session 16's fastest at M = 8..32 (s16, 4 stages, two consumer warpgroups, x multicast to a cluster of
+  two when N_p allows; not in the interpreter, which deadlocks on clusters with few host threads), with fewer
+  stages where the x tile needs the room."""
+  cluster = 2 if (w.n_padded % (2 * TILE_N) == 0 and not interpret) else 1
+  cfg = MgpuWOConfig(steps=w.steps, cluster=cluster)
+  while smem_bytes(cfg, mp) > SMEM_LIMIT and cfg.max_concurrent_steps > 2:
+    cfg = dataclasses.replace(cfg, max_concurrent_steps=cfg.max_concurrent_steps - 1)
+  return cfg
 
 
 @jax.tree_util.register_dataclass
@@ -130,7 +160,7 @@ def fold_ok_bytes(sb) -> bool:
   return bool(np.all((sb >= 1) & (sb <= 254 - FOLD)))
 
 
-def prepare_weight_mgpu(w: QArray, steps: int = MgpuWOConfig.steps) -> MgpuFP4Weight:
+def prepare_weight_mgpu(w: QArray, steps: int = 16) -> MgpuFP4Weight:
   """Lays out an (N, K) MXFP4 QArray quantized along K (axis 1) for ``wo_matmul_mgpu`` (do it once, eagerly:
   ``fold_ok`` reads the scales on the host)."""
   if not isinstance(w, QArray):
@@ -165,8 +195,9 @@ def _prepare(w: QArray, steps: int):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _asm_decode(g: int) -> str:
-  """Code g of the word $1 (one code per bf16 half) times the folded scale $2 -> bf16x2 $0."""
+def _asm_decode(g: int, fold: bool) -> str:
+  """Code g of the word $1 (one code per bf16 half) -> bf16x2 $0: the bits masked into place (elem * 2^-126),
+  then times the folded scale $2 (``fold``) or times 2^126 and the scale $2."""
   def shifted(reg, d):
     return f"shl.b32 {reg}, $1, {d};" if d > 0 else f"shr.b32 {reg}, $1, {-d};"
   dm, ds = 6 - FP4_MAG[g], 15 - FP4_SIGN[g]
@@ -175,12 +206,14 @@ def _asm_decode(g: int) -> str:
   else:
     body = (shifted("t", dm) + " and.b32 t, t, 0x01C001C0; " + shifted("u", ds)
             + " and.b32 u, u, 0x80008000; or.b32 t, t, u;")
+  if not fold:
+    body += f" mov.b32 u, 0x{UNFOLD_BITS:04X}{UNFOLD_BITS:04X}; mul.rn.bf16x2 t, t, u;"
   return "{ .reg .b32 t, u; " + body + " mul.rn.bf16x2 $0, t, $2; }"
 
 
-def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0):
+def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True):
   """inline_mgpu body: block b (+ wg_blocks per consumer warpgroup before this one) of a stage -> (64, 32)
-  bf16 WGMMA_LAYOUT array of elem * 2^(e - 6)."""
+  bf16 WGMMA_LAYOUT array of elem * 2^(e - 6) (``fold``) or elem * 2^e."""
   from jax._src.lib.mlir import ir
   from jax._src.lib.mlir.dialects import arith, llvm, vector
   import jax.experimental.mosaic.gpu as mgpu
@@ -208,17 +241,22 @@ def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0):
   for h in range(2):
     word = vector.extract(words, [], [h])
     e = arith.extui(i32, vector.extract(sv, [], [h]))
-    # bf16 bits of 2^(e - 127 + FOLD) in both halves: (e + FOLD) << 7 | (e + FOLD) << 23.
-    k = arith.muli(arith.addi(e, c(FOLD)), c(0x00800080))
+    if fold:  # bf16 bits of 2^(e - 127 + FOLD) in both halves: (e + FOLD) << 7 | (e + FOLD) << 23
+      k = arith.muli(arith.addi(e, c(FOLD)), c(0x00800080))
+    else:  # bf16 of the E8M0 scale: e << 7, with 0x40 added for byte 0 (2^-127, subnormal) and 255 (NaN)
+      special = arith.ori(arith.cmpi(arith.CmpIPredicate.eq, e, c(0)), arith.cmpi(arith.CmpIPredicate.eq, e, c(255)))
+      bits = arith.addi(arith.shli(e, c(7)), arith.select(special, c(0x40), c(0)))
+      k = arith.muli(bits, c(0x00010001))
     for g in range(4):
-      out = llvm.inline_asm(i32, [word, k], _asm_decode(g), "=r,r,r")
+      out = llvm.inline_asm(i32, [word, k], _asm_decode(g, fold), "=r,r,r")
       regs[0, g, 0, 0, h, 0, 0, 0, 0] = vector.bitcast(bf2, vector.broadcast(ir.VectorType.get((1,), i32), out))
   return mgpu.FragmentedArray(_registers=regs, _layout=layout, _is_signed=None)
 
 
-def decode_block_jnp(words, sbytes):
-  """(8, 32) uint32 words and (64,) scale bytes of one (tile, block) -> (64, 32) bf16 elem * 2^(e - 6), by
-  the layout's definition (the interpreter's decode; tests check it against the codes)."""
+def decode_block_jnp(words, sbytes, fold: bool = True):
+  """(8, 32) uint32 words and (64,) scale bytes of one (tile, block) -> (64, 32) bf16 elem * 2^(e - 6)
+  (``fold``) or elem * 2^e, by the layout's definition (the interpreter's decode; tests check it against the
+  codes). Exact where the result is a normal number (XLA:CPU flushes subnormals)."""
   wd = words.reshape(4, 8, 4, 2)                              # (w, q, t, h)
   cols = []
   for v in range(2):
@@ -233,7 +271,10 @@ def decode_block_jnp(words, sbytes):
   mag = jnp.where(e2 == 0, 0.5 * m, (2.0 + m) * jnp.where(e2 == 1, 0.5, jnp.where(e2 == 2, 1.0, 2.0)))
   val = jnp.where((code & 8) != 0, -mag, mag)
   sb = sbytes.reshape(4, 8, 2).transpose(0, 2, 1).reshape(TILE_N).astype(jnp.int32)
-  scale = lax.bitcast_convert_type(sb << 23, jnp.float32) * jnp.float32(2.0 ** SHIFT)
+  scale = lax.bitcast_convert_type(jnp.maximum(sb, 1) << 23, jnp.float32)  # byte 0 -> 2^-126, halved below
+  scale = jnp.where(sb == 0, scale * 0.5, jnp.where(sb == 255, jnp.nan, scale))
+  if fold:
+    scale = scale * jnp.float32(2.0 ** SHIFT)
   return (val * scale[:, None]).astype(jnp.bfloat16)
 
 
@@ -278,10 +319,10 @@ def _store_transposed(acc, o_ref, out_dtype, scale: float, add_ref=None):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig = MgpuWOConfig(), out_dtype=jnp.bfloat16,
+def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
            interpret=False):
   """(Mp, N_p) = x (Mp, K_p) bf16 @ W^T. x already padded: Mp a multiple of 8 (<= MAX_ROWS), K_p = the
-  weight's padded K. Needs ``w.fold_ok`` (checked by the caller)."""
+  weight's padded K. The decode is folded (one multiply per pair fewer) when ``w.fold_ok``."""
   cfg = config
   if w.steps != cfg.steps:
     raise ValueError(f"w was laid out for steps={w.steps}; config has steps={cfg.steps}")
@@ -299,7 +340,8 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig = MgpuWOConfig(), out_dt
 
   wgs = cfg.wgs
   per_wg = s // wgs
-  scale = float(2.0 ** -SHIFT)
+  fold = w.fold_ok
+  scale = float(2.0 ** -SHIFT) if fold else 1.0
 
   def kernel(x_g, w_g, s_g, o_g, o_smem, aq=None, red=None, bar=None):
     ni = lax.axis_index("n") * cfg.cluster + (lax.axis_index("cluster") if cfg.cluster > 1 else 0)
@@ -366,11 +408,11 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig = MgpuWOConfig(), out_dt
           a = plgpu.inline_mgpu(
               arg_types=(plgpu.RefType(), plgpu.RefType()),
               return_type=plgpu.ShapeDtypeStruct((TILE_N, BLOCK), bf16, layout=plgpu.Layout.WGMMA),
-          )(lambda _, wr, sr, b=b: _decode_regs(wr, sr, b, per_wg if wgs == 2 else 0))(w_s, s_s)
+          )(lambda _, wr, sr, b=b: _decode_regs(wr, sr, b, per_wg if wgs == 2 else 0, fold))(w_s, s_s)
           plgpu.wgmma(acc_ref, a, xb)
         else:
           aw = aq.at[lax.axis_index("wg")] if wgs == 2 else aq
-          aw[...] = decode_block_jnp(w_s[pl.ds(8 * (wg0 + b), 8), :], s_s[wg0 + b, :])
+          aw[...] = decode_block_jnp(w_s[pl.ds(8 * (wg0 + b), 8), :], s_s[wg0 + b, :], fold)
           plgpu.commit_smem()
           plgpu.wgmma(acc_ref, aw, xb)
           plgpu.wgmma_wait(0)
@@ -401,15 +443,12 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig = MgpuWOConfig(), out_dt
 def wo_matmul_mgpu(x: jax.Array, w: MgpuFP4Weight, *, out_dtype=jnp.bfloat16,
                    config: MgpuWOConfig | None = None, interpret: bool = False) -> jax.Array:
   """(..., N) = x (..., K) @ W^T for a ``prepare_weight_mgpu`` weight; x rounded to bf16, FP32 accumulation.
-  Rows are padded to a multiple of 8 and run in chunks of ``MAX_ROWS``."""
+  Rows are padded to a multiple of 8 and run in chunks of ``max_rows(w.steps)``; ``config`` defaults to
+  ``default_config``. Runs on Hopper (Mosaic GPU), or in the Pallas interpreter with ``interpret=True``."""
   if not isinstance(w, MgpuFP4Weight):
     raise TypeError(f"w must be a prepare_weight_mgpu(...) result; got {type(w).__name__}")
-  if not w.fold_ok:
-    raise ValueError("w has E8M0 scale bytes outside 1..134 (or traced scales), where the folded decode is not "
-                     "exact; use kernels.wo_triton for this weight")
-  cfg = config or MgpuWOConfig(steps=w.steps)
-  if not isinstance(cfg, MgpuWOConfig):
-    raise TypeError(f"config must be an MgpuWOConfig; got {type(cfg).__name__}")
+  if config is not None and not isinstance(config, MgpuWOConfig):
+    raise TypeError(f"config must be an MgpuWOConfig; got {type(config).__name__}")
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(f"x must be a floating-point array; got dtype {x.dtype}")
@@ -423,12 +462,17 @@ def wo_matmul_mgpu(x: jax.Array, w: MgpuFP4Weight, *, out_dtype=jnp.bfloat16,
   m = x2.shape[0]
   if m == 0:
     return jnp.zeros(lead + (w.n,), out_dtype)
+  chunk = max_rows(w.steps)
   outs = []
-  for r0 in range(0, m, MAX_ROWS):
-    xc = x2[r0:r0 + MAX_ROWS]
+  for r0 in range(0, m, chunk):
+    xc = x2[r0:r0 + chunk]
     mc = xc.shape[0]
-    xc = pad_to(xc, round_up(mc, 8), w.k_padded)
-    o = wo_fp4(xc, w, config=cfg, out_dtype=out_dtype, interpret=interpret)
+    mp = round_up(mc, 8)
+    cfg = config or default_config(w, mp, interpret)
+    if smem_bytes(cfg, mp) > SMEM_LIMIT:
+      raise ValueError(f"config {cfg.name()} needs {smem_bytes(cfg, mp)} bytes of shared memory at {mp} rows "
+                       f"(limit {SMEM_LIMIT}); use fewer max_concurrent_steps")
+    o = wo_fp4(pad_to(xc, mp, w.k_padded), w, config=cfg, out_dtype=out_dtype, interpret=interpret)
     outs.append(o[:mc, :w.n] if (o.shape[0] != mc or o.shape[1] != w.n) else o)
   out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
   return out.reshape(lead + (w.n,))

@@ -270,12 +270,20 @@ def mx_weight_only_matmul(x: jax.Array, w: Any, *, out_dtype: Any = jnp.bfloat16
   impl="auto" on Hopper: the Triton kernel for up to WO_TRITON_MAX_M rows, the Mosaic kernel above.
   impl="triton": the Pallas Triton kernel (kernels/wo_triton.py), also picked for a
   ``kernels.wo_triton.prepare_weight_triton(w)`` weight under impl="auto".
+  A ``kernels.wo_mgpu.prepare_weight_mgpu(w)`` weight (MXFP4) runs the Mosaic GPU MXFP4 kernel
+  (kernels/wo_mgpu.py: TMA producer warpgroup, decode into the wgmma registers, no split-K) under impl="auto"
+  or "mgpu"; ``config`` a ``kernels.wo_mgpu.MgpuWOConfig``.
   """
   _check_impl(impl, WO_IMPLS)
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(f"x must be floating point; got {x.dtype}")
   triton_w = type(w).__module__ == "kernels.wo_triton"
+  if type(w).__module__ == "kernels.wo_mgpu":
+    if impl not in ("auto", "mgpu"):
+      raise ValueError(f"impl={impl!r}: w is a prepare_weight_mgpu(...) weight; use impl='auto' or 'mgpu'")
+    from kernels import wo_mgpu
+    return wo_mgpu.wo_matmul_mgpu(x, w, out_dtype=out_dtype, config=config, interpret=interpret)
   if impl == "triton" or triton_w:
     # Pallas Triton weight-only kernel (kernels/wo_triton.py): w a QArray or a prepare_weight_triton(w) result;
     # ``config`` a kernels.wo_triton.WOConfig; interpret=True runs the Pallas interpreter (CPU).
