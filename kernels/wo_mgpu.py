@@ -91,10 +91,10 @@ def max_rows(steps: int) -> int:
 
 
 def default_config(w: "MgpuFP4Weight", mp: int, interpret: bool = False) -> MgpuWOConfig:
-  """Session 16's fastest at M = 8..32 (s16, 4 stages, two consumer warpgroups, x multicast to a cluster of
-  two when N_p allows; not in the interpreter, which deadlocks on clusters with few host threads), with fewer
-  stages where the x tile needs the room."""
-  cluster = 2 if (w.n_padded % (2 * TILE_N) == 0 and not interpret) else 1
+  """Session 16's fastest at M = 8..32: steps 16, 4 stages, two consumer warpgroups, x multicast to a cluster
+  of two CTAs where N_p and the rows allow (not in the interpreter, which deadlocks on clusters with few host
+  threads); fewer stages where the x tile needs the room."""
+  cluster = 2 if (w.n_padded % (2 * TILE_N) == 0 and mp % 16 == 0 and not interpret) else 1
   cfg = MgpuWOConfig(steps=w.steps, cluster=cluster)
   while smem_bytes(cfg, mp) > SMEM_LIMIT and cfg.max_concurrent_steps > 2:
     cfg = dataclasses.replace(cfg, max_concurrent_steps=cfg.max_concurrent_steps - 1)
@@ -431,6 +431,8 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
   if nt % cfg.cluster:
     raise ValueError(f"cluster={cfg.cluster} needs the weight's padded N ({w.n_padded}) to be a multiple of "
                      f"{TILE_N * cfg.cluster}")
+  if cfg.cluster > 1 and mp % 16:  # the multicast x copy is split between the CTAs along its 8-row tiles
+    raise ValueError(f"cluster={cfg.cluster} needs x rows padded to a multiple of 16; got {mp}")
   cl = dict(cluster=(cfg.cluster,), cluster_names=("cluster",)) if cfg.cluster > 1 else {}
   f = plgpu.kernel(
       kernel, out_type=jax.ShapeDtypeStruct((mp, w.n_padded), out_dtype), grid=(nt // cfg.cluster,),
