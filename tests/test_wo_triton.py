@@ -20,6 +20,7 @@ from mx_jax.matmul import mx_weight_only_matmul
 from mx_jax.qarray import QArray
 
 from covering import covering
+from ptx_interp import run_ptx as _run_ptx
 
 FORMATS = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp4_e2m1", "mxint8", "nvfp4"]
 N, K = 200, 320  # N not a multiple of block_n, K not a multiple of block_k (a multiple of 32: 10 blocks)
@@ -270,41 +271,6 @@ def test_fp4_group_validation():
   assert wt.packing_group("nvfp4", wt.WOConfig(64, 256)) == 256 and wt.packing_group("mxfp8_e4m3", None) is None
   assert wt.packing_group("nvfp4", None) is None  # no config: the prepared weight's default
   assert wt.prepare_weight_triton(_weight("nvfp4", k=1024)).group == 0  # default: 256-groups
-
-
-def _run_ptx(asm: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
-  """A tiny PTX interpreter for the b32 integer ops and mul.rn.bf16x2 by a power of two that the asm decodes
-  use, on uint32 numpy arrays; returns the $0.. outputs."""
-  regs = {f"${i + 1}": v.astype(np.uint64) for i, v in enumerate(inputs)}
-  body = asm.strip().lstrip("{").rstrip("}")
-  m32 = np.uint64(0xFFFFFFFF)
-  val = lambda t: regs[t] if t in regs else np.uint64(int(t, 0))
-  for ins in filter(None, (x.strip() for x in body.split(";"))):
-    op, *args = ins.replace(",", " ").split()
-    if op == ".reg":
-      continue
-    d, a = args[0], args[1:]
-    if op == "mov.b32":
-      regs[d] = val(a[0]) & m32
-    elif op == "and.b32":
-      regs[d] = val(a[0]) & val(a[1])
-    elif op == "or.b32":
-      regs[d] = val(a[0]) | val(a[1])
-    elif op == "shl.b32":
-      regs[d] = (val(a[0]) << val(a[1])) & m32
-    elif op == "shr.b32":
-      regs[d] = val(a[0]) >> val(a[1])
-    elif op == "mul.rn.bf16x2":  # exact for a power-of-two factor when the product is a normal bf16
-      x, k = val(a[0]), val(a[1])
-      halves = []
-      for sh in (0, 16):
-        xb = ((x >> np.uint64(sh)) & np.uint64(0xFFFF)).astype(np.uint16).view(jnp.bfloat16).astype(np.float64)
-        kb = np.array([(int(k) >> sh) & 0xFFFF], np.uint16).view(jnp.bfloat16).astype(np.float64)
-        halves.append(np.asarray((xb * kb).astype(jnp.bfloat16)).view(np.uint16).astype(np.uint64) << np.uint64(sh))
-      regs[d] = halves[0] | halves[1]
-    else:
-      raise NotImplementedError(op)
-  return [regs[f"${i}"] for i in range(sum(1 for r in regs if r.startswith("$")) - len(inputs))]
 
 
 def test_fp4_asm_decode_gives_every_code_in_every_tile_and_half():

@@ -1,0 +1,324 @@
+"""kernels/wo_mgpu.py: the Mosaic GPU MXFP4 weight-only GEMM, on CPU.
+
+The weight layout (words in wgmma-fragment thread order, scale bytes) is checked against index arithmetic
+written out from the module docstring; the interpreter's jnp decode against float64 dequantization; the inline
+PTX decode (only the GPU runs it) by a small PTX interpreter (tests/ptx_interp.py) against float64 values
+rounded to bf16; the kernel in Mosaic GPU's interpret mode against a float64 matmul of the dequantized weight
+(|out - ref| <= 1e-5 * (|x| @ |W|^T) element-wise: FP32 accumulation order, the decoded weights being exact).
+"""
+import os
+
+# Mosaic GPU's interpreter parks one host thread per simulated warpgroup inside XLA:CPU callbacks (see
+# tests/test_kernels_matmul.py): NPROC must size XLA's pool before the CPU backend starts.
+if int(os.environ.get("NPROC", "0") or 0) < 32:
+  os.environ["NPROC"] = "32"
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_dtypes  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import mx_jax  # noqa: E402
+from kernels import wo_mgpu as wm  # noqa: E402
+from mx_jax.matmul import mx_weight_only_matmul  # noqa: E402
+
+from ptx_interp import run_ptx  # noqa: E402
+
+N, K = 200, 320  # N not a multiple of 64, K not a multiple of 32 * steps (steps=4: padded to 384)
+RTOL = 1e-5
+# The FP4 half-word layout (wo_triton.pack_fp4), written out: code g's magnitude bits (e1 e0 m) start at bit
+# MAG[g], its sign bit is SIGN[g].
+MAG, SIGN = (6, 3, 0, 9), (15, 12, 13, 14)
+E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6], np.float64)
+E2M1_SIGNED = np.concatenate([E2M1, -E2M1])  # value of code c (bit 3 the sign)
+
+CFG_WG1 = wm.MgpuWOConfig(steps=4, max_concurrent_steps=3, wgs=1)
+CFG_WG2 = wm.MgpuWOConfig(steps=4, max_concurrent_steps=2, wgs=2)
+
+
+def _q(n=N, k=K, big=False, seed=0):
+  w = jax.random.normal(jax.random.key(seed), (n, k), jnp.float32) * 0.5
+  if big:  # scale bytes above 134: the unfolded decode
+    w = w * 2.0 ** 20
+  return mx_jax.quantize(w, "mxfp4_e2m1", axis=1)
+
+
+def _x(m, k=K, seed=1):
+  return jax.random.normal(jax.random.key(seed), (m, k), jnp.float32).astype(jnp.bfloat16)
+
+
+def _ref(x, q):
+  xd = np.asarray(jnp.asarray(x).astype(jnp.bfloat16), np.float64)
+  wd = np.asarray(mx_jax.dequantize(q, jnp.float32), np.float64)
+  return xd @ wd.T, np.abs(xd) @ np.abs(wd).T
+
+
+def _check(out, x, q, rtol=RTOL):
+  ref, bound = _ref(x, q)
+  out = np.asarray(out, np.float64)
+  assert out.shape == ref.shape
+  err = np.abs(out - ref)
+  bad = ~(err <= rtol * bound)  # NaN (an unwritten element) fails too
+  assert not bad.any(), (f"{bad.sum()} of {bad.size} outside tolerance; worst err {err[bad].max():.3g} "
+                         f"bound {bound[bad][np.argmax(err[bad])]:.3g}")
+
+
+@pytest.fixture(scope="module")
+def weights():
+  """{fold_ok: (QArray, prepared steps=4 weight)}: normal-range scales (fold_ok) and scale bytes > 134."""
+  out = {}
+  for big in (False, True):
+    q = _q(big=big)
+    out[not big] = (q, wm.prepare_weight_mgpu(q, steps=4))
+  return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Layout
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps", [8, 4])
+def test_pack_words_layout(steps):
+  """Word 2i + h (i = 32 w + 4 q + t) of (tile nt, block kb) packs row 64 nt + 16 w + 8 h + q's codes at
+  columns 32 kb + 8 g + 2 t + v (half v, code g at MAG[g] / SIGN[g]) and sits at [kb // S, nt 8S + 8 (kb % S)
+  + j // 32, j % 32]."""
+  n, k = 128, 1024
+  codes = np.random.default_rng(steps).integers(0, 16, size=(n, k)).astype(np.uint8)
+  got = np.asarray(wm.pack_words(jnp.asarray(codes), steps))
+  ntiles, nblocks = n // 64, k // 32
+  assert got.dtype == np.uint32 and got.shape == (nblocks // steps, ntiles * 8 * steps, 32)
+  nt, kb, w, q, t, h = np.indices((ntiles, nblocks, 4, 8, 4, 2)).reshape(6, -1)
+  j = 2 * (32 * w + 4 * q + t) + h
+  row = 64 * nt + 16 * w + 8 * h + q
+  want = np.zeros(nt.shape, np.uint64)
+  for v in range(2):
+    half = np.zeros(nt.shape, np.uint64)
+    for g in range(4):
+      c = codes[row, 32 * kb + 8 * g + 2 * t + v].astype(np.uint64)
+      half |= (c & 7) << np.uint64(MAG[g]) | (c >> 3) << np.uint64(SIGN[g])
+    want |= half << np.uint64(16 * v)
+  expected = np.full(got.shape, 0xDEADBEEF, np.uint64)
+  expected[kb // steps, nt * 8 * steps + 8 * (kb % steps) + j // 32, j % 32] = want
+  assert not (expected == 0xDEADBEEF).any()  # every word defined exactly once
+  np.testing.assert_array_equal(got.astype(np.uint64), expected)
+
+
+@pytest.mark.parametrize("steps", [8, 4])
+def test_pack_scales_layout(steps):
+  """Byte 16 w + 2 q + h of (tile nt, block kb) is row 64 nt + 16 w + 8 h + q's scale, at [kb // S, nt S +
+  kb % S]."""
+  n, nblocks = 128, 32
+  sb = np.random.default_rng(steps).integers(0, 256, size=(n, nblocks)).astype(np.uint8)
+  got = np.asarray(wm.pack_scales(jnp.asarray(sb), steps))
+  assert got.dtype == np.uint8 and got.shape == (nblocks // steps, n // 64 * steps, 64)
+  nt, kb, w, q, h = np.indices((n // 64, nblocks, 4, 8, 2)).reshape(5, -1)
+  expected = np.full(got.shape, -1, np.int32)
+  expected[kb // steps, nt * steps + kb % steps, 16 * w + 2 * q + h] = sb[64 * nt + 16 * w + 8 * h + q, kb]
+  assert (expected >= 0).all()
+  np.testing.assert_array_equal(got, expected)
+
+
+def test_prepared_weight_shape_and_padding(weights):
+  """N = 200 pads to 256 rows (4 tiles), K = 320 to 384 (3 steps of 4 blocks); padding decodes to zero."""
+  q, pw = weights[True]
+  assert pw.shape == (N, K) and (pw.n_padded, pw.k_padded) == (256, 384) and pw.steps == 4
+  assert pw.words.shape == (3, 4 * 8 * 4, 32) and pw.words.dtype == jnp.uint32
+  assert pw.scales.shape == (3, 4 * 4, 64) and pw.scales.dtype == jnp.uint8
+  assert pw.nbytes == pw.words.size * 4 + pw.scales.size
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_decode_block_jnp_matches_dequantize(weights, fold):
+  """Every (tile, block) of a prepared weight decodes to the float64 dequantized values (times 2^-6 when
+  folded); the padding to zeros."""
+  q, pw = weights[True]
+  deq = np.zeros((pw.n_padded, pw.k_padded), np.float64)
+  deq[:N, :K] = np.asarray(mx_jax.dequantize(q, jnp.float32), np.float64)
+  if fold:
+    deq *= 2.0 ** -6
+  dec = jax.jit(wm.decode_block_jnp, static_argnums=2)
+  words, scales, s = np.asarray(pw.words), np.asarray(pw.scales), pw.steps
+  for nt in range(pw.n_padded // 64):
+    for kb in range(pw.k_padded // 32):
+      ks, j = divmod(kb, s)
+      got = dec(words[ks, nt * 8 * s + 8 * j:nt * 8 * s + 8 * j + 8], scales[ks, nt * s + j], fold)
+      assert got.dtype == jnp.bfloat16
+      np.testing.assert_array_equal(np.asarray(got, np.float64), deq[64 * nt:64 * nt + 64, 32 * kb:32 * kb + 32],
+                                    err_msg=f"tile {nt} block {kb}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The inline PTX decode
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _scale_reg(byte, fold):
+  """The decode's $2 for an E8M0 byte: bf16 2^(e + 120) in both halves (folded), else the scale's bf16."""
+  if fold:
+    return np.array([(byte + 120) * 0x00800080], np.uint32)
+  bits = (byte << 7) + (0x40 if byte in (0, 255) else 0)
+  return np.array([bits * 0x00010001], np.uint32)
+
+
+@pytest.mark.parametrize("fold,bytes_", [(True, [1, 7, 127, 134]), (False, [1, 100, 127, 200, 254, 255])],
+                         ids=["fold", "unfold"])
+def test_asm_decode_every_code_in_every_slot_and_half(fold, bytes_):
+  """_asm_decode(g, fold) turns code g of both u16 halves of $1 into bf16x2 elem * 2^(e - 6) (folded) or
+  elem * 2^e, for all 16 codes whatever the other codes are, the sign of -0 kept; byte 255 unfolded is NaN."""
+  rng = np.random.default_rng(5)
+  codes = rng.integers(0, 16, size=(4096, 2, 4))  # (samples, half, g)
+  codes[:16] = np.arange(16)[:, None, None]
+  codes[16:32] = np.arange(16)[::-1, None, None]
+  halves = np.zeros((4096, 2), np.uint64)
+  for g in range(4):
+    halves |= ((codes[..., g] & 7) << MAG[g] | (codes[..., g] >> 3) << SIGN[g]).astype(np.uint64)
+  reg = (halves[:, 0] | (halves[:, 1] << np.uint64(16))).astype(np.uint32)
+  for g in range(4):
+    asm = wm._asm_decode(g, fold)
+    for b in bytes_:
+      [out] = run_ptx(asm, [reg, _scale_reg(b, fold)])
+      assert out.shape == reg.shape
+      for h in range(2):
+        bits = ((out >> np.uint64(16 * h)) & np.uint64(0xFFFF)).astype(np.uint16)
+        got = bits.view(ml_dtypes.bfloat16).astype(np.float64)
+        c = codes[:, h, g]
+        if b == 255:
+          assert np.isnan(got).all(), (g, h)
+          continue
+        with np.errstate(over="ignore"):  # byte 254 unfolded: |elem| >= 2 overflows to inf
+          want = (E2M1_SIGNED[c] * 2.0 ** (b - 127 - (6 if fold else 0))).astype(ml_dtypes.bfloat16)
+        want = want.astype(np.float64)
+        np.testing.assert_array_equal(got, want, err_msg=f"g={g} half={h} byte={b}")
+        np.testing.assert_array_equal(np.signbit(got), c >= 8, err_msg=f"g={g} half={h} byte={b}")
+        if b <= 127:  # no overflow: every value exact (least subnormal 2^-133 included)
+          np.testing.assert_array_equal(got, E2M1_SIGNED[c] * 2.0 ** (b - 127 - (6 if fold else 0)))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The kernel, interpreted
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_fold_ok(weights):
+  """fold_ok: every scale byte in 1..134."""
+  assert weights[True][1].fold_ok and not weights[False][1].fold_ok
+  assert wm.fold_ok_bytes(np.array([1, 134], np.uint8))
+  for bad in (0, 135, 255):
+    assert not wm.fold_ok_bytes(np.array([127, bad], np.uint8))
+
+
+@pytest.mark.parametrize("cfg,fold_ok,m", [(CFG_WG1, True, 8), (CFG_WG2, True, 16), (CFG_WG1, False, 5),
+                                           (CFG_WG2, False, 8)],
+                         ids=lambda v: v.name() if isinstance(v, wm.MgpuWOConfig) else str(v))
+def test_kernel_interpret(weights, cfg, fold_ok, m):
+  """One and two consumer warpgroups, folded and unfolded decode, rows padded to 8, N and K padded."""
+  q, pw = weights[fold_ok]
+  assert pw.fold_ok == fold_ok
+  x = _x(m)
+  out = wm.wo_matmul_mgpu(x, pw, out_dtype=jnp.float32, config=cfg, interpret=True)
+  assert out.dtype == jnp.float32 and out.shape == (m, N)
+  _check(out, x, q)
+
+
+def test_kernel_bf16_out_and_leading_dims(weights):
+  """bf16 output (the FP32 sum rounded once, the 2^6 of the fold applied first) and x with leading dims."""
+  q, pw = weights[True]
+  x = _x(6)
+  out = wm.wo_matmul_mgpu(x, pw, config=CFG_WG2, interpret=True)
+  assert out.dtype == jnp.bfloat16 and out.shape == (6, N)
+  ref, bound = _ref(x, q)
+  assert np.all(np.abs(np.asarray(out, np.float64) - ref) <= 2.0 ** -8 * np.abs(ref) + RTOL * bound)
+  q2, pw2 = weights[False]
+  out3 = wm.wo_matmul_mgpu(x.reshape(2, 3, K), pw2, out_dtype=jnp.float32, config=CFG_WG1, interpret=True)
+  assert out3.shape == (2, 3, N)
+  _check(out3.reshape(6, N), x, q2)
+
+
+def test_dispatch(weights):
+  """mx_weight_only_matmul runs a prepare_weight_mgpu weight on this kernel (the default config) and refuses
+  it under impl="xla" / "triton"."""
+  q, pw = weights[True]
+  x = _x(8, seed=2)
+  out = mx_weight_only_matmul(x, pw, interpret=True, out_dtype=jnp.float32)
+  direct = wm.wo_matmul_mgpu(x, pw, out_dtype=jnp.float32, interpret=True)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(direct))
+  _check(out, x, q)
+  for impl in ("xla", "triton"):
+    with pytest.raises(ValueError, match="prepare_weight_mgpu"):
+      mx_weight_only_matmul(x, pw, impl=impl, interpret=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Validation and configs
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_prepare_validation():
+  w = jnp.ones((64, 128), jnp.float32)
+  with pytest.raises(TypeError, match="w must be a QArray"):
+    wm.prepare_weight_mgpu(np.ones((64, 128)))
+  with pytest.raises(ValueError, match="format"):
+    wm.prepare_weight_mgpu(mx_jax.quantize(w, "mxfp8_e4m3", axis=1))
+  with pytest.raises(ValueError, match="axis 1"):
+    wm.prepare_weight_mgpu(mx_jax.quantize(w, "mxfp4_e2m1", axis=0))
+  with pytest.raises(ValueError, match="steps"):
+    wm.prepare_weight_mgpu(mx_jax.quantize(w, "mxfp4_e2m1", axis=1), steps=3)
+
+
+@pytest.mark.parametrize("field,value", [("steps", 3), ("wgs", 3), ("cluster", 4), ("max_concurrent_steps", 1)])
+def test_config_validation(field, value):
+  with pytest.raises(ValueError, match=field):
+    wm.MgpuWOConfig(**{field: value})
+
+
+def test_call_validation(weights):
+  q, pw = weights[True]
+  x = _x(4)
+  with pytest.raises(ValueError, match="K="):
+    wm.wo_matmul_mgpu(jnp.ones((4, K + 32), jnp.bfloat16), pw, interpret=True)
+  with pytest.raises(TypeError, match="x must be"):
+    wm.wo_matmul_mgpu(jnp.ones((4, K), jnp.int32), pw, interpret=True)
+  with pytest.raises(TypeError, match="out_dtype"):
+    wm.wo_matmul_mgpu(x, pw, out_dtype=jnp.int8, interpret=True)
+  with pytest.raises(TypeError, match="config"):
+    wm.wo_matmul_mgpu(x, pw, config="s16", interpret=True)
+  with pytest.raises(TypeError, match="prepare_weight_mgpu"):
+    wm.wo_matmul_mgpu(x, q, interpret=True)
+  with pytest.raises(ValueError, match="steps"):  # the config's steps must be the layout's
+    wm.wo_matmul_mgpu(x, pw, config=wm.MgpuWOConfig(steps=8, max_concurrent_steps=2), interpret=True)
+  small = wm.prepare_weight_mgpu(_q(64, 128), steps=4)
+  assert small.n_padded == 64
+  cl2 = wm.MgpuWOConfig(steps=4, max_concurrent_steps=2, cluster=2)
+  with pytest.raises(ValueError, match="cluster"):
+    wm.wo_fp4(jnp.zeros((16, 128), jnp.bfloat16), small, config=cl2, interpret=True)
+  with pytest.raises(ValueError, match="cluster=2 needs x rows padded to a multiple of 16"):  # N_p = 256: rows
+    wm.wo_fp4(jnp.zeros((8, pw.k_padded), jnp.bfloat16), pw, config=cl2, interpret=True)
+
+
+def test_default_config_and_shared_memory():
+  """default_config: s = the layout's steps, two consumer warpgroups, a cluster of two when N_p % 128 == 0 and
+  the padded rows are a multiple of 16 (not in the interpreter); every row count up to max_rows fits shared
+  memory, max_rows + 8 does not even at two stages."""
+  w = wm.prepare_weight_mgpu(_q(256, 512), steps=16)
+  assert w.n_padded % 128 == 0
+  for mp in (16, 32):
+    cfg = wm.default_config(w, mp)
+    assert (cfg.cluster, cfg.wgs, cfg.steps) == (2, 2, w.steps), mp
+    assert wm.default_config(w, mp, interpret=True).cluster == 1
+  for mp in (8, 24):  # the multicast x copy splits along 8-row tiles: an even number of them
+    assert wm.default_config(w, mp).cluster == 1, mp
+  odd = wm.prepare_weight_mgpu(_q(64, 512), steps=16)  # one tile: no cluster of two
+  assert wm.default_config(odd, 16).cluster == 1
+  mr = wm.max_rows(16)
+  assert mr % 8 == 0 and 8 <= mr <= wm.MAX_ROWS
+  for mp in range(8, mr + 1, 8):
+    c = wm.default_config(w, mp)
+    assert c.max_concurrent_steps >= 2 and wm.smem_bytes(c, mp) <= wm.SMEM_LIMIT, mp
+  assert wm.smem_bytes(wm.MgpuWOConfig(steps=16, max_concurrent_steps=2), mr + 8) > wm.SMEM_LIMIT
+  # smem_bytes from the layout: per stage an (mp, 32 S) bf16 x tile, 256 words and 64 scale bytes per block;
+  # an (mp, 64) output tile (4 bytes) and, with two warpgroups, an FP32 partial sum.
+  for c, mp in ((wm.MgpuWOConfig(steps=16, max_concurrent_steps=3), 24), (CFG_WG1, 40)):
+    per_stage = mp * 32 * c.steps * 2 + 256 * 4 * c.steps + 64 * c.steps
+    assert wm.smem_bytes(c, mp) == per_stage * c.max_concurrent_steps + mp * 64 * 4 * (1 + (c.wgs == 2))
