@@ -21,6 +21,7 @@ from mx_jax.qarray import QArray
 
 from covering import covering
 from ptx_interp import run_ptx as _run_ptx
+from wo_reference import check_wo, wo_ref
 
 FORMATS = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e2m3", "mxfp6_e3m2", "mxfp4_e2m1", "mxint8", "nvfp4"]
 N, K = 200, 320  # N not a multiple of block_n, K not a multiple of block_k (a multiple of 32: 10 blocks)
@@ -28,19 +29,11 @@ RTOL = 1e-5
 
 
 def _ref(x, q):
-  xd = np.asarray(jnp.asarray(x).astype(jnp.bfloat16), np.float64)
-  wd = np.asarray(mx_jax.dequantize(q, jnp.float32), np.float64)
-  return xd @ wd.T, np.abs(xd) @ np.abs(wd).T
+  return wo_ref(x, q)
 
 
 def _check(out, x, q, rtol=RTOL):
-  ref, bound = _ref(x, q)
-  out = np.asarray(out, np.float64)
-  assert out.shape == ref.shape
-  err = np.abs(out - ref)
-  bad = ~(err <= rtol * bound)
-  assert not bad.any(), (f"{bad.sum()} of {bad.size} outside tolerance; worst err {err[bad].max():.3g} "
-                         f"bound {bound[bad][np.argmax(err[bad])]:.3g}")
+  check_wo(out, x, q, rtol)
 
 
 def _weight(fmt, n=N, k=K, seed=0):
