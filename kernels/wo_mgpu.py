@@ -41,7 +41,9 @@ from jax.experimental import pallas as pl
 import jax.experimental.pallas.mosaic_gpu as plgpu
 
 from kernels._dispatch import pad_to, round_up
-from kernels.wo_triton import FP4_MAG, FP4_SIGN
+from kernels.wo_triton import FP4_MAG, FP4_SIGN, fp4_bits_ptx, fp4_codes
+from mx_jax import _bits
+from mx_jax.formats import get_format
 from mx_jax.packing import element_codes, unpack
 from mx_jax.qarray import QArray
 
@@ -196,16 +198,9 @@ def _prepare(w: QArray, steps: int):
 
 
 def _asm_decode(g: int, fold: bool) -> str:
-  """Code g of the word $1 (one code per bf16 half) -> bf16x2 $0: the bits masked into place (elem * 2^-126),
-  then times the folded scale $2 (``fold``) or times 2^126 and the scale $2."""
-  def shifted(reg, d):
-    return f"shl.b32 {reg}, $1, {d};" if d > 0 else f"shr.b32 {reg}, $1, {-d};"
-  dm, ds = 6 - FP4_MAG[g], 15 - FP4_SIGN[g]
-  if dm == ds:
-    body = "and.b32 t, $1, 0x81C081C0;" if dm == 0 else shifted("t", dm) + " and.b32 t, t, 0x81C081C0;"
-  else:
-    body = (shifted("t", dm) + " and.b32 t, t, 0x01C001C0; " + shifted("u", ds)
-            + " and.b32 u, u, 0x80008000; or.b32 t, t, u;")
+  """Code g of the word $1 (one code per bf16 half) -> bf16x2 $0: the bits masked into place (elem * 2^-126,
+  ``wo_triton.fp4_bits_ptx``), then times the folded scale $2 (``fold``) or times 2^126 and the scale $2."""
+  body = fp4_bits_ptx(g, "t")
   if not fold:
     body += f" mov.b32 u, 0x{UNFOLD_BITS:04X}{UNFOLD_BITS:04X}; mul.rn.bf16x2 t, t, u;"
   return "{ .reg .b32 t, u; " + body + " mul.rn.bf16x2 $0, t, $2; }"
@@ -261,21 +256,13 @@ def decode_block_jnp(words, sbytes, fold: bool = True):
   cols = []
   for v in range(2):
     half = (wd >> (16 * v)) & 0xFFFF
-    for g in range(4):
-      code = ((half >> FP4_MAG[g]) & 7) | (((half >> FP4_SIGN[g]) & 1) << 3)
-      cols.append(code)                                      # column 8 g + 2 t + v
+    cols += [fp4_codes(half, g) for g in range(4)]           # column 8 g + 2 t + v
   code = jnp.stack(cols).reshape(2, 4, 4, 8, 4, 2)           # (v, g, w, q, t, h)
   code = code.transpose(2, 5, 3, 1, 4, 0).reshape(TILE_N, BLOCK)  # rows (w, h, q), cols (g, t, v)
-  e2, m = (code >> 1) & 3, (code & 1).astype(jnp.float32)
-  # |elem|: 0.5 m for exponent 0, else (2 + m) 2^(e2 - 2) (no subnormal bit patterns: XLA:CPU flushes them).
-  mag = jnp.where(e2 == 0, 0.5 * m, (2.0 + m) * jnp.where(e2 == 1, 0.5, jnp.where(e2 == 2, 1.0, 2.0)))
-  val = jnp.where((code & 8) != 0, -mag, mag)
+  val = _bits.code_to_elem(code, get_format("mxfp4_e2m1").elem)
   sb = sbytes.reshape(4, 8, 2).transpose(0, 2, 1).reshape(TILE_N).astype(jnp.int32)
-  scale = lax.bitcast_convert_type(jnp.maximum(sb, 1) << 23, jnp.float32)  # byte 0 -> 2^-126, halved below
-  scale = jnp.where(sb == 0, scale * 0.5, jnp.where(sb == 255, jnp.nan, scale))
-  if fold:
-    scale = scale * jnp.float32(2.0 ** SHIFT)
-  return (val * scale[:, None]).astype(jnp.bfloat16)
+  val = _bits.mul_pow2(val, (sb - 127 + (SHIFT if fold else 0))[:, None])
+  return jnp.where((sb == 255)[:, None], jnp.nan, val).astype(jnp.bfloat16)
 
 
 def _store_transposed(acc, o_ref, out_dtype, scale: float, add_ref=None):
@@ -331,12 +318,16 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
     raise ValueError(f"x must be (Mp, {w.k_padded}) with Mp a multiple of 8 <= {MAX_ROWS}; got {x.shape}")
   s = cfg.steps
   ks, nt = w.words.shape[0], w.n_padded // TILE_N
+  if nt % cfg.cluster:
+    raise ValueError(f"cluster={cfg.cluster} needs the weight's padded N ({w.n_padded}) to be a multiple of "
+                     f"{TILE_N * cfg.cluster}")
+  if cfg.cluster > 1 and mp % 16:  # the multicast x copy is split between the CTAs along its 8-row tiles
+    raise ValueError(f"cluster={cfg.cluster} needs x rows padded to a multiple of 16; got {mp}")
   tile_k = BLOCK * s
   interp = plgpu.InterpretGPUParams() if interpret else None
   bf16 = jnp.bfloat16
   dr = 1 if cfg.lag else 0
-  x_tr = (plgpu.TilingTransform((8, BLOCK)), plgpu.SwizzleTransform(64))
-  a_tr = x_tr
+  x_tr = (plgpu.TilingTransform((8, BLOCK)), plgpu.SwizzleTransform(64))  # also the interpreter's A tile
 
   wgs = cfg.wgs
   per_wg = s // wgs
@@ -367,15 +358,11 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
         v = acc.T if add is None else acc.T + add[...]
         target[...] = (v * jnp.float32(sc)).astype(dtype)
 
-    def finish(acc):
-      if wgs == 2:
-        store(acc, red, jnp.float32, 1.0)
-        plgpu.barrier_arrive(bar)
-      else:
-        store(acc, o_smem, o_smem.dtype, scale)
-        plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(o_smem, o_g.at[:, pl.ds(ni * TILE_N, TILE_N)])
-        plgpu.wait_smem_to_gmem(0)
+    def write_out(acc, add=None):
+      store(acc, o_smem, o_smem.dtype, scale, add)
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(o_smem, o_g.at[:, pl.ds(ni * TILE_N, TILE_N)])
+      plgpu.wait_smem_to_gmem(0)
 
     def ctx(run):
       def scope(acc_ref):
@@ -384,21 +371,19 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
         return acc_ref[...]
       acc = pl.run_scoped(scope, plgpu.ACC((TILE_N, mp), jnp.float32))
       if wgs == 1:
-        finish(acc)
+        write_out(acc)
         return
       wg = lax.axis_index("wg")
 
-      @pl.when(wg == 1)
+      @pl.when(wg == 1)  # hands its partial to warpgroup 0
       def _():
-        finish(acc)
+        store(acc, red, jnp.float32, 1.0)
+        plgpu.barrier_arrive(bar)
 
       @pl.when(wg == 0)
       def _():
         plgpu.barrier_wait(bar)
-        store(acc, o_smem, o_smem.dtype, scale, red)
-        plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(o_smem, o_g.at[:, pl.ds(ni * TILE_N, TILE_N)])
-        plgpu.wait_smem_to_gmem(0)
+        write_out(acc, red)
 
     def body(_, x_s, w_s, s_s, acc_ref):
       wg0 = lax.axis_index("wg") * per_wg if wgs == 2 else 0
@@ -423,16 +408,11 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
 
   scratch = dict(o_smem=plgpu.SMEM((mp, TILE_N), out_dtype))
   if interp is not None:
-    scratch["aq"] = plgpu.SMEM(((wgs,) if wgs == 2 else ()) + (TILE_N, BLOCK), bf16, transforms=a_tr)
+    scratch["aq"] = plgpu.SMEM(((wgs,) if wgs == 2 else ()) + (TILE_N, BLOCK), bf16, transforms=x_tr)
   if wgs == 2:
     scratch["red"] = plgpu.SMEM((mp, TILE_N), jnp.float32)
     scratch["bar"] = plgpu.Barrier(num_arrivals=1)
 
-  if nt % cfg.cluster:
-    raise ValueError(f"cluster={cfg.cluster} needs the weight's padded N ({w.n_padded}) to be a multiple of "
-                     f"{TILE_N * cfg.cluster}")
-  if cfg.cluster > 1 and mp % 16:  # the multicast x copy is split between the CTAs along its 8-row tiles
-    raise ValueError(f"cluster={cfg.cluster} needs x rows padded to a multiple of 16; got {mp}")
   cl = dict(cluster=(cfg.cluster,), cluster_names=("cluster",)) if cfg.cluster > 1 else {}
   f = plgpu.kernel(
       kernel, out_type=jax.ShapeDtypeStruct((mp, w.n_padded), out_dtype), grid=(nt // cfg.cluster,),

@@ -716,18 +716,22 @@ def _asm_rescale(shift: int, outs: int = 2) -> str:
   return f" mov.b32 k, 0x{k:04X}{k:04X};" + "".join(f" mul.rn.bf16x2 ${i}, ${i}, k;" for i in range(outs))
 
 
-def _asm_fp4(j: int) -> str:
-  """Tile j of two ``pack_fp4`` words ($1, one per bf16 half) -> bf16x2 $0: the magnitude bits shifted to 8..6
-  and the sign to 15, masked (value elem * 2^-126, code 0.5 a bf16 subnormal), times 2^120."""
+def fp4_bits_ptx(j: int, dst: str) -> str:
+  """PTX placing tile j of two ``pack_fp4`` words ($1, one per bf16 half) into bf16x2 ``dst``: the magnitude
+  bits shifted to 8..6 and the sign to 15, masked (value elem * 2^-126, code 0.5 a bf16 subnormal). Uses
+  scratch registers t, u (``dst`` may be t)."""
   def shifted(reg, d):
     return f"shl.b32 {reg}, $1, {d};" if d > 0 else f"shr.b32 {reg}, $1, {-d};"
   dm, ds = 6 - FP4_MAG[j], 15 - FP4_SIGN[j]
   if dm == ds:
-    body = ("and.b32 $0, $1, 0x81C081C0;" if dm == 0 else shifted("t", dm) + " and.b32 $0, t, 0x81C081C0;")
-  else:
-    body = (shifted("t", dm) + " and.b32 t, t, 0x01C001C0; " + shifted("u", ds)
-            + " and.b32 u, u, 0x80008000; or.b32 $0, t, u;")
-  return "{ .reg .b32 t, u, k; " + body + _asm_rescale(_RESCALE, 1) + " }"
+    return (f"and.b32 {dst}, $1, 0x81C081C0;" if dm == 0 else shifted("t", dm) + f" and.b32 {dst}, t, 0x81C081C0;")
+  return (shifted("t", dm) + " and.b32 t, t, 0x01C001C0; " + shifted("u", ds)
+          + f" and.b32 u, u, 0x80008000; or.b32 {dst}, t, u;")
+
+
+def _asm_fp4(j: int) -> str:
+  """Tile j of two ``pack_fp4`` words ($1, one per bf16 half) -> bf16x2 $0: ``fp4_bits_ptx``, times 2^120."""
+  return "{ .reg .b32 t, u, k; " + fp4_bits_ptx(j, "$0") + _asm_rescale(_RESCALE, 1) + " }"
 
 
 # One asm per output tile (Pallas' lowering of elementwise_inline_asm takes a single result). Operands: $0, $1
