@@ -82,6 +82,8 @@ class MgpuWOConfig:
 def smem_bytes(cfg: MgpuWOConfig, mp: int) -> int:
   """Shared memory of one CTA: the pipeline's stages (x tile, words, scales), the output tile and, with two
   consumer warpgroups, the FP32 partial sum."""
+  if not isinstance(cfg, MgpuWOConfig):
+    raise TypeError(f"cfg must be an MgpuWOConfig; got {type(cfg).__name__}")
   per_step = mp * BLOCK * cfg.steps * 2 + 1024 * cfg.steps + 64 * cfg.steps
   return per_step * cfg.max_concurrent_steps + mp * TILE_N * (4 + 4 * (cfg.wgs == 2))
 
@@ -96,6 +98,10 @@ def default_config(w: "MgpuFP4Weight", mp: int, interpret: bool = False) -> Mgpu
   """Session 16's fastest at M = 8..32: steps 16, 4 stages, two consumer warpgroups, x multicast to a cluster
   of two CTAs where N_p and the rows allow (not in the interpreter, which deadlocks on clusters with few host
   threads); fewer stages where the x tile needs the room."""
+  if not isinstance(w, MgpuFP4Weight):
+    raise TypeError(f"w must be a prepare_weight_mgpu(...) result; got {type(w).__name__}")
+  if not (isinstance(mp, int) and 0 < mp <= MAX_ROWS and mp % 8 == 0):
+    raise ValueError(f"mp must be a multiple of 8 in 8..{MAX_ROWS} (x rows after padding); got {mp!r}")
   cluster = 2 if (w.n_padded % (2 * TILE_N) == 0 and mp % 16 == 0 and not interpret) else 1
   cfg = MgpuWOConfig(steps=w.steps, cluster=cluster)
   while smem_bytes(cfg, mp) > SMEM_LIMIT and cfg.max_concurrent_steps > 2:
@@ -133,6 +139,9 @@ class MgpuFP4Weight:
 
 def pack_words(codes: jax.Array, steps: int) -> jax.Array:
   """(N, K) FP4 codes (N % 64 == 0, K % (32 steps) == 0) -> (K / (32 steps), N / 64 * 8 steps, 32) uint32."""
+  if codes.ndim != 2 or codes.shape[0] % TILE_N or codes.shape[1] % (BLOCK * steps):
+    raise ValueError(f"codes must be (N, K) with N % {TILE_N} == 0 and K % {BLOCK * steps} == 0 (steps={steps}); "
+                     f"got shape {codes.shape}")
   n, k = codes.shape
   nt, kb = n // TILE_N, k // BLOCK
   c = codes.astype(jnp.uint32).reshape(nt, 4, 2, 8, kb, 4, 4, 2)  # (nt, w, h, q, kb, g, t, v)
@@ -149,6 +158,9 @@ def pack_words(codes: jax.Array, steps: int) -> jax.Array:
 def pack_scales(sb: jax.Array, steps: int) -> jax.Array:
   """(N, K / 32) E8M0 bytes -> (K / (32 steps), N / 64 * steps, 64) uint8, byte 16 w + 2 q + h of a block
   holding row 16 w + 8 h + q."""
+  if sb.ndim != 2 or sb.shape[0] % TILE_N or sb.shape[1] % steps:
+    raise ValueError(f"sb must be (N, K / 32) with N % {TILE_N} == 0 and K / 32 % steps == 0 (steps={steps}); "
+                     f"got shape {sb.shape}")
   n, kb = sb.shape
   nt = n // TILE_N
   s = sb.astype(jnp.uint8).reshape(nt, 4, 2, 8, kb // steps, steps)  # (nt, w, h, q, ks, s)
@@ -252,6 +264,8 @@ def decode_block_jnp(words, sbytes, fold: bool = True):
   """(8, 32) uint32 words and (64,) scale bytes of one (tile, block) -> (64, 32) bf16 elem * 2^(e - 6)
   (``fold``) or elem * 2^e, by the layout's definition (the interpreter's decode; tests check it against the
   codes). Exact where the result is a normal number (XLA:CPU flushes subnormals)."""
+  if words.shape != (8, 32) or sbytes.shape != (TILE_N,):
+    raise ValueError(f"words must be (8, 32) and sbytes ({TILE_N},); got {words.shape} and {sbytes.shape}")
   wd = words.reshape(4, 8, 4, 2)                              # (w, q, t, h)
   cols = []
   for v in range(2):

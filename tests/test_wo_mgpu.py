@@ -290,6 +290,28 @@ def test_call_validation(weights):
     wm.wo_fp4(jnp.zeros((8, pw.k_padded), jnp.bfloat16), pw, config=cl2, interpret=True)
 
 
+def test_helper_validation(weights):
+  """The layout helpers and config helpers name the argument they reject."""
+  _, pw = weights[True]
+  with pytest.raises(ValueError, match="codes must be"):
+    wm.pack_words(jnp.zeros((100, 128), jnp.uint8), 4)
+  with pytest.raises(ValueError, match="codes must be"):
+    wm.pack_words(jnp.zeros((64, 96), jnp.uint8), 4)
+  with pytest.raises(ValueError, match="sb must be"):
+    wm.pack_scales(jnp.zeros((64, 3), jnp.uint8), 4)
+  with pytest.raises(ValueError, match="words must be"):
+    wm.decode_block_jnp(jnp.zeros((4, 32), jnp.uint32), jnp.zeros((64,), jnp.uint8))
+  with pytest.raises(TypeError, match="w must be"):
+    wm.default_config("w", 16)
+  for mp in (0, 12, wm.MAX_ROWS + 8):
+    with pytest.raises(ValueError, match="mp must be"):
+      wm.default_config(pw, mp)
+  with pytest.raises(TypeError, match="cfg must be"):
+    wm.smem_bytes("s16", 16)
+  with pytest.raises(ValueError, match="steps"):
+    wm.max_rows(3)
+
+
 def test_default_config_and_shared_memory():
   """default_config: s = the layout's steps, two consumer warpgroups, a cluster of two when N_p % 128 == 0 and
   the padded rows are a multiple of 16 (not in the interpreter); every row count up to max_rows fits shared
