@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Session 17 device calls: design (b) with one dequantized B tile shared by both warpgroups (GemmConfig(coop=True)).
+# Session 17 device calls: 1) design (b) with one dequantized B tile shared by both warpgroups (coop=True);
+# 2) design (a) with rolling block wgmmas (roll=True), and the Mosaic GPU weight-only kernel at M = 16, 24, 64.
 # OUT=$OUT bash benchmarks/gpu_session17.sh N
 set -u
 cd "$(dirname "$0")/.."
@@ -7,4 +8,7 @@ export PYTHONPATH=. PYTHONUNBUFFERED=1
 case "${1:-1}" in
   1) timeout 570 python3 benchmarks/bench_matmul.py --sections env,check,sweep,sizes --sweep-set coop --check-wo none \
        --sizes 8192x8192x8192 --sizes-lite --budget 540 --out "$OUT" ;;
+  2) timeout 250 python3 benchmarks/bench_matmul.py --sections env,sweep,sizes --sweep-set roll \
+       --sizes 8192x8192x8192 --sizes-lite --budget 230 --out "$OUT"
+     timeout 300 python3 benchmarks/bench_wo_mgpu.py --ms 16,24,64 --budget 280 --out "$OUT/wo" ;;
 esac

@@ -159,6 +159,7 @@ class GemmConfig:
   epi_n: int = 64           # epilogue sub-tile width
   a_regs: bool = True       # bf16 variant: A operand from registers (False: through SMEM)
   pair: bool = False        # fp8 variant: issue two block wgmmas before promoting (overlap MMA + FFMA)
+  roll: bool = False        # fp8 variant: block j + 1's wgmma is issued before block j is promoted, at every block
   deq_slots: int = 1        # bf16 variant: dequantized-tile buffers per warpgroup (2: stage k+1's dequantization
                             # overlaps stage k's wgmmas instead of waiting for them at the end of every stage)
   coop: bool = False        # bf16 variant, wg_dim "M": the two warpgroups share one dequantized B tile, each
@@ -178,6 +179,8 @@ class GemmConfig:
       s += "_areg" if self.a_regs else "_asmem"
     if self.pair:
       s += "_pair"
+    if self.roll:
+      s += "_roll"
     if self.coop:
       s += "_coop"
     if self.deq_slots != 1:
@@ -361,6 +364,18 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
             def blk(j):
               return (a_s.at[wg_m, pl.ds(BLOCK * j, BLOCK)], b_s.at[wg_n, pl.ds(BLOCK * j, BLOCK)].T)
 
+            if cfg.roll:
+              def chain(j, prev, acc):
+                """Block j's wgmma goes in flight before block j - 1 (in ``prev``) is promoted."""
+                def promote_prev(acc, wait_n):
+                  return promote(acc, plgpu.wgmma_accumulator_load(prev, wait_n=wait_n), sa_s, sb_s, j - 1)
+                if j == nblk:
+                  return promote_prev(acc, 0)
+                def scope(cur):
+                  plgpu.wgmma(cur, *blk(j))
+                  return chain(j + 1, cur, acc if prev is None else promote_prev(acc, 1))
+                return pl.run_scoped(scope, plgpu.ACC((tile_m, tile_n), jnp.float32))
+              return chain(0, None, acc)
             if not cfg.pair:
               for j in range(nblk):
                 def part(p_ref, j=j):
