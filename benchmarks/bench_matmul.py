@@ -459,7 +459,7 @@ def main():
                  "8192x2048x2048,8192x2048x8192,8192x8192x2048", help="MxNxK list")
   p.add_argument("--acc-ks", default="1024,2048,4096,8192,16384")
   p.add_argument("--sizes-lite", action="store_true", help="fewer impls per size (MX fp8 + baselines)")
-  p.add_argument("--sweep-set", default="all", help="'all', 'final' (the few configs kept after run 1), 'dq2', 'coop' or 'roll'")
+  p.add_argument("--sweep-set", default="all", help="'all', 'final' (the few configs kept after run 1), or 'dq2' (sets 'coop' and 'roll': at commit 1e8896c)")
   p.add_argument("--wo-ms", default="1,2,4,8,16,32,64,128,256")
   p.add_argument("--wo-fmts", default="mxfp8_e4m3,mxfp6_e2m3,mxfp4_e2m1,mxint8,nvfp4")
   p.add_argument("--wo-cands", default="all", help="'all' or a count: first N weight-only sweep configs")
@@ -491,19 +491,6 @@ def main():
                   G("bf16", 64, 128, 64, "N", 3, a_regs=False, deq_slots=2),
                   G("bf16", 64, 128, 64, "N", 2, a_regs=False, deq_slots=2),
                   G("bf16", 64, 128, 64, "N", 4, a_regs=False, deq_slots=2)]
-  if args.sweep_set == "coop":  # design (b), both warpgroups sharing one dequantized B tile (session 17)
-    sweep_cfgs = [G("fp8", 64, 128, 256, "M", 2, pair=True), G("bf16", 128, 128, 64, "N", 4),
-                  G("bf16", 64, 256, 64, "M", 3, a_regs=False, coop=True, deq_slots=2),
-                  G("bf16", 64, 256, 64, "M", 2, a_regs=False, coop=True, deq_slots=2),
-                  G("bf16", 64, 256, 64, "M", 3, coop=True, deq_slots=3),
-                  G("bf16", 64, 256, 64, "M", 3, coop=True, deq_slots=2),
-                  G("bf16", 128, 128, 64, "M", 4, coop=True, deq_slots=3),
-                  G("bf16", 128, 128, 64, "M", 2, a_regs=False, coop=True, deq_slots=2),
-                  G("bf16", 64, 128, 64, "M", 4, a_regs=False, coop=True, deq_slots=3)]
-  if args.sweep_set == "roll":  # design (a), block j + 1's wgmma in flight while block j is promoted (session 17)
-    sweep_cfgs = [G("fp8", 64, 128, 256, "M", 2, pair=True), G("fp8", 64, 128, 128, "M", 4, roll=True),
-                  G("fp8", 64, 128, 128, "M", 3, roll=True), G("fp8", 64, 128, 256, "M", 2, roll=True),
-                  G("fp8", 64, 128, 64, "M", 6, roll=True), G("fp8", 64, 128, 128, "M", 4, pair=True)]
   if SMOKE:
     sweep_cfgs = [G("fp8", 64, 64, 64, "M", 2), G("bf16", 64, 64, 64, "N", 2)]
   check_cfgs = sweep_cfgs

@@ -185,8 +185,14 @@ def main():
           bw.log(f"  M={m:<4d} {c.name():<24s} FAILED {type(ex).__name__}: {str(ex)[:600]}")
       if m == args.anchor and not interpret or (args.smoke and m == args.anchor):
         extras(x, qs, weights, base, tri_t, nbytes, interpret)
-      else:  # the public entry point with its default config (rows padded to 8, chunks of max_rows)
+      else:  # the public entry point with its default config (x unpadded, chunks of max_rows), checked first
         bw.guard(10)
+        o = np.asarray(mx_weight_only_matmul(x, weights(16)[0], out_dtype=jnp.float32, interpret=interpret),
+                       np.float64)
+        r = np.asarray(mx_weight_only_matmul(x, qs[0], out_dtype=jnp.float32, impl="xla"), np.float64)
+        bd = np.asarray(jnp.dot(jnp.abs(x.astype(jnp.float32)), wd.T, precision="highest"), np.float64)
+        e = bw.rel_err(o, r, bd)
+        bw.log(f"  check public API M={m}: vs XLA {e:.2e} {'OK' if e <= 5e-5 else 'MISMATCH'}")
         d, w_ = bw.measure(lambda x, w: mx_weight_only_matmul(x, w, interpret=interpret), x, weights(16))
         pub = d if d == d else w_
         bw.log(bw.row(f"M={m:<4d} mx_weight_only_matmul(x, prepare_weight_mgpu(w))", d, w_, nbytes, base)

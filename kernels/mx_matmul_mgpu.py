@@ -159,11 +159,8 @@ class GemmConfig:
   epi_n: int = 64           # epilogue sub-tile width
   a_regs: bool = True       # bf16 variant: A operand from registers (False: through SMEM)
   pair: bool = False        # fp8 variant: issue two block wgmmas before promoting (overlap MMA + FFMA)
-  roll: bool = False        # fp8 variant: block j + 1's wgmma is issued before block j is promoted, at every block
   deq_slots: int = 1        # bf16 variant: dequantized-tile buffers per warpgroup (2: stage k+1's dequantization
                             # overlaps stage k's wgmmas instead of waiting for them at the end of every stage)
-  coop: bool = False        # bf16 variant, wg_dim "M": the two warpgroups share one dequantized B tile, each
-                            # converting half its rows into one of ``deq_slots`` (2 or 3) shared slots
 
   @property
   def cta_m(self):
@@ -179,22 +176,15 @@ class GemmConfig:
       s += "_areg" if self.a_regs else "_asmem"
     if self.pair:
       s += "_pair"
-    if self.roll:
-      s += "_roll"
-    if self.coop:
-      s += "_coop"
     if self.deq_slots != 1:
       s += f"_dq{self.deq_slots}"
     return s
 
   def __post_init__(self):
-    if self.deq_slots not in ((2, 3) if self.coop else (1, 2)):
-      raise ValueError(f"deq_slots must be {'2 or 3 with coop' if self.coop else '1 or 2'}; got {self.deq_slots}")
-    if self.deq_slots > 1 and self.variant != "bf16":
-      raise ValueError("deq_slots > 1 applies to the bf16 (dequantize-then-wgmma) variant only")
-    if self.coop and (self.variant != "bf16" or self.wg_dim != "M" or self.tile_n % 128):
-      raise ValueError("coop needs variant 'bf16', wg_dim 'M' and tile_n a multiple of 128 (each warpgroup "
-                       f"converts tile_n / 2 rows of B); got {self.variant!r}, {self.wg_dim!r}, {self.tile_n}")
+    if self.deq_slots not in (1, 2):
+      raise ValueError(f"deq_slots must be 1 or 2; got {self.deq_slots}")
+    if self.deq_slots == 2 and self.variant != "bf16":
+      raise ValueError("deq_slots=2 applies to the bf16 (dequantize-then-wgmma) variant only")
 
 
 def _epi_n(cfg: GemmConfig, out_dtype) -> int:
@@ -211,9 +201,9 @@ def gemm_smem_bytes(cfg: GemmConfig, a_elem: str = "fp8", b_elem: str = "fp8", o
            + nblk * (cfg.cta_m + cfg.cta_n) * 4)
   total = cfg.max_concurrent_steps * stage + 4 * cfg.tile_m * _epi_n(cfg, out_dtype) * jnp.dtype(out_dtype).itemsize
   if cfg.variant == "bf16":
-    total += (1 if cfg.coop else 2) * cfg.deq_slots * cfg.tile_n * cfg.tile_k * 2
+    total += 2 * cfg.deq_slots * cfg.tile_n * cfg.tile_k * 2
     if not cfg.a_regs or interpret:
-      total += 2 * cfg.deq_slots * cfg.tile_m * cfg.tile_k * 2  # per warpgroup, or coop's (slots, cta_m) tile
+      total += 2 * cfg.deq_slots * cfg.tile_m * cfg.tile_k * 2
   return total + 1024
 
 
@@ -296,7 +286,7 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
   minor = 1 if cfg.grid_minor == "N" else 0
   bf16 = jnp.bfloat16
 
-  def kernel(a_g, b_g, sa_g, sb_g, o_g, o_smem, bars=None):
+  def kernel(a_g, b_g, sa_g, sb_g, o_g, o_smem):
     def pipeline(body, ctx):
       return plgpu.emit_pipeline_warp_specialized(
           body, grid=(k_iters,), memory_registers=40,
@@ -310,11 +300,7 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
 
     ignore = lambda *_, **__: None
     extra = {}
-    if cfg.coop:  # one shared B tile per slot; A (interpreter only) per warpgroup
-      extra["bq"] = plgpu.SMEM((cfg.deq_slots, tile_n, tile_k), bf16, transforms=_block_tiled(bf16))
-      if not a_regs:
-        extra["aq"] = plgpu.SMEM((cfg.deq_slots, cta_m, tile_k), bf16, transforms=_block_tiled(bf16))
-    elif cfg.variant == "bf16":
+    if cfg.variant == "bf16":
       slots = (cfg.deq_slots,) if cfg.deq_slots > 1 else ()
       extra["bq"] = plgpu.SMEM((2, *slots, tile_n, tile_k), bf16, transforms=_block_tiled(bf16))
       if not a_regs:
@@ -364,18 +350,6 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
             def blk(j):
               return (a_s.at[wg_m, pl.ds(BLOCK * j, BLOCK)], b_s.at[wg_n, pl.ds(BLOCK * j, BLOCK)].T)
 
-            if cfg.roll:
-              def chain(j, prev, acc):
-                """Block j's wgmma goes in flight before block j - 1 (in ``prev``) is promoted."""
-                def promote_prev(acc, wait_n):
-                  return promote(acc, plgpu.wgmma_accumulator_load(prev, wait_n=wait_n), sa_s, sb_s, j - 1)
-                if j == nblk:
-                  return promote_prev(acc, 0)
-                def scope(cur):
-                  plgpu.wgmma(cur, *blk(j))
-                  return chain(j + 1, cur, acc if prev is None else promote_prev(acc, 1))
-                return pl.run_scoped(scope, plgpu.ACC((tile_m, tile_n), jnp.float32))
-              return chain(0, None, acc)
             if not cfg.pair:
               for j in range(nblk):
                 def part(p_ref, j=j):
@@ -396,20 +370,6 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
               acc = pl.run_scoped(part2_full, plgpu.ACC((tile_m, tile_n), jnp.float32),
                                   plgpu.ACC((tile_m, tile_n), jnp.float32))
             return acc
-
-        elif cfg.coop:  # bf16, one dequantized B tile shared by both warpgroups
-          def ctx(run):
-            def scope(acc_ref):
-              run(acc_ref)
-              plgpu.wgmma_wait(0)  # the last stages' wgmmas are still in flight
-              # Neither warpgroup may start the next tile's B slot 0 while the other's wgmmas still read it.
-              plgpu.barrier_arrive(bars.at[0])
-              plgpu.barrier_wait(bars.at[0])
-              return acc_ref[...]
-            epilogue(pl.run_scoped(scope, plgpu.ACC((tile_m, tile_n), jnp.float32)))
-
-          body = functools.partial(_coop_body, cfg=cfg, wg=wg, wg_m=wg_m, bq=bq, aq=aq, bars=bars,
-                                   a_elem=a_elem, b_elem=b_elem)
 
         else:  # bf16 dequantize-then-wgmma
           def ctx(run):
@@ -464,52 +424,13 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
 
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
-  scratch = dict(o_smem=plgpu.SMEM((2, 2, tile_m, epi_n), out_dtype, transforms=out_tr))
-  if cfg.coop:  # [0]: both halves of a B slot written; [1]: both warpgroups' wgmmas done with a slot
-    scratch["bars"] = plgpu.Barrier(num_arrivals=2, num_barriers=2)
   f = plgpu.kernel(
       kernel, out_type=jax.ShapeDtypeStruct((bsz * m, n), out_dtype), grid=(num_sms,), grid_names=("sm",),
       num_threads=3, thread_name="wg",
       compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
-      scratch_types=scratch, interpret=interp)
+      scratch_types=dict(o_smem=plgpu.SMEM((2, 2, tile_m, epi_n), out_dtype, transforms=out_tr)),
+      interpret=interp)
   return f(a, b, sa, sb)
-
-
-def _coop_body(idx, a_s, b_s, sa_s, sb_s, acc_ref, *, cfg: GemmConfig, wg, wg_m, bq, aq, bars, a_elem, b_elem):
-  """One K stage of the cooperative bf16 design: warpgroup ``wg`` converts rows [wg * n/2, (wg + 1) * n/2) of
-  B into the shared slot ``k % deq_slots``, its own A rows into registers, and runs its wgmmas on the whole slot.
-
-  Slot k was last read by stage k - deq_slots's wgmmas of both warpgroups. ``wgmma_wait(nblk)`` leaves only
-  this warpgroup's stage k - 1 in flight, so stage k - 2's are done. With 3 slots the previous stage's "slot
-  written" barrier already certifies stage k - 3 done in both warpgroups; with 2 slots a second barrier waits
-  for the other warpgroup's stage k - 2. The "written" barrier (after ``commit_smem``) publishes both halves.
-  """
-  nblk = cfg.tile_k // BLOCK
-  nsl = cfg.deq_slots
-  half = cfg.tile_n // 2
-  rows = pl.ds(wg * half, half)
-  slot = lax.rem(idx[0], nsl)
-  bq_s = bq.at[slot]
-  sync = lambda bar: (plgpu.barrier_arrive(bar), plgpu.barrier_wait(bar))
-  plgpu.wgmma_wait(nblk)
-  if nsl == 2:
-    sync(bars.at[1])
-  b_scale = lambda i: plgpu.load(sb_s.at[i, rows], layout=plgpu.Layout.WGMMA.reduce(1))
-  for off, bt in dequant_blocks(b_s.at[rows], b_elem, cfg.tile_k, b_scale):
-    bq_s.at[rows, pl.ds(off, BLOCK)][...] = bt
-  plgpu.commit_smem()
-  a_scale = lambda i: plgpu.load(sa_s.at[i, wg_m], layout=plgpu.Layout.WGMMA.reduce(1))
-  a_tiles = list(dequant_blocks(a_s.at[wg_m], a_elem, cfg.tile_k, a_scale))
-  if aq is not None:  # A through shared memory too, its rows of the same slot (the interpreter always)
-    aq_s = aq.at[slot, wg_m]
-    for off, at in a_tiles:
-      aq_s.at[:, pl.ds(off, BLOCK)][...] = at
-    plgpu.commit_smem()
-    a_tiles = [(off, aq_s.at[:, pl.ds(off, BLOCK)]) for off, _ in a_tiles]
-  sync(bars.at[0])
-  for off, at in a_tiles:
-    plgpu.wgmma(acc_ref, at, bq_s.at[:, pl.ds(off, BLOCK)].T)
-  return acc_ref
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -321,15 +321,19 @@ def _store_transposed(acc, o_ref, out_dtype, scale: float, add_ref=None):
 
 
 def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
-           interpret=False):
-  """(Mp, N_p) = x (Mp, K_p) bf16 @ W^T. x already padded: Mp a multiple of 8 (<= MAX_ROWS), K_p = the
-  weight's padded K. The decode is folded (one multiply per pair fewer) when ``w.fold_ok``."""
+           interpret=False, rows=None):
+  """(M, N_p) = x (M, K_p) bf16 @ W^T, K_p = the weight's padded K. The kernel works on ``rows`` = Mp rows (a
+  multiple of 8, <= MAX_ROWS; default M): the TMA reads x's rows M..Mp-1 out of bounds (zeros; each output row
+  depends on its own x row only) and the store writes rows 0..M-1, so no pad or slice kernel runs around it.
+  The decode is folded (one multiply per pair fewer) when ``w.fold_ok``."""
   cfg = config
   if w.steps != cfg.steps:
     raise ValueError(f"w was laid out for steps={w.steps}; config has steps={cfg.steps}")
-  mp, kp = x.shape
-  if mp % 8 or mp > MAX_ROWS or kp != w.k_padded:
-    raise ValueError(f"x must be (Mp, {w.k_padded}) with Mp a multiple of 8 <= {MAX_ROWS}; got {x.shape}")
+  mx, kp = x.shape
+  mp = mx if rows is None else rows
+  if mp % 8 or mp > MAX_ROWS or kp != w.k_padded or not 0 < mx <= mp:
+    raise ValueError(f"x must be (M, {w.k_padded}) with 0 < M <= rows, rows a multiple of 8 <= {MAX_ROWS}; got "
+                     f"x {x.shape}, rows={rows}")
   s = cfg.steps
   ks, nt = w.words.shape[0], w.n_padded // TILE_N
   if nt % cfg.cluster:
@@ -375,7 +379,7 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
     def write_out(acc, add=None):
       store(acc, o_smem, o_smem.dtype, scale, add)
       plgpu.commit_smem()
-      plgpu.copy_smem_to_gmem(o_smem, o_g.at[:, pl.ds(ni * TILE_N, TILE_N)])
+      plgpu.copy_smem_to_gmem(o_smem if mx == mp else o_smem.at[pl.ds(0, mx)], o_g.at[:, pl.ds(ni * TILE_N, TILE_N)])
       plgpu.wait_smem_to_gmem(0)
 
     def ctx(run):
@@ -429,7 +433,7 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
 
   cl = dict(cluster=(cfg.cluster,), cluster_names=("cluster",)) if cfg.cluster > 1 else {}
   f = plgpu.kernel(
-      kernel, out_type=jax.ShapeDtypeStruct((mp, w.n_padded), out_dtype), grid=(nt // cfg.cluster,),
+      kernel, out_type=jax.ShapeDtypeStruct((mx, w.n_padded), out_dtype), grid=(nt // cfg.cluster,),
       grid_names=("n",), num_threads=wgs + 1, thread_name="wg", **cl,
       compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
       scratch_types=scratch, interpret=interp)
@@ -439,8 +443,8 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
 def wo_matmul_mgpu(x: jax.Array, w: MgpuFP4Weight, *, out_dtype=jnp.bfloat16,
                    config: MgpuWOConfig | None = None, interpret: bool = False) -> jax.Array:
   """(..., N) = x (..., K) @ W^T for a ``prepare_weight_mgpu`` weight; x rounded to bf16, FP32 accumulation.
-  Rows are padded to a multiple of 8 and run in chunks of ``max_rows(w.steps)``; ``config`` defaults to
-  ``default_config``. Runs on Hopper (Mosaic GPU), or in the Pallas interpreter with ``interpret=True``."""
+  Rows run in chunks of ``max_rows(w.steps)``, each on a multiple of 8 rows without padding x (``wo_fp4``);
+  ``config`` defaults to ``default_config``. Runs on Hopper (Mosaic GPU), or in the Pallas interpreter with ``interpret=True``."""
   if not isinstance(w, MgpuFP4Weight):
     raise TypeError(f"w must be a prepare_weight_mgpu(...) result; got {type(w).__name__}")
   if config is not None and not isinstance(config, MgpuWOConfig):
@@ -468,7 +472,7 @@ def wo_matmul_mgpu(x: jax.Array, w: MgpuFP4Weight, *, out_dtype=jnp.bfloat16,
     if smem_bytes(cfg, mp) > SMEM_LIMIT:
       raise ValueError(f"config {cfg.name()} needs {smem_bytes(cfg, mp)} bytes of shared memory at {mp} rows "
                        f"(limit {SMEM_LIMIT}); use fewer max_concurrent_steps")
-    o = wo_fp4(pad_to(xc, mp, w.k_padded), w, config=cfg, out_dtype=out_dtype, interpret=interpret)
-    outs.append(o[:mc, :w.n] if (o.shape[0] != mc or o.shape[1] != w.n) else o)
+    o = wo_fp4(pad_to(xc, mc, w.k_padded), w, config=cfg, out_dtype=out_dtype, interpret=interpret, rows=mp)
+    outs.append(o[:, :w.n] if o.shape[1] != w.n else o)
   out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
   return out.reshape(lead + (w.n,))

@@ -35,8 +35,8 @@ def _close(a, b):
   np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.max(np.abs(b)))
 
 
-@pytest.mark.parametrize("name", ["mxfp8", "mxfp4_weights"])
-@pytest.mark.parametrize("case", ["dense", pytest.param("batched", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["mxfp8", pytest.param("mxfp4_weights", marks=pytest.mark.slow)])  # CI: its
+@pytest.mark.parametrize("case", ["dense", pytest.param("batched", marks=pytest.mark.slow)])  # kernel, test_kernels_*
 def test_pallas_impl_matches_xla(name, case):
   rng = np.random.default_rng(0)
   if case == "dense":  # K = 72 (not a multiple of 32), token dim 40 (wgrad blocks along it: padded)

@@ -229,6 +229,24 @@ def test_kernel_bf16_out_and_leading_dims(weights):
   _check(out3.reshape(6, N), x, q2)
 
 
+def test_rows_are_not_padded():
+  """x keeps its M rows: the kernel works on a multiple of 8 rows (the TMA reads the rest out of bounds) and
+  stores M rows, so around the kernel there is no pad or slice when N and K need none."""
+  q = _q(64, 128)
+  small = wm.prepare_weight_mgpu(q, steps=4)
+  x = _x(5, 128)
+  cfg = wm.MgpuWOConfig(steps=4, max_concurrent_steps=2)
+  jaxpr = jax.make_jaxpr(lambda x: wm.wo_matmul_mgpu(x, small, out_dtype=jnp.float32, config=cfg,
+                                                     interpret=True))(x)
+  prims = {e.primitive.name for e in jaxpr.jaxpr.eqns}
+  assert not prims & {"pad", "slice", "dynamic_slice", "concatenate"}, prims
+  _check(wm.wo_fp4(x, small, config=cfg, out_dtype=jnp.float32, interpret=True, rows=8), x, q)
+  with pytest.raises(ValueError, match="rows a multiple of 8"):
+    wm.wo_fp4(x, small, config=cfg, interpret=True, rows=12)
+  with pytest.raises(ValueError, match="0 < M <= rows"):
+    wm.wo_fp4(_x(9, 128), small, config=cfg, interpret=True, rows=8)
+
+
 def test_dispatch(weights):
   """mx_weight_only_matmul runs a prepare_weight_mgpu weight on this kernel (the default config) and refuses
   it under impl="xla" / "triton"."""

@@ -143,9 +143,10 @@ def test_fp4_packing_puts_four_64_wide_tiles_in_one_uint16_word():
     np.testing.assert_array_equal(p512[:, i], want)
 
 
-@pytest.mark.parametrize("fmt", ["mxfp4_e2m1", "nvfp4"])
-@pytest.mark.parametrize("cfg", [wt.WOConfig(64, 512, 1, 4, 3, "elem", "xw"),
-                                 wt.WOConfig(32, 512, 2, 4, 2, "block", "xw")], ids=lambda c: c.name())
+# Each config with one FP4 format in CI (the other pair is slow).
+@pytest.mark.parametrize("cfg,fmt", covering([wt.WOConfig(64, 512, 1, 4, 3, "elem", "xw"),
+                                              wt.WOConfig(32, 512, 2, 4, 2, "block", "xw")], ["mxfp4_e2m1", "nvfp4"],
+                                             per=1, ids=lambda v: v if isinstance(v, str) else v.name()))
 def test_fp4_512_groups(fmt, cfg):
   """FP4 packed in 512-groups (four 128-wide tiles per word; K padded to 1024 here): a 512-deep config on a
   QArray prepares that layout, and a prepared 512-group weight runs any config at its group's depth."""
@@ -162,8 +163,9 @@ def test_fp4_512_groups(fmt, cfg):
 
 @pytest.mark.parametrize("fmt,group,cfg", [
     ("mxfp4_e2m1", None, wt.WOConfig(64, 256, 2, 4, 3, "elem", "xw", n_acc=4)),
-    ("nvfp4", 512, wt.WOConfig(32, 512, 1, 4, 2, "block", "xw")),
-    ("mxfp6_e3m2", None, wt.WOConfig(64, 256, 2, 4, 3, "elem", "xw")),  # block_k 256 -> one 128-group
+    pytest.param("nvfp4", 512, wt.WOConfig(32, 512, 1, 4, 2, "block", "xw"), marks=pytest.mark.slow),  # CI: split-K
+    pytest.param("mxfp6_e3m2", None, wt.WOConfig(64, 256, 2, 4, 3, "elem", "xw"),  # block_k 256 -> one 128-group
+                 marks=pytest.mark.slow),
     ("mxfp6_e2m3", None, wt.WOConfig(32, 128, 1, 4, 2, "block", "xw"))], ids=str)
 def test_group_major_layout(fmt, group, cfg):
   """layout="groups": group g of rows r.. is data[g, r..] (the row-major layout's data[r.., g-th run], moved),
@@ -192,7 +194,8 @@ def test_group_major_layout(fmt, group, cfg):
     ("mxfp4_e2m1", None, "groups", wt.WOConfig(64, 256, 2, 4, 3, "elem", "xw", n_acc=4)),
     ("nvfp4", 512, "groups", wt.WOConfig(32, 512, 2, 4, 2, "elem", "xw")),
     ("mxfp8_e4m3", None, "rows", wt.WOConfig(32, 128, 3, 4, 2, "elem", "xw")),
-    ("mxfp6_e2m3", None, "rows", wt.WOConfig(64, 128, 4, 4, 2, "block", "wt"))], ids=str)
+    pytest.param("mxfp6_e2m3", None, "rows", wt.WOConfig(64, 128, 4, 4, 2, "block", "wt"),
+                 marks=pytest.mark.slow)], ids=str)
 def test_split_k_summed_in_the_kernel(fmt, group, layout, cfg):
   """reduce="kernel": the last program of each N tile sums the FP32 partials in split order, so the output is
   bit-identical to the XLA-summed split-K (and within the FP32 bound of the f64 reference); K padded, N not a
@@ -355,7 +358,8 @@ def _qarray_with_scales(fmt, row_exps, seed=0, positive=True, n_rows=None):
 MX = [f for f in FORMATS if f != "nvfp4"]
 
 
-@pytest.mark.parametrize("fmt", MX)
+@pytest.mark.parametrize("fmt", [f if f in ("mxfp8_e4m3", "mxfp4_e2m1", "mxint8") else  # the rest: slow
+                                 pytest.param(f, marks=pytest.mark.slow) for f in MX])
 def test_extreme_scales_block_mode(fmt):
   """Promotion (scale_mode="block") is exact for any E8M0 scale: rows scaled 2^-120 / 2^100 / 2^-127 / 2^0."""
   f = get_format(fmt).elem
