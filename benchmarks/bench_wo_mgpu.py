@@ -98,6 +98,7 @@ def main():
   p.add_argument("--anchor", type=int, default=16)
   p.add_argument("--top", type=int, default=2)
   p.add_argument("--cfgs", default="all", help="indices into configs(), comma-separated, or 'all'")
+  p.add_argument("--row-tiles", default="", help="row_tile values to time beside the default where M > row_tile")
   args = p.parse_args()
   bw.BUDGET_S = args.budget
   if args.out:
@@ -198,6 +199,13 @@ def main():
         bw.log(bw.row(f"M={m:<4d} mx_weight_only_matmul(x, prepare_weight_mgpu(w))", d, w_, nbytes, base)
                + f"  {tri_t / pub:5.2f}x triton")
         summary.append((m, base, tri_t, pub, "public API, default config"))
+        for rt in [int(v) for v in args.row_tiles.split(",") if v]:
+          if m <= rt or rt > wm.max_rows(16):
+            continue
+          bw.guard(10)
+          d, w_ = bw.measure(lambda x, w, rt=rt: wm.wo_matmul_mgpu(x, w, interpret=interpret, row_tile=rt), x,
+                             weights(16))
+          bw.log(bw.row(f"M={m:<4d} same, row_tile={rt}", d, w_, nbytes, base) + f"  {tri_t / (d if d == d else w_):5.2f}x triton")
       res.sort(key=lambda r: r[0])
       if m == args.anchor:
         ranked = [c for _, c in res]

@@ -53,6 +53,7 @@ FOLD = 120         # folded decode: 2^(e + FOLD) is the bf16 scale the decode mu
 SHIFT = -6         # folded decode: value = elem * 2^(e + SHIFT); the epilogue multiplies by 2^-SHIFT
 UNFOLD_BITS = (126 + 127) << 7  # unfolded decode: bf16 bits of 2^126, then times the scale 2^e itself
 MAX_ROWS = 128     # x rows per call (wgmma N <= 256; 64 FP32 accumulator registers per thread at 128)
+ROW_TILE = 32      # x rows per CTA when M is larger: more row tiles side by side, each with 4 stages + multicast
 SMEM_LIMIT = 220 * 1024  # of the H100's 227 KB per CTA (the pipeline's barriers need a little)
 
 
@@ -321,19 +322,27 @@ def _store_transposed(acc, o_ref, out_dtype, scale: float, add_ref=None):
 
 
 def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
-           interpret=False, rows=None):
-  """(M, N_p) = x (M, K_p) bf16 @ W^T, K_p = the weight's padded K. The kernel works on ``rows`` = Mp rows (a
-  multiple of 8, <= MAX_ROWS; default M): the TMA reads x's rows M..Mp-1 out of bounds (zeros; each output row
+           interpret=False, rows=None, row_tiles: int = 1):
+  """(M, N_p) = x (M, K_p) bf16 @ W^T, K_p = the weight's padded K. Each CTA works on ``rows`` = Mp rows (a
+  multiple of 8, <= MAX_ROWS; default M).
+
+  One row tile (``row_tiles=1``): M <= Mp; the TMA reads x's rows M..Mp-1 out of bounds (zeros; each output row
   depends on its own x row only) and the store writes rows 0..M-1, so no pad or slice kernel runs around it.
-  The decode is folded (one multiply per pair fewer) when ``w.fold_ok``."""
+  ``row_tiles=R`` > 1: M = R * Mp exactly; the grid is (N tiles, R), the R CTAs of one weight tile read it at
+  the same time (the second from L2), each with its own Mp rows of x. The decode is folded (one multiply per
+  pair fewer) when ``w.fold_ok``."""
   cfg = config
   if w.steps != cfg.steps:
     raise ValueError(f"w was laid out for steps={w.steps}; config has steps={cfg.steps}")
   mx, kp = x.shape
   mp = mx if rows is None else rows
-  if mp % 8 or mp > MAX_ROWS or kp != w.k_padded or not 0 < mx <= mp:
+  if not (isinstance(row_tiles, int) and row_tiles >= 1):
+    raise ValueError(f"row_tiles must be a positive int; got {row_tiles!r}")
+  if mp % 8 or mp > MAX_ROWS or kp != w.k_padded or not 0 < mx <= mp * row_tiles:
     raise ValueError(f"x must be (M, {w.k_padded}) with 0 < M <= rows, rows a multiple of 8 <= {MAX_ROWS}; got "
                      f"x {x.shape}, rows={rows}")
+  if row_tiles > 1 and mx != mp * row_tiles:
+    raise ValueError(f"row_tiles={row_tiles} needs x with exactly rows * row_tiles = {mp * row_tiles} rows; got {mx}")
   s = cfg.steps
   ks, nt = w.words.shape[0], w.n_padded // TILE_N
   if nt % cfg.cluster:
@@ -354,6 +363,9 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
 
   def kernel(x_g, w_g, s_g, o_g, o_smem, aq=None, red=None, bar=None):
     ni = lax.axis_index("n") * cfg.cluster + (lax.axis_index("cluster") if cfg.cluster > 1 else 0)
+    if row_tiles > 1:
+      rows_t = pl.ds(lax.axis_index("r") * mp, mp)
+      x_g, o_g = x_g.at[rows_t], o_g.at[rows_t]
 
     def pipeline(body, ctx):
       return plgpu.emit_pipeline_warp_specialized(
@@ -379,7 +391,8 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
     def write_out(acc, add=None):
       store(acc, o_smem, o_smem.dtype, scale, add)
       plgpu.commit_smem()
-      plgpu.copy_smem_to_gmem(o_smem if mx == mp else o_smem.at[pl.ds(0, mx)], o_g.at[:, pl.ds(ni * TILE_N, TILE_N)])
+      src = o_smem if mx >= mp else o_smem.at[pl.ds(0, mx)]  # one row tile of M < Mp rows: M rows stored
+      plgpu.copy_smem_to_gmem(src, o_g.at[:, pl.ds(ni * TILE_N, TILE_N)])
       plgpu.wait_smem_to_gmem(0)
 
     def ctx(run):
@@ -432,19 +445,25 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
     scratch["bar"] = plgpu.Barrier(num_arrivals=1)
 
   cl = dict(cluster=(cfg.cluster,), cluster_names=("cluster",)) if cfg.cluster > 1 else {}
+  grid, names = ((nt // cfg.cluster,), ("n",)) if row_tiles == 1 else ((nt // cfg.cluster, row_tiles), ("n", "r"))
   f = plgpu.kernel(
-      kernel, out_type=jax.ShapeDtypeStruct((mx, w.n_padded), out_dtype), grid=(nt // cfg.cluster,),
-      grid_names=("n",), num_threads=wgs + 1, thread_name="wg", **cl,
+      kernel, out_type=jax.ShapeDtypeStruct((mx, w.n_padded), out_dtype), grid=grid,
+      grid_names=names, num_threads=wgs + 1, thread_name="wg", **cl,
       compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
       scratch_types=scratch, interpret=interp)
   return f(x.astype(bf16), w.words, w.scales)
 
 
 def wo_matmul_mgpu(x: jax.Array, w: MgpuFP4Weight, *, out_dtype=jnp.bfloat16,
-                   config: MgpuWOConfig | None = None, interpret: bool = False) -> jax.Array:
+                   config: MgpuWOConfig | None = None, interpret: bool = False,
+                   row_tile: int | None = None) -> jax.Array:
   """(..., N) = x (..., K) @ W^T for a ``prepare_weight_mgpu`` weight; x rounded to bf16, FP32 accumulation.
-  Rows run in chunks of ``max_rows(w.steps)``, each on a multiple of 8 rows without padding x (``wo_fp4``);
-  ``config`` defaults to ``default_config``. Runs on Hopper (Mosaic GPU), or in the Pallas interpreter with ``interpret=True``."""
+
+  One kernel call. Up to ``ROW_TILE`` rows run in one row tile of M rounded up to 8 without padding x; more rows
+  run in tiles of ``row_tile`` (default ``ROW_TILE``; a multiple of 8, at most ``max_rows(w.steps)``) side by
+  side in the grid, x padded to whole tiles (no pad or slice when M is a multiple of the tile). ``config``
+  defaults to ``default_config``. Runs on Hopper (Mosaic GPU), or in the Pallas interpreter with
+  ``interpret=True``."""
   if not isinstance(w, MgpuFP4Weight):
     raise TypeError(f"w must be a prepare_weight_mgpu(...) result; got {type(w).__name__}")
   if config is not None and not isinstance(config, MgpuWOConfig):
@@ -462,17 +481,19 @@ def wo_matmul_mgpu(x: jax.Array, w: MgpuFP4Weight, *, out_dtype=jnp.bfloat16,
   m = x2.shape[0]
   if m == 0:
     return jnp.zeros(lead + (w.n,), out_dtype)
-  chunk = max_rows(w.steps)
-  outs = []
-  for r0 in range(0, m, chunk):
-    xc = x2[r0:r0 + chunk]
-    mc = xc.shape[0]
-    mp = round_up(mc, 8)
-    cfg = config or default_config(w, mp, interpret)
-    if smem_bytes(cfg, mp) > SMEM_LIMIT:
-      raise ValueError(f"config {cfg.name()} needs {smem_bytes(cfg, mp)} bytes of shared memory at {mp} rows "
-                       f"(limit {SMEM_LIMIT}); use fewer max_concurrent_steps")
-    o = wo_fp4(pad_to(xc, mc, w.k_padded), w, config=cfg, out_dtype=out_dtype, interpret=interpret, rows=mp)
-    outs.append(o[:, :w.n] if o.shape[1] != w.n else o)
-  out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
-  return out.reshape(lead + (w.n,))
+  top = max_rows(w.steps)
+  if row_tile is not None and not (isinstance(row_tile, int) and 8 <= row_tile <= top and row_tile % 8 == 0):
+    raise ValueError(f"row_tile must be a multiple of 8 in 8..{top} (max_rows at steps={w.steps}); got {row_tile!r}")
+  mp = round_up(m, 8)
+  if row_tile is None and mp > min(ROW_TILE, top) or row_tile is not None and mp > row_tile:
+    mp = row_tile or min(ROW_TILE, top)
+  tiles = -(-m // mp)
+  cfg = config or default_config(w, mp, interpret)
+  if smem_bytes(cfg, mp) > SMEM_LIMIT:
+    raise ValueError(f"config {cfg.name()} needs {smem_bytes(cfg, mp)} bytes of shared memory at {mp} rows "
+                     f"(limit {SMEM_LIMIT}); use fewer max_concurrent_steps")
+  xp = pad_to(x2, m if tiles == 1 else tiles * mp, w.k_padded)
+  o = wo_fp4(xp, w, config=cfg, out_dtype=out_dtype, interpret=interpret, rows=mp, row_tiles=tiles)
+  if o.shape != (m, w.n):
+    o = o[:m, :w.n]
+  return o.reshape(lead + (w.n,))
