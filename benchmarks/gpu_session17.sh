@@ -2,7 +2,7 @@
 # Session 17 device calls: 1) design (b) with one dequantized B tile shared by both warpgroups (coop=True);
 # 2) design (a) with rolling block wgmmas (roll=True), and the Mosaic GPU weight-only kernel at M = 16, 24, 64.
 # Neither was faster; their code was removed afterwards: check out commit 1e8896c to re-run calls 1 and 2.
-# 3) the weight-only M sweep with x unpadded (commit 0a0), 4) with row tiles side by side (M > 32).
+# 3) the weight-only M sweep with x unpadded (the code of c617095), 4) with row tiles side by side (M > 32).
 # OUT=$OUT bash benchmarks/gpu_session17.sh N
 set -u
 cd "$(dirname "$0")/.."
