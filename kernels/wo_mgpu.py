@@ -53,7 +53,9 @@ FOLD = 120         # folded decode: 2^(e + FOLD) is the bf16 scale the decode mu
 SHIFT = -6         # folded decode: value = elem * 2^(e + SHIFT); the epilogue multiplies by 2^-SHIFT
 UNFOLD_BITS = (126 + 127) << 7  # unfolded decode: bf16 bits of 2^126, then times the scale 2^e itself
 MAX_ROWS = 128     # x rows per call (wgmma N <= 256; 64 FP32 accumulator registers per thread at 128)
-ROW_TILE = 32      # x rows per CTA when M is larger: more row tiles side by side, each with 4 stages + multicast
+ONE_TILE_ROWS = 48  # up to this many rows (after rounding to 8), one row tile (session 17: 48 rows 21.8 us, 2 x 32 37.2)
+ROW_TILE = 32      # x rows per CTA beyond that: row tiles side by side, 4 stages + multicast (M = 64: 33.8 us
+                   # against 37.0 as one 64-row tile with 2 stages; M = 128: 65.2 against 88.8 as 72 + 56 rows)
 SMEM_LIMIT = 220 * 1024  # of the H100's 227 KB per CTA (the pipeline's barriers need a little)
 
 
@@ -459,9 +461,10 @@ def wo_matmul_mgpu(x: jax.Array, w: MgpuFP4Weight, *, out_dtype=jnp.bfloat16,
                    row_tile: int | None = None) -> jax.Array:
   """(..., N) = x (..., K) @ W^T for a ``prepare_weight_mgpu`` weight; x rounded to bf16, FP32 accumulation.
 
-  One kernel call. Up to ``ROW_TILE`` rows run in one row tile of M rounded up to 8 without padding x; more rows
-  run in tiles of ``row_tile`` (default ``ROW_TILE``; a multiple of 8, at most ``max_rows(w.steps)``) side by
-  side in the grid, x padded to whole tiles (no pad or slice when M is a multiple of the tile). ``config``
+  One kernel call. Up to ``ONE_TILE_ROWS`` rows (or ``row_tile``) run in one row tile of M rounded up to 8
+  without padding x; more rows run in tiles of ``row_tile`` (default ``ROW_TILE``; a multiple of 8, at most
+  ``max_rows(w.steps)``) side by side in the grid, x padded to whole tiles (no pad or slice when M is a
+  multiple of the tile). ``config``
   defaults to ``default_config``. Runs on Hopper (Mosaic GPU), or in the Pallas interpreter with
   ``interpret=True``."""
   if not isinstance(w, MgpuFP4Weight):
@@ -485,7 +488,7 @@ def wo_matmul_mgpu(x: jax.Array, w: MgpuFP4Weight, *, out_dtype=jnp.bfloat16,
   if row_tile is not None and not (isinstance(row_tile, int) and 8 <= row_tile <= top and row_tile % 8 == 0):
     raise ValueError(f"row_tile must be a multiple of 8 in 8..{top} (max_rows at steps={w.steps}); got {row_tile!r}")
   mp = round_up(m, 8)
-  if row_tile is None and mp > min(ROW_TILE, top) or row_tile is not None and mp > row_tile:
+  if row_tile is None and mp > min(ONE_TILE_ROWS, top) or row_tile is not None and mp > row_tile:
     mp = row_tile or min(ROW_TILE, top)
   tiles = -(-m // mp)
   cfg = config or default_config(w, mp, interpret)

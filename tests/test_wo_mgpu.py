@@ -247,17 +247,23 @@ def test_rows_are_not_padded():
     wm.wo_fp4(_x(9, 128), small, config=cfg, interpret=True, rows=8)
 
 
-def test_row_tiles():
-  """More rows than ROW_TILE run as row tiles side by side in one kernel: every output row from its own x row,
-  x padded to whole tiles only when M is not a multiple of the tile (then the output is sliced)."""
+def test_row_tiles(monkeypatch):
+  """More rows than ONE_TILE_ROWS run as ROW_TILE-row tiles side by side in one kernel: every output row from its
+  own x row, x padded to whole tiles only when M is not a multiple of the tile (then the output is sliced)."""
   q = _q(64, 128)
   small = wm.prepare_weight_mgpu(q, steps=4)
   cfg = wm.MgpuWOConfig(steps=4, max_concurrent_steps=2)
   call = lambda x, **kw: wm.wo_matmul_mgpu(x, small, out_dtype=jnp.float32, config=cfg, interpret=True, **kw)
-  x = _x(3 * wm.ROW_TILE, 128, seed=5)  # three full tiles: no pad, no slice
+  seen = []
+  real = wm.wo_fp4
+  monkeypatch.setattr(wm, "wo_fp4", lambda *a, **kw: seen.append((kw["rows"], kw["row_tiles"])) or real(*a, **kw))
+  assert wm.ONE_TILE_ROWS < 2 * wm.ROW_TILE
+  x = _x(2 * wm.ROW_TILE, 128, seed=5)  # two full tiles: no pad, no slice
   prims = {e.primitive.name for e in jax.make_jaxpr(call)(x).jaxpr.eqns}
   assert not prims & {"pad", "slice", "dynamic_slice", "concatenate"}, prims
   _check(call(x), x, q)
+  call(_x(wm.ONE_TILE_ROWS - 3, 128))
+  assert seen[-2:] == [(wm.ROW_TILE, 2), (wm.ONE_TILE_ROWS, 1)], seen
   x = _x(20, 128, seed=6)  # row_tile 8: three tiles, the last one padded
   _check(call(x, row_tile=8), x, q)
   with pytest.raises(ValueError, match="row_tile must be a multiple of 8"):
