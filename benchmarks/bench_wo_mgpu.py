@@ -205,7 +205,8 @@ def main():
           bw.guard(10)
           d, w_ = bw.measure(lambda x, w, rt=rt: wm.wo_matmul_mgpu(x, w, interpret=interpret, row_tile=rt), x,
                              weights(16))
-          bw.log(bw.row(f"M={m:<4d} same, row_tile={rt}", d, w_, nbytes, base) + f"  {tri_t / (d if d == d else w_):5.2f}x triton")
+          t_rt = d if d == d else w_
+          bw.log(bw.row(f"M={m:<4d} same, row_tile={rt}", d, w_, nbytes, base) + f"  {tri_t / t_rt:5.2f}x triton")
       res.sort(key=lambda r: r[0])
       if m == args.anchor:
         ranked = [c for _, c in res]

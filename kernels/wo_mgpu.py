@@ -53,7 +53,7 @@ FOLD = 120         # folded decode: 2^(e + FOLD) is the bf16 scale the decode mu
 SHIFT = -6         # folded decode: value = elem * 2^(e + SHIFT); the epilogue multiplies by 2^-SHIFT
 UNFOLD_BITS = (126 + 127) << 7  # unfolded decode: bf16 bits of 2^126, then times the scale 2^e itself
 MAX_ROWS = 128     # x rows per call (wgmma N <= 256; 64 FP32 accumulator registers per thread at 128)
-ONE_TILE_ROWS = 48  # up to this many rows (after rounding to 8), one row tile (session 17: 48 rows 21.8 us, 2 x 32 37.2)
+ONE_TILE_ROWS = 48  # up to this many rows (rounded up to 8), one row tile (session 17: 21.8 us; as 2 x 32: 37.2)
 ROW_TILE = 32      # x rows per CTA beyond that: row tiles side by side, 4 stages + multicast (M = 64: 33.8 us
                    # against 37.0 as one 64-row tile with 2 stages; M = 128: 65.2 against 88.8 as 72 + 56 rows)
 SMEM_LIMIT = 220 * 1024  # of the H100's 227 KB per CTA (the pipeline's barriers need a little)
@@ -330,9 +330,9 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
 
   One row tile (``row_tiles=1``): M <= Mp; the TMA reads x's rows M..Mp-1 out of bounds (zeros; each output row
   depends on its own x row only) and the store writes rows 0..M-1, so no pad or slice kernel runs around it.
-  ``row_tiles=R`` > 1: M = R * Mp exactly; the grid is (N tiles, R), the R CTAs of one weight tile read it at
-  the same time (the second from L2), each with its own Mp rows of x. The decode is folded (one multiply per
-  pair fewer) when ``w.fold_ok``."""
+  ``row_tiles=R`` > 1: M = R * Mp exactly; the grid is (N tiles, R), the R CTAs of one weight tile adjacent in
+  launch order, each with its own Mp rows of x. The decode is folded (one multiply per pair fewer) when
+  ``w.fold_ok``."""
   cfg = config
   if w.steps != cfg.steps:
     raise ValueError(f"w was laid out for steps={w.steps}; config has steps={cfg.steps}")
@@ -464,9 +464,8 @@ def wo_matmul_mgpu(x: jax.Array, w: MgpuFP4Weight, *, out_dtype=jnp.bfloat16,
   One kernel call. Up to ``ONE_TILE_ROWS`` rows (or ``row_tile``) run in one row tile of M rounded up to 8
   without padding x; more rows run in tiles of ``row_tile`` (default ``ROW_TILE``; a multiple of 8, at most
   ``max_rows(w.steps)``) side by side in the grid, x padded to whole tiles (no pad or slice when M is a
-  multiple of the tile). ``config``
-  defaults to ``default_config``. Runs on Hopper (Mosaic GPU), or in the Pallas interpreter with
-  ``interpret=True``."""
+  multiple of the tile). ``config`` defaults to ``default_config``. Runs on Hopper (Mosaic GPU), or in the
+  Pallas interpreter with ``interpret=True``."""
   if not isinstance(w, MgpuFP4Weight):
     raise TypeError(f"w must be a prepare_weight_mgpu(...) result; got {type(w).__name__}")
   if config is not None and not isinstance(config, MgpuWOConfig):
