@@ -3,7 +3,7 @@
 # 2) design (a) with rolling block wgmmas (roll=True), and the Mosaic GPU weight-only kernel at M = 16, 24, 64.
 # Neither was faster; their code was removed afterwards: check out commit 1e8896c to re-run calls 1 and 2.
 # 3) the weight-only M sweep with x unpadded (the code of c617095), 4) with row tiles side by side (M > 32, 515b5d5),
-# 5) the M sweep with row tiles only beyond ONE_TILE_ROWS = 48.
+# 5) the M sweep with row tiles only beyond ONE_TILE_ROWS = 48, 6) Nsight Compute of the two GEMM designs (4096^3).
 # OUT=$OUT bash benchmarks/gpu_session17.sh N
 set -u
 cd "$(dirname "$0")/.."
@@ -20,4 +20,16 @@ case "${1:-1}" in
        --budget 540 --out "$OUT" ;;
   5) timeout 590 python3 benchmarks/bench_wo_mgpu.py --ms 16,1,2,4,8,24,32,48,64,96,128,256 --cfgs 0 --budget 560 \
        --out "$OUT" ;;
+  6) . benchmarks/gpu_env.sh
+     for v in fp8 bf16; do
+       tag="ncu_gemm_$v"
+       timeout 200 "$NCU" --clock-control none --kernel-name regex:mosaic --launch-skip 1 --launch-count 1 --set full \
+         --import-source no -f -o "$OUT/$tag" python3 benchmarks/ncu_gemm.py --variant "$v" > "$OUT/${tag}_run.log" 2>&1
+       tail -3 "$OUT/${tag}_run.log"
+       "$NCU" --import "$OUT/$tag.ncu-rep" --print-details all > "$OUT/$tag.txt" 2>&1
+       "$NCU" --import "$OUT/$tag.ncu-rep" --page source --print-source sass --csv > "$OUT/${tag}_sass.csv" 2>&1
+       grep -E "Duration|Issue Slots Busy|Eligible Warps|Issued Warp|No Eligible|Stall|Shared Memory|Bank Conflict|Pipe" \
+         "$OUT/$tag.txt" | head -60
+       rm -f "$OUT/$tag.ncu-rep"
+     done ;;
 esac
