@@ -3,7 +3,8 @@
 # 2) design (a) with rolling block wgmmas (roll=True), and the Mosaic GPU weight-only kernel at M = 16, 24, 64.
 # Neither was faster; their code was removed afterwards: check out commit 1e8896c to re-run calls 1 and 2.
 # 3) the weight-only M sweep with x unpadded (the code of c617095), 4) with row tiles side by side (M > 32, 515b5d5),
-# 5) the M sweep with row tiles only beyond ONE_TILE_ROWS = 48, 6) Nsight Compute of the two GEMM designs (4096^3).
+# 5) the M sweep with row tiles only beyond ONE_TILE_ROWS = 48, 6) Nsight Compute of the two GEMM designs (4096^3),
+# 7) the weight-only M = 1 call's kernels against M = 2 and x padded to 2 / 8 rows.
 # OUT=$OUT bash benchmarks/gpu_session17.sh N
 set -u
 cd "$(dirname "$0")/.."
@@ -32,4 +33,5 @@ case "${1:-1}" in
          "$OUT/$tag.txt" | head -60
        rm -f "$OUT/$tag.ncu-rep"
      done ;;
+  7) timeout 300 python3 benchmarks/check_wo_m1.py --out "$OUT" ;;
 esac
