@@ -459,7 +459,8 @@ def main():
                  "8192x2048x2048,8192x2048x8192,8192x8192x2048", help="MxNxK list")
   p.add_argument("--acc-ks", default="1024,2048,4096,8192,16384")
   p.add_argument("--sizes-lite", action="store_true", help="fewer impls per size (MX fp8 + baselines)")
-  p.add_argument("--sweep-set", default="all", help="'all', 'final' (the few configs kept after run 1), or 'dq2' (sets 'coop' and 'roll': at commit 1e8896c)")
+  p.add_argument("--sweep-set", default="all",
+                 help="'all', 'final' (the configs kept after run 1), 'dq2' (sets 'coop' and 'roll': commit 1e8896c)")
   p.add_argument("--wo-ms", default="1,2,4,8,16,32,64,128,256")
   p.add_argument("--wo-fmts", default="mxfp8_e4m3,mxfp6_e2m3,mxfp4_e2m1,mxint8,nvfp4")
   p.add_argument("--wo-cands", default="all", help="'all' or a count: first N weight-only sweep configs")

@@ -6,9 +6,8 @@
 # 5) the M sweep with row tiles only beyond ONE_TILE_ROWS = 48, 6) Nsight Compute of the two GEMM designs (4096^3),
 # 7) the weight-only M = 1 call's kernels against M = 2 and x padded to 2 / 8 rows.
 # OUT=$OUT bash benchmarks/gpu_session17.sh N
-set -u
 cd "$(dirname "$0")/.."
-export PYTHONPATH=. PYTHONUNBUFFERED=1
+. benchmarks/gpu_env.sh
 case "${1:-1}" in
   1) timeout 570 python3 benchmarks/bench_matmul.py --sections env,check,sweep,sizes --sweep-set coop --check-wo none \
        --sizes 8192x8192x8192 --sizes-lite --budget 540 --out "$OUT" ;;
@@ -21,8 +20,7 @@ case "${1:-1}" in
        --budget 540 --out "$OUT" ;;
   5) timeout 590 python3 benchmarks/bench_wo_mgpu.py --ms 16,1,2,4,8,24,32,48,64,96,128,256 --cfgs 0 --budget 560 \
        --out "$OUT" ;;
-  6) . benchmarks/gpu_env.sh
-     for v in fp8 bf16; do
+  6) for v in fp8 bf16; do
        tag="ncu_gemm_$v"
        timeout 200 "$NCU" --clock-control none --kernel-name regex:mosaic --launch-skip 1 --launch-count 1 --set full \
          --import-source no -f -o "$OUT/$tag" python3 benchmarks/ncu_gemm.py --variant "$v" > "$OUT/${tag}_run.log" 2>&1

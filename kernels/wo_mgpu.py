@@ -221,6 +221,18 @@ def _asm_decode(g: int, fold: bool) -> str:
   return "{ .reg .b32 t, u; " + body + " mul.rn.bf16x2 $0, t, $2; }"
 
 
+def _lane_helpers():
+  """For inline_mgpu bodies: (i32 constant maker, i32 -> index cast, thread index within the warpgroup)."""
+  from jax._src.lib.mlir import ir
+  from jax._src.lib.mlir.dialects import arith
+  from jax.experimental.mosaic.gpu import utils as mu
+
+  i32, index = ir.IntegerType.get_signless(32), ir.IndexType.get()
+  c = lambda v: arith.constant(i32, v)  # noqa: E731
+  ix = lambda v: arith.index_cast(index, v)  # noqa: E731
+  return c, ix, arith.remui(mu.thread_idx(), c(128))
+
+
 def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True):
   """inline_mgpu body: block b (+ wg_blocks per consumer warpgroup before this one) of a stage -> (64, 32)
   bf16 WGMMA_LAYOUT array of elem * 2^(e - 6) (``fold``) or elem * 2^e."""
@@ -230,10 +242,7 @@ def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True):
   from jax.experimental.mosaic.gpu import utils as mu
 
   i32, i8 = ir.IntegerType.get_signless(32), ir.IntegerType.get_signless(8)
-  index = ir.IndexType.get()
-  c = lambda v: arith.constant(i32, v)
-  ix = lambda v: arith.index_cast(index, v)
-  tid = arith.remui(mu.thread_idx(), c(128))
+  c, ix, tid = _lane_helpers()
   blk = c(b)
   if wg_blocks:
     blk = arith.addi(blk, arith.muli(arith.divui(mu.thread_idx(), c(128)), c(wg_blocks)))
@@ -287,14 +296,10 @@ def _store_transposed(acc, o_ref, out_dtype, scale: float, add_ref=None):
   -> o_ref (Mp, 64)."""
   from jax._src.lib.mlir import ir
   from jax._src.lib.mlir.dialects import arith, memref, vector
-  import jax.experimental.mosaic.gpu as mgpu
   from jax.experimental.mosaic.gpu import utils as mu
 
-  i32, f32 = ir.IntegerType.get_signless(32), ir.F32Type.get()
-  index = ir.IndexType.get()
-  c = lambda v: arith.constant(i32, v)
-  ix = lambda v: arith.index_cast(index, v)
-  tid = arith.remui(mu.thread_idx(), c(128))
+  f32 = ir.F32Type.get()
+  c, ix, tid = _lane_helpers()
   warp, lane = arith.divui(tid, c(32)), arith.remui(tid, c(32))
   row0 = arith.addi(arith.muli(warp, c(16)), arith.divui(lane, c(4)))
   col0 = arith.muli(arith.remui(lane, c(4)), c(2))
@@ -487,7 +492,7 @@ def wo_matmul_mgpu(x: jax.Array, w: MgpuFP4Weight, *, out_dtype=jnp.bfloat16,
   if row_tile is not None and not (isinstance(row_tile, int) and 8 <= row_tile <= top and row_tile % 8 == 0):
     raise ValueError(f"row_tile must be a multiple of 8 in 8..{top} (max_rows at steps={w.steps}); got {row_tile!r}")
   mp = round_up(m, 8)
-  if row_tile is None and mp > min(ONE_TILE_ROWS, top) or row_tile is not None and mp > row_tile:
+  if mp > (row_tile or min(ONE_TILE_ROWS, top)):  # several row tiles
     mp = row_tile or min(ROW_TILE, top)
   tiles = -(-m // mp)
   cfg = config or default_config(w, mp, interpret)
