@@ -32,6 +32,7 @@ before JAX starts, or it can deadlock on a 2-core machine.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 
@@ -244,6 +245,28 @@ def _gemm_dims(a, b, sa, sb, a_elem: str, b_elem: str, cfg: GemmConfig) -> tuple
   return bsz, m, n, k
 
 
+def register_split(num_compute_wgs: int, memory_registers: int) -> int:
+  """Registers per compute thread that ``setmaxnreg`` can actually grant: the CTA gets floor8(65536 / threads)
+  per thread at launch, and the compute warpgroups share what that pool holds beyond the memory warpgroup's."""
+  threads = 128 * (num_compute_wgs + 1)
+  pool = (65536 // threads) // 8 * 8 * threads
+  return min(248, (pool - 128 * memory_registers) // (128 * num_compute_wgs) // 8 * 8)
+
+
+@contextlib.contextmanager
+def _pallas_register_split(num_compute_wgs: int, memory_registers: int):
+  """Traces ``emit_pipeline_warp_specialized`` with ``register_split``'s count. Pallas (JAX 0.11.2) splits a
+  full 64K registers, which with four compute warpgroups (640 threads, 96 each at launch) asks for more than
+  the CTA holds: every ``setmaxnreg.inc`` then waits forever (the H100 hung). With two it is the same count."""
+  from jax._src.pallas.mosaic_gpu import pipeline as pallas_pipeline
+  orig = pallas_pipeline._compute_registers
+  pallas_pipeline._compute_registers = lambda *_: register_split(num_compute_wgs, memory_registers)
+  try:
+    yield
+  finally:
+    pallas_pipeline._compute_registers = orig
+
+
 def _batch_row(bi, rows: int, off):
   """Row ``off`` of batch element ``bi`` in a batch-flattened (B * rows, ...) array (``bi`` None: unbatched)."""
   return off if bi is None else bi * rows + off
@@ -285,6 +308,7 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
   tile_m, tile_n, tile_k = cfg.tile_m, cfg.tile_n, cfg.tile_k
   cta_m, cta_n = cfg.cta_m, cfg.cta_n
   wgs = cfg.num_wgs
+  mem_regs = 40 if wgs == 2 else 32  # four: 32 + 4 x 112 per thread lane fit the 640-thread CTA's 96 x 5
   nblk = tile_k // BLOCK
   m_iters, n_iters, k_iters = m // cta_m, n // cta_n, k // tile_k
   epi_n = _epi_n(cfg, out_dtype)
@@ -298,7 +322,7 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
   def kernel(a_g, b_g, sa_g, sb_g, o_g, o_smem):
     def pipeline(body, ctx):
       return plgpu.emit_pipeline_warp_specialized(
-          body, grid=(k_iters,), memory_registers=40,
+          body, grid=(k_iters,), memory_registers=mem_regs,
           in_specs=[
               plgpu.BlockSpec((cta_m, a_tk), lambda kk: (0, kk), transforms=a_tr, memory_space=plgpu.SMEM),
               plgpu.BlockSpec((cta_n, b_tk), lambda kk: (0, kk), transforms=b_tr, memory_space=plgpu.SMEM),
@@ -443,7 +467,8 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
       compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
       scratch_types=dict(o_smem=plgpu.SMEM((wgs, 2, tile_m, epi_n), out_dtype, transforms=out_tr)),
       interpret=interp)
-  return f(a, b, sa, sb)
+  with _pallas_register_split(wgs, mem_regs):
+    return f(a, b, sa, sb)
 
 
 # ----------------------------------------------------------------------------------------------------------
