@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Session 18 device calls: 1) design (a)/(b) with four compute warpgroups, 2 x 2 over the CTA tile (wg_dim="MN"),
-# against the two default configs at 8192^3 -- hung: Pallas' register split asked setmaxnreg for more than the
-# 640-thread CTA holds (fixed by register_split, commit after 1); 2) the same, the check in its own process first.
+# Session 18 device calls. 1, 2 (commit 293a30c; wg_dim="MN" was removed again, no faster): design (a)/(b) with
+# four compute warpgroups, 2 x 2 over the CTA tile, against the two default configs at 8192^3. Call 1 hung: Pallas'
+# register split asked setmaxnreg for more than the 640-thread CTA holds (fixed in 293a30c); call 2 ran the check
+# in its own process first.
 # OUT=$OUT bash benchmarks/gpu_session18.sh N
 cd "$(dirname "$0")/.."
 . benchmarks/gpu_env.sh

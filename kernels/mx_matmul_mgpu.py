@@ -32,7 +32,6 @@ before JAX starts, or it can deadlock on a 2-core machine.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 
@@ -153,8 +152,7 @@ class GemmConfig:
   tile_m: int = 64          # rows of one compute warpgroup's output tile
   tile_n: int = 128         # columns of one compute warpgroup's output tile
   tile_k: int = 128         # K depth of one pipeline stage (a multiple of 32)
-  wg_dim: str = "M"         # the compute warpgroups split the CTA tile along "M" or "N" (two), or both "MN" (four,
-                            # 2 x 2: more warps per scheduler to hide each one's wgmma wait behind others' FFMAs)
+  wg_dim: str = "M"         # the two compute warpgroups split the CTA tile along "M" or "N"
   max_concurrent_steps: int = 4
   grid_minor: str = "N"     # planar-snake order of output tiles
   grid_tile_width: int = 8
@@ -165,16 +163,12 @@ class GemmConfig:
                             # overlaps stage k's wgmmas instead of waiting for them at the end of every stage)
 
   @property
-  def num_wgs(self):
-    return 4 if self.wg_dim == "MN" else 2
-
-  @property
   def cta_m(self):
-    return self.tile_m * (2 if "M" in self.wg_dim else 1)
+    return self.tile_m * (2 if self.wg_dim == "M" else 1)
 
   @property
   def cta_n(self):
-    return self.tile_n * (2 if "N" in self.wg_dim else 1)
+    return self.tile_n * (2 if self.wg_dim == "N" else 1)
 
   def name(self):
     s = f"{self.variant}_m{self.tile_m}n{self.tile_n}k{self.tile_k}_wg{self.wg_dim}_s{self.max_concurrent_steps}"
@@ -187,8 +181,6 @@ class GemmConfig:
     return s
 
   def __post_init__(self):
-    if self.wg_dim not in ("M", "N", "MN"):
-      raise ValueError(f"wg_dim must be 'M', 'N' or 'MN'; got {self.wg_dim!r}")
     if self.deq_slots not in (1, 2):
       raise ValueError(f"deq_slots must be 1 or 2; got {self.deq_slots}")
     if self.deq_slots == 2 and self.variant != "bf16":
@@ -207,12 +199,11 @@ def gemm_smem_bytes(cfg: GemmConfig, a_elem: str = "fp8", b_elem: str = "fp8", o
   nblk = cfg.tile_k // BLOCK
   stage = (cfg.cta_m * row_bytes(cfg.tile_k, a_elem) + cfg.cta_n * row_bytes(cfg.tile_k, b_elem)
            + nblk * (cfg.cta_m + cfg.cta_n) * 4)
-  wgs = cfg.num_wgs
-  total = cfg.max_concurrent_steps * stage + 2 * wgs * cfg.tile_m * _epi_n(cfg, out_dtype) * jnp.dtype(out_dtype).itemsize
+  total = cfg.max_concurrent_steps * stage + 4 * cfg.tile_m * _epi_n(cfg, out_dtype) * jnp.dtype(out_dtype).itemsize
   if cfg.variant == "bf16":
-    total += wgs * cfg.deq_slots * cfg.tile_n * cfg.tile_k * 2
+    total += 2 * cfg.deq_slots * cfg.tile_n * cfg.tile_k * 2
     if not cfg.a_regs or interpret:
-      total += wgs * cfg.deq_slots * cfg.tile_m * cfg.tile_k * 2
+      total += 2 * cfg.deq_slots * cfg.tile_m * cfg.tile_k * 2
   return total + 1024
 
 
@@ -243,28 +234,6 @@ def _gemm_dims(a, b, sa, sb, a_elem: str, b_elem: str, cfg: GemmConfig) -> tuple
     raise ValueError(f"shape ({m}, {n}, {k}) must be a multiple of the CTA tile ({cfg.cta_m}, {cfg.cta_n}, "
                      f"{cfg.tile_k}); pad first")
   return bsz, m, n, k
-
-
-def register_split(num_compute_wgs: int, memory_registers: int) -> int:
-  """Registers per compute thread that ``setmaxnreg`` can actually grant: the CTA gets floor8(65536 / threads)
-  per thread at launch, and the compute warpgroups share what that pool holds beyond the memory warpgroup's."""
-  threads = 128 * (num_compute_wgs + 1)
-  pool = (65536 // threads) // 8 * 8 * threads
-  return min(248, (pool - 128 * memory_registers) // (128 * num_compute_wgs) // 8 * 8)
-
-
-@contextlib.contextmanager
-def _pallas_register_split(num_compute_wgs: int, memory_registers: int):
-  """Traces ``emit_pipeline_warp_specialized`` with ``register_split``'s count. Pallas (JAX 0.11.2) splits a
-  full 64K registers, which with four compute warpgroups (640 threads, 96 each at launch) asks for more than
-  the CTA holds: every ``setmaxnreg.inc`` then waits forever (the H100 hung). With two it is the same count."""
-  from jax._src.pallas.mosaic_gpu import pipeline as pallas_pipeline
-  orig = pallas_pipeline._compute_registers
-  pallas_pipeline._compute_registers = lambda *_: register_split(num_compute_wgs, memory_registers)
-  try:
-    yield
-  finally:
-    pallas_pipeline._compute_registers = orig
 
 
 def _batch_row(bi, rows: int, off):
@@ -307,8 +276,6 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
 
   tile_m, tile_n, tile_k = cfg.tile_m, cfg.tile_n, cfg.tile_k
   cta_m, cta_n = cfg.cta_m, cfg.cta_n
-  wgs = cfg.num_wgs
-  mem_regs = 40 if wgs == 2 else 32  # four: 32 + 4 x 112 per thread lane fit the 640-thread CTA's 96 x 5
   nblk = tile_k // BLOCK
   m_iters, n_iters, k_iters = m // cta_m, n // cta_n, k // tile_k
   epi_n = _epi_n(cfg, out_dtype)
@@ -322,22 +289,22 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
   def kernel(a_g, b_g, sa_g, sb_g, o_g, o_smem):
     def pipeline(body, ctx):
       return plgpu.emit_pipeline_warp_specialized(
-          body, grid=(k_iters,), memory_registers=mem_regs,
+          body, grid=(k_iters,), memory_registers=40,
           in_specs=[
               plgpu.BlockSpec((cta_m, a_tk), lambda kk: (0, kk), transforms=a_tr, memory_space=plgpu.SMEM),
               plgpu.BlockSpec((cta_n, b_tk), lambda kk: (0, kk), transforms=b_tr, memory_space=plgpu.SMEM),
               plgpu.BlockSpec((nblk, cta_m), lambda kk: (kk, 0), memory_space=plgpu.SMEM),
               plgpu.BlockSpec((nblk, cta_n), lambda kk: (kk, 0), memory_space=plgpu.SMEM),
           ],
-          wg_axis="wg", num_compute_wgs=wgs, max_concurrent_steps=cfg.max_concurrent_steps, compute_context=ctx)
+          wg_axis="wg", num_compute_wgs=2, max_concurrent_steps=cfg.max_concurrent_steps, compute_context=ctx)
 
     ignore = lambda *_, **__: None
     extra = {}
     if cfg.variant == "bf16":
       slots = (cfg.deq_slots,) if cfg.deq_slots > 1 else ()
-      extra["bq"] = plgpu.SMEM((wgs, *slots, tile_n, tile_k), bf16, transforms=_block_tiled(bf16))
+      extra["bq"] = plgpu.SMEM((2, *slots, tile_n, tile_k), bf16, transforms=_block_tiled(bf16))
       if not a_regs:
-        extra["aq"] = plgpu.SMEM((wgs, *slots, tile_m, tile_k), bf16, transforms=_block_tiled(bf16))
+        extra["aq"] = plgpu.SMEM((2, *slots, tile_m, tile_k), bf16, transforms=_block_tiled(bf16))
 
     @functools.partial(pl.run_scoped, allocs=pipeline(ignore, ignore).get_allocations(a_g, b_g, sa_g, sb_g),
                        collective_axes="wg", **extra)
@@ -354,13 +321,9 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
         if cfg.wg_dim == "M":
           wg_m, wg_n = pl.ds(wg * tile_m, tile_m), slice(None)
           row0, col0 = a_row() + wg * tile_m, ni * cta_n
-        elif cfg.wg_dim == "N":
+        else:
           wg_m, wg_n = slice(None), pl.ds(wg * tile_n, tile_n)
           row0, col0 = a_row(), ni * cta_n + wg * tile_n
-        else:  # "MN": warpgroup 2 wm + wn owns sub-tile (wm, wn)
-          wm, wn = wg // 2, lax.rem(wg, 2)
-          wg_m, wg_n = pl.ds(wm * tile_m, tile_m), pl.ds(wn * tile_n, tile_n)
-          row0, col0 = a_row() + wm * tile_m, ni * cta_n + wn * tile_n
 
         def epilogue(acc):
           accv = acc.astype(out_dtype)
@@ -463,12 +426,11 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
 
   f = plgpu.kernel(
       kernel, out_type=jax.ShapeDtypeStruct((bsz * m, n), out_dtype), grid=(num_sms,), grid_names=("sm",),
-      num_threads=wgs + 1, thread_name="wg",
+      num_threads=3, thread_name="wg",
       compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
-      scratch_types=dict(o_smem=plgpu.SMEM((wgs, 2, tile_m, epi_n), out_dtype, transforms=out_tr)),
+      scratch_types=dict(o_smem=plgpu.SMEM((2, 2, tile_m, epi_n), out_dtype, transforms=out_tr)),
       interpret=interp)
-  with _pallas_register_split(wgs, mem_regs):
-    return f(a, b, sa, sb)
+  return f(a, b, sa, sb)
 
 
 # ----------------------------------------------------------------------------------------------------------
