@@ -1,4 +1,4 @@
-"""MXFP4 weight-only on an H100: the Mosaic GPU kernel (kernels/wo_mgpu.py) vs the Triton kernel and bf16.
+"""MXFP4 / NVFP4 weight-only on an H100: the Mosaic GPU kernel (kernels/wo_mgpu.py) vs the Triton kernel and bf16.
 
   PYTHONUNBUFFERED=1 python benchmarks/bench_wo_mgpu.py --out $OUT --budget 400    # on the GPU
   JAX_PLATFORMS=cpu python benchmarks/bench_wo_mgpu.py --smoke                     # CPU dry run (interpreter)
@@ -6,7 +6,8 @@
 One process, every number from this run, timed as ``bench_wo.py`` does (``bench_wo.measure``: one jit of 16
 calls, each with its own weight copy and its own x; "dev" = all device kernels per call from the profiler).
 Steps: (1) exactness, every E2M1 code at row scales 2^-100 .. 2^7 (the folded decode's window) against a
-float64 host reference, per config layout; the window's edges (2^-126, 2^-120) are reported, not gated;
+float64 host reference, per config layout; the window's edges (2^-126, 2^-120) are reported, not gated
+(``--fmt nvfp4``: every code with normal E4M3 scales (folded), and with subnormal / zero ones (unfolded));
 (2) K = N = 8192, M = 16 against XLA's reference (W dequantized, FP32 HIGHEST) and against the Triton kernel;
 (3) at --anchor M every config, then the best --top configs at the other Ms, beside bf16 ``x @ W^T`` and the
 Triton kernel's default in the same process.
@@ -49,6 +50,8 @@ def exactness(cfgs, interpret):
   rows = [-100, -50, 0, 7, -20, 3, -3, 5] * 16       # every byte in 1..134: the folded decode
   wide = [-120, -100, 0, 60, 100, 112, -60, 8] * 16   # the unfolded decode (2^112: 512 * 2 * 6 * 2^112 < FP32 max)
   edge = [-127, 127, -127, 127] * 32                  # byte 0 (codes 0.5, 1.5 fall below bf16) and 2^127 (Inf)
+  if FMT == "nvfp4":
+    return exactness_nv(cfgs, interpret, x, k)
   ok = {}
   for s, g, cl in sorted({(c.steps, c.wgs, c.cluster) for c in cfgs}):
     cfg = next(c for c in cfgs if (c.steps, c.wgs, c.cluster) == (s, g, cl))
@@ -70,6 +73,33 @@ def exactness(cfgs, interpret):
   return ok
 
 
+def exactness_nv(cfgs, interpret, x, k):
+  """NVFP4: every code against E4M3 scale bytes normal only (0x08..0x7E: the folded decode) and cycling through
+  subnormal, zero and largest bytes (``bench_wo.all_codes_weight``: the exact unfolded conversion)."""
+  import dataclasses
+  ok = {}
+  base = bw.all_codes_weight(FMT, [0] * 128, k)
+  normal = np.arange(0x08, 0x7F, dtype=np.uint8)[(np.arange(128)[:, None] * 3 + np.arange(k // 16)) % 0x77]
+  kinds = (("normal", dataclasses.replace(base, scales=jax.lax.bitcast_convert_type(jnp.asarray(normal),
+                                                                                    jnp.float8_e4m3fn))),
+           ("subnormal", base))
+  for s, g, cl in sorted({(c.steps, c.wgs, c.cluster) for c in cfgs}):
+    cfg = next(c for c in cfgs if (c.steps, c.wgs, c.cluster) == (s, g, cl))
+    for name, q in kinds:
+      ref, bound = bw.host_ref(x, q)
+      try:
+        pw = wm.prepare_weight_mgpu(q, steps=s)
+        out = wm.wo_matmul_mgpu(x, pw, out_dtype=jnp.float32, config=cfg, interpret=interpret)
+        e = bw.rel_err(out, ref, bound)
+        ok[s, g, cl] = ok.get((s, g, cl), True) and e <= 1e-5
+        bw.log(f"  exact  steps={s:<2d} wgs={g} {cfg.name():<24s} {name:9s} (fold_ok={pw.fold_ok}): max |err| / "
+               f"(|x||W|) = {e:.2e} {'EXACT' if e <= 1e-5 else 'MISMATCH'}")
+      except Exception as ex:  # noqa: BLE001
+        ok[s, g, cl] = False
+        bw.log(f"  exact  steps={s:<2d} wgs={g} {name}: FAILED {type(ex).__name__}: {str(ex)[:600]}")
+  return ok
+
+
 def extras(x, qs, weights, base, tri_t, nbytes, interpret):
   """At the anchor M: the default path through the public API three times, and a weight whose scales need
   the unfolded decode (every weight times 2^20: E8M0 bytes above 134)."""
@@ -80,6 +110,8 @@ def extras(x, qs, weights, base, tri_t, nbytes, interpret):
     t = d if d == d else w_
     bw.log(bw.row(f"M={x.shape[0]:<4d} mx_weight_only_matmul(x, prepare_weight_mgpu(w)) #{i + 1}", d, w_, nbytes,
                   base) + f"  {tri_t / t:5.2f}x triton")
+  if FMT == "nvfp4":  # scales are relative to the tensor's amax: no unfolded weight from rescaling
+    return
   big = [mx_jax.quantize(mx_jax.dequantize(q, jnp.float32) * 2.0 ** 20, FMT, axis=1) for q in qs]
   pb = [wm.prepare_weight_mgpu(q) for q in big]
   bw.log(f"  unfolded weight: fold_ok={pb[0].fold_ok}")
@@ -99,7 +131,10 @@ def main():
   p.add_argument("--top", type=int, default=2)
   p.add_argument("--cfgs", default="all", help="indices into configs(), comma-separated, or 'all'")
   p.add_argument("--row-tiles", default="", help="row_tile values to time beside the default where M > row_tile")
+  p.add_argument("--fmt", default="mxfp4_e2m1", choices=sorted(wm.FORMATS))
   args = p.parse_args()
+  global FMT
+  FMT = args.fmt
   bw.BUDGET_S = args.budget
   if args.out:
     os.makedirs(args.out, exist_ok=True)

@@ -2,7 +2,8 @@
 # Session 18 device calls. 1, 2 (commit 293a30c; wg_dim="MN" was removed again, no faster): design (a)/(b) with
 # four compute warpgroups, 2 x 2 over the CTA tile, against the two default configs at 8192^3. Call 1 hung: Pallas'
 # register split asked setmaxnreg for more than the 640-thread CTA holds (fixed in 293a30c); call 2 ran the check
-# in its own process first.
+# in its own process first. 3) NVFP4 in the Mosaic GPU weight-only kernel: exactness, M sweep beside the Triton
+# kernel and bf16; MXFP4 at M = 16 again (same code path).
 # OUT=$OUT bash benchmarks/gpu_session18.sh N
 cd "$(dirname "$0")/.."
 . benchmarks/gpu_env.sh
@@ -13,4 +14,7 @@ case "${1:-1}" in
        --out "$OUT/check" \
      && timeout 400 python3 benchmarks/bench_matmul.py --sections sweep,sizes --sweep-set wg4 \
        --sizes 8192x8192x8192 --sizes-lite --budget 380 --out "$OUT" ;;
+  3) timeout 360 python3 benchmarks/bench_wo_mgpu.py --fmt nvfp4 --ms 16,1,8,32,64,128 --cfgs 0 --top 1 \
+       --budget 340 --out "$OUT/nv"
+     timeout 200 python3 benchmarks/bench_wo_mgpu.py --ms 16 --cfgs 0 --budget 180 --out "$OUT/mx" ;;
 esac

@@ -1,6 +1,7 @@
-"""MXFP4 weight-only GEMM on Hopper in Pallas on Mosaic GPU: out (M, N) = x (M, K) bf16 @ W^T, small M.
+"""FP4 weight-only GEMM on Hopper in Pallas on Mosaic GPU: out (M, N) = x (M, K) bf16 @ W^T, small M.
 
-W is an (N, K) MXFP4 weight (E2M1 codes, blocks of 32 along K, E8M0 scales). A producer warpgroup streams it
+W is an (N, K) MXFP4 weight (E2M1 codes, blocks of 32 along K, E8M0 scales) or NVFP4 (E2M1, blocks of 16 with
+E4M3 scales, an FP32 tensor scale applied in the epilogue). A producer warpgroup streams it
 with TMA (``plgpu.emit_pipeline_warp_specialized``); one or two consumer warpgroups decode it in registers
 straight into the A operand of bf16 ``wgmma`` (m64 x n=Mp x k16, x^T the B operand in shared memory). One CTA
 per 64 weight rows walks all of K: no split-K, no second kernel. ``MgpuWOConfig``: ``wgs=2`` splits each
@@ -17,9 +18,15 @@ which sm_90's ``mul.rn.bf16x2`` keeps). Then, with every E8M0 byte in 1..134 (``
 weights), one ``mul.rn.bf16x2`` by 2^(e + 120) gives elem * 2^(e - 6) and the epilogue multiplies the FP32
 accumulator by 2^6; otherwise ×2^126 then ×2^e (the scale's bf16: byte 0 is 2^-127, 255 NaN) gives elem * 2^e.
 Both are exact (the product is representable: bf16 has FP32's exponent range) except byte 0 with codes 0.5 /
-1.5, below bf16's least subnormal. A thread's two words are one 8-byte shared-memory load, its two scale
-bytes (rows r, r + 8; byte order 16 w + 2 q + h) one 2-byte load. Stored as words (K_p / (32 S), N_p / 64 *
-8 S, 32) and scales (K_p / (32 S), N_p / 64 * S, 64): S blocks per pipeline step, one contiguous run per
+1.5, below bf16's least subnormal. NVFP4 with ``fold_ok`` (every E4M3 byte normal, or 0 over a block of zero
+codes): one ``mad`` makes the bf16 bits ``(b << 4) + (239 << 7)`` = s * 2^119 of the byte b, so the multiply
+gives elem * s * 2^-7 and the epilogue multiplies by 2^7 and the tensor scale; otherwise the byte converts
+exactly (E4M3 -> f16 -> f32 -> bf16: subnormal scales, 0 and NaN included) for the unfolded path.
+
+A thread's two words are one 8-byte shared-memory load, its two scale bytes (rows r, r + 8; byte order 16 w +
+2 q + h) one 2-byte load (NVFP4: four bytes, byte 32 w + 4 q + 2 h + c for 16-block c of the 32-block, one
+4-byte load). Stored as words (K_p / (32 S), N_p / 64 * 8 S, 32) and scales (K_p / (32 S), N_p / 64 * S, 64 or
+128): S blocks per pipeline step, one contiguous run per
 (step, tile), the tiles of a step adjacent (the group-major order of session 10).
 
 The FP32 accumulator is written transposed (x rows major) through shared memory and one TMA store per CTA,
@@ -51,6 +58,9 @@ TILE_N = 64        # weight rows per CTA (the wgmma M)
 BLOCK = 32         # MX block
 FOLD = 120         # folded decode: 2^(e + FOLD) is the bf16 scale the decode multiplies by
 SHIFT = -6         # folded decode: value = elem * 2^(e + SHIFT); the epilogue multiplies by 2^-SHIFT
+NV_SHIFT = -7      # NVFP4 folded: value = elem * s * 2^NV_SHIFT (s * 2^(126 + NV_SHIFT) <= 448 * 2^119 is finite)
+NV_FOLD_BITS = (126 + NV_SHIFT + 120) << 7  # added to an E4M3 byte << 4 (s * 2^-120 as bf16 bits): s * 2^119
+FORMATS = {"mxfp4_e2m1": 32, "nvfp4": 16}   # weight format -> scale block
 UNFOLD_BITS = (126 + 127) << 7  # unfolded decode: bf16 bits of 2^126, then times the scale 2^e itself
 MAX_ROWS = 128     # x rows per call (wgmma N <= 256; 64 FP32 accumulator registers per thread at 128)
 ONE_TILE_ROWS = 48  # up to this many rows (rounded up to 8), one row tile (session 17: 21.8 us; as 2 x 32: 37.2)
@@ -82,19 +92,19 @@ class MgpuWOConfig:
             f"{'_wg2' if self.wgs == 2 else ''}{'_cl2' if self.cluster == 2 else ''}")
 
 
-def smem_bytes(cfg: MgpuWOConfig, mp: int) -> int:
-  """Shared memory of one CTA: the pipeline's stages (x tile, words, scales), the output tile and, with two
-  consumer warpgroups, the FP32 partial sum."""
+def smem_bytes(cfg: MgpuWOConfig, mp: int, nv: bool = False) -> int:
+  """Shared memory of one CTA: the pipeline's stages (x tile, words, scales: 64 bytes per 32-block, NVFP4 128),
+  the output tile and, with two consumer warpgroups, the FP32 partial sum."""
   if not isinstance(cfg, MgpuWOConfig):
     raise TypeError(f"cfg must be an MgpuWOConfig; got {type(cfg).__name__}")
-  per_step = mp * BLOCK * cfg.steps * 2 + 1024 * cfg.steps + 64 * cfg.steps
+  per_step = mp * BLOCK * cfg.steps * 2 + 1024 * cfg.steps + (128 if nv else 64) * cfg.steps
   return per_step * cfg.max_concurrent_steps + mp * TILE_N * (4 + 4 * (cfg.wgs == 2))
 
 
-def max_rows(steps: int) -> int:
+def max_rows(steps: int, nv: bool = False) -> int:
   """The most x rows (a multiple of 8, <= MAX_ROWS) whose tiles fit two pipeline stages."""
   cfg = MgpuWOConfig(steps=steps, max_concurrent_steps=2)
-  return max(m for m in range(8, MAX_ROWS + 1, 8) if smem_bytes(cfg, m) <= SMEM_LIMIT)
+  return max(m for m in range(8, MAX_ROWS + 1, 8) if smem_bytes(cfg, m, nv) <= SMEM_LIMIT)
 
 
 def default_config(w: "MgpuFP4Weight", mp: int, interpret: bool = False) -> MgpuWOConfig:
@@ -107,7 +117,7 @@ def default_config(w: "MgpuFP4Weight", mp: int, interpret: bool = False) -> Mgpu
     raise ValueError(f"mp must be a multiple of 8 in 8..{MAX_ROWS} (x rows after padding); got {mp!r}")
   cluster = 2 if (w.n_padded % (2 * TILE_N) == 0 and mp % 16 == 0 and not interpret) else 1
   cfg = MgpuWOConfig(steps=w.steps, cluster=cluster)
-  while smem_bytes(cfg, mp) > SMEM_LIMIT and cfg.max_concurrent_steps > 2:
+  while smem_bytes(cfg, mp, w.nv) > SMEM_LIMIT and cfg.max_concurrent_steps > 2:
     cfg = dataclasses.replace(cfg, max_concurrent_steps=cfg.max_concurrent_steps - 1)
   return cfg
 
@@ -115,13 +125,20 @@ def default_config(w: "MgpuFP4Weight", mp: int, interpret: bool = False) -> Mgpu
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class MgpuFP4Weight:
-  """An (N, K) MXFP4 weight in the kernel's layout (module docstring): ``words`` uint32, ``scales`` uint8."""
+  """An (N, K) MXFP4 or NVFP4 weight in the kernel's layout (module docstring): ``words`` uint32, ``scales``
+  uint8 (E8M0 or E4M3 bytes), ``tensor_scale`` (1,) float32 for NVFP4 (None for MXFP4)."""
   words: jax.Array
   scales: jax.Array
+  tensor_scale: jax.Array | None
   n: int = dataclasses.field(metadata=dict(static=True))
   k: int = dataclasses.field(metadata=dict(static=True))
   steps: int = dataclasses.field(metadata=dict(static=True))
   fold_ok: bool = dataclasses.field(default=False, metadata=dict(static=True))
+  fmt: str = dataclasses.field(default="mxfp4_e2m1", metadata=dict(static=True))
+
+  @property
+  def nv(self) -> bool:
+    return self.fmt == "nvfp4"
 
   @property
   def shape(self) -> tuple[int, int]:
@@ -129,7 +146,7 @@ class MgpuFP4Weight:
 
   @property
   def n_padded(self) -> int:
-    return self.scales.shape[1] // self.steps * TILE_N
+    return self.words.shape[1] // (8 * self.steps) * TILE_N
 
   @property
   def k_padded(self) -> int:
@@ -137,7 +154,7 @@ class MgpuFP4Weight:
 
   @property
   def nbytes(self) -> int:
-    return int(self.words.size * 4 + self.scales.size)
+    return int(self.words.size * 4 + self.scales.size + (4 if self.nv else 0))
 
 
 def pack_words(codes: jax.Array, steps: int) -> jax.Array:
@@ -158,16 +175,20 @@ def pack_words(codes: jax.Array, steps: int) -> jax.Array:
   return word.reshape(kb // steps, nt * 8 * steps, 32)
 
 
-def pack_scales(sb: jax.Array, steps: int) -> jax.Array:
-  """(N, K / 32) E8M0 bytes -> (K / (32 steps), N / 64 * steps, 64) uint8, byte 16 w + 2 q + h of a block
-  holding row 16 w + 8 h + q."""
-  if sb.ndim != 2 or sb.shape[0] % TILE_N or sb.shape[1] % steps:
-    raise ValueError(f"sb must be (N, K / 32) with N % {TILE_N} == 0 and K / 32 % steps == 0 (steps={steps}); "
-                     f"got shape {sb.shape}")
-  n, kb = sb.shape
+def pack_scales(sb: jax.Array, steps: int, block: int = BLOCK) -> jax.Array:
+  """(N, K / 32) E8M0 bytes -> (K / (32 steps), N / 64 * steps, 64) uint8, byte 16 w + 2 q + h of a 32-block
+  holding row 16 w + 8 h + q. ``block=16`` (NVFP4): (N, K / 16) E4M3 bytes -> (..., 128), byte 32 w + 4 q + 2 h
+  + c holding 16-block c of that row's 32-block."""
+  if block not in (16, 32):
+    raise ValueError(f"block must be 16 or 32; got {block!r}")
+  per = BLOCK // block
+  if sb.ndim != 2 or sb.shape[0] % TILE_N or sb.shape[1] % (steps * per):
+    raise ValueError(f"sb must be (N, K / {block}) with N % {TILE_N} == 0 and K / 32 % steps == 0 "
+                     f"(steps={steps}); got shape {sb.shape}")
+  n, kb = sb.shape[0], sb.shape[1] // per
   nt = n // TILE_N
-  s = sb.astype(jnp.uint8).reshape(nt, 4, 2, 8, kb // steps, steps)  # (nt, w, h, q, ks, s)
-  return s.transpose(4, 0, 5, 1, 3, 2).reshape(kb // steps, nt * steps, 64)
+  s = sb.astype(jnp.uint8).reshape(nt, 4, 2, 8, kb // steps, steps, per)  # (nt, w, h, q, ks, s, c)
+  return s.transpose(4, 0, 5, 1, 3, 2, 6).reshape(kb // steps, nt * steps, 64 * per)
 
 
 def fold_ok_bytes(sb) -> bool:
@@ -177,23 +198,34 @@ def fold_ok_bytes(sb) -> bool:
   return bool(np.all((sb >= 1) & (sb <= 254 - FOLD)))
 
 
+def nv_fold_ok(sb, codes) -> jax.Array:
+  """True where NVFP4's folded scale conversion is exact everywhere: every E4M3 byte normal and finite
+  (0x08..0x7E), or 0 over a 16-block of zero codes (its elements are ±0 whatever the scale). ``sb`` (N, K/16)
+  uint8, ``codes`` (N, K) uint8 E2M1 codes."""
+  sb = jnp.asarray(sb).astype(jnp.int32)
+  normal = (sb >= 0x08) & (sb <= 0x7E)
+  zero_block = jnp.all((jnp.asarray(codes) & 7).reshape(sb.shape + (16,)) == 0, axis=-1)
+  return jnp.all(normal | ((sb == 0) & zero_block))
+
+
 def prepare_weight_mgpu(w: QArray, steps: int = 16) -> MgpuFP4Weight:
-  """Lays out an (N, K) MXFP4 QArray quantized along K (axis 1) for ``wo_matmul_mgpu`` (do it once, eagerly:
-  ``fold_ok`` reads the scales on the host)."""
+  """Lays out an (N, K) MXFP4 or NVFP4 QArray quantized along K (axis 1) for ``wo_matmul_mgpu`` (do it once,
+  eagerly: ``fold_ok`` is read on the host)."""
   if not isinstance(w, QArray):
     raise TypeError(f"w must be a QArray (mx_jax.quantize(...)); got {type(w).__name__}")
-  if w.fmt != "mxfp4_e2m1":
-    raise ValueError(f"w has format {w.fmt!r}; the Mosaic GPU weight-only kernel takes mxfp4_e2m1")
-  if w.ndim != 2 or w.axis != 1 or w.block_size != BLOCK:
-    raise ValueError(f"w must be an (N, K) QArray quantized along axis 1 in blocks of 32; got {w!r}")
+  if w.fmt not in FORMATS:
+    raise ValueError(f"w has format {w.fmt!r}; the Mosaic GPU weight-only kernel takes {sorted(FORMATS)}")
+  if w.ndim != 2 or w.axis != 1 or w.block_size != FORMATS[w.fmt]:
+    raise ValueError(f"w must be an (N, K) QArray quantized along axis 1 in blocks of {FORMATS[w.fmt]}; got {w!r}")
   MgpuWOConfig(steps=steps)  # validates steps
-  words, scales = _prepare(w, steps)
+  words, scales, ts, nv_ok = _prepare(w, steps)
   try:
-    ok = fold_ok_bytes(scales)
-  except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+    ok = bool(nv_ok) if w.fmt == "nvfp4" else fold_ok_bytes(scales)
+  except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+          jax.errors.TracerBoolConversionError):
     ok = False
   n, k = w.shape
-  return MgpuFP4Weight(words, scales, n, k, steps, ok)
+  return MgpuFP4Weight(words, scales, ts, n, k, steps, ok, w.fmt)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -201,10 +233,13 @@ def _prepare(w: QArray, steps: int):
   w = unpack(w)
   codes = element_codes(w)
   n = codes.shape[0]
+  nv, block = w.fmt == "nvfp4", FORMATS[w.fmt]
   n_p, k_p = round_up(n, TILE_N), round_up(max(codes.shape[1], 1), BLOCK * steps)
   codes = pad_to(codes, n_p, k_p)
-  sb = pad_to(lax.bitcast_convert_type(w.scales, jnp.uint8), n_p, k_p // BLOCK, 127)
-  return pack_words(codes, steps), pack_scales(sb, steps)
+  sb = pad_to(lax.bitcast_convert_type(w.scales, jnp.uint8), n_p, k_p // block, 0x38 if nv else 127)  # 1.0
+  ts = w.tensor_scale.astype(jnp.float32).reshape(1) if nv else None
+  nv_ok = nv_fold_ok(sb, codes) if nv else jnp.bool_(False)
+  return pack_words(codes, steps), pack_scales(sb, steps, block), ts, nv_ok
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -221,6 +256,12 @@ def _asm_decode(g: int, fold: bool) -> str:
   return "{ .reg .b32 t, u; " + body + " mul.rn.bf16x2 $0, t, $2; }"
 
 
+# E4M3 byte (low 8 bits of $1) -> its exact value as bf16 in both halves of $0 (for the unfolded NVFP4 decode):
+# E4M3 -> f16 (exact, subnormals and NaN included) -> f32 -> bf16 (exact: 4 significant bits, E4M3's range).
+_ASM_E4M3_BF16X2 = ("{ .reg .b16 l, lo, hi; .reg .b32 h; .reg .f32 f; cvt.u16.u32 l, $1; "
+                    "cvt.rn.f16x2.e4m3x2 h, l; mov.b32 {lo, hi}, h; cvt.f32.f16 f, lo; cvt.rn.bf16x2.f32 $0, f, f; }")
+
+
 def _lane_helpers():
   """For inline_mgpu bodies: (i32 constant maker, i32 -> index cast, thread index within the warpgroup)."""
   from jax._src.lib.mlir import ir
@@ -233,9 +274,10 @@ def _lane_helpers():
   return c, ix, arith.remui(mu.thread_idx(), c(128))
 
 
-def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True):
+def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True, nv: bool = False):
   """inline_mgpu body: block b (+ wg_blocks per consumer warpgroup before this one) of a stage -> (64, 32)
-  bf16 WGMMA_LAYOUT array of elem * 2^(e - 6) (``fold``) or elem * 2^e."""
+  bf16 WGMMA_LAYOUT array of elem * 2^(e - 6) (``fold``) or elem * 2^e; NVFP4 (``nv``): elem * s * 2^-7 or
+  elem * s, s the E4M3 scale of the element's 16-block."""
   from jax._src.lib.mlir import ir
   from jax._src.lib.mlir.dialects import arith, llvm, vector
   import jax.experimental.mosaic.gpu as mgpu
@@ -250,23 +292,33 @@ def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True):
                       [ix(arith.addi(arith.muli(blk, c(8)), arith.divui(tid, c(16)))),
                        ix(arith.muli(arith.remui(tid, c(16)), c(2)))])
   warp, lane = arith.divui(tid, c(32)), arith.remui(tid, c(32))
-  sbyte = arith.addi(arith.muli(warp, c(16)), arith.muli(arith.divui(lane, c(4)), c(2)))
-  sv = vector.load(ir.VectorType.get((2,), i8), s_ref, [ix(blk), ix(sbyte)])
+  per = 2 if nv else 1  # scale bytes per row: one per 16-block (NVFP4), one per 32-block (MX)
+  sbyte = arith.addi(arith.muli(warp, c(16 * per)), arith.muli(arith.divui(lane, c(4)), c(2 * per)))
+  sv = vector.load(ir.VectorType.get((2 * per,), i8), s_ref, [ix(blk), ix(sbyte)])
   bf2 = ir.VectorType.get((2,), ir.BF16Type.get())
   layout = mgpu.WGMMA_LAYOUT
   shape = layout.registers_shape((TILE_N, BLOCK))
   assert shape == (1, 4, 1, 1, 2, 1, 1, 1, 1), shape
   regs = np.empty(shape, dtype=object)
+  def scale_reg(byte):
+    """The decode's $2 for one scale byte, in both bf16 halves."""
+    e = arith.extui(i32, byte)
+    if nv and fold:  # bf16 bits (b << 4) + NV_FOLD_BITS = s * 2^119 in both halves: one multiply-add
+      return arith.addi(arith.muli(e, c(0x00100010)), c(NV_FOLD_BITS * 0x00010001))
+    if nv:
+      return llvm.inline_asm(i32, [e], _ASM_E4M3_BF16X2, "=r,r")
+    if fold:  # bf16 bits of 2^(e - 127 + FOLD) in both halves: (e + FOLD) << 7 | (e + FOLD) << 23
+      return arith.muli(arith.addi(e, c(FOLD)), c(0x00800080))
+    # bf16 of the E8M0 scale: e << 7, with 0x40 added for byte 0 (2^-127, subnormal) and 255 (NaN)
+    special = arith.ori(arith.cmpi(arith.CmpIPredicate.eq, e, c(0)), arith.cmpi(arith.CmpIPredicate.eq, e, c(255)))
+    bits = arith.addi(arith.shli(e, c(7)), arith.select(special, c(0x40), c(0)))
+    return arith.muli(bits, c(0x00010001))
+
   for h in range(2):
     word = vector.extract(words, [], [h])
-    e = arith.extui(i32, vector.extract(sv, [], [h]))
-    if fold:  # bf16 bits of 2^(e - 127 + FOLD) in both halves: (e + FOLD) << 7 | (e + FOLD) << 23
-      k = arith.muli(arith.addi(e, c(FOLD)), c(0x00800080))
-    else:  # bf16 of the E8M0 scale: e << 7, with 0x40 added for byte 0 (2^-127, subnormal) and 255 (NaN)
-      special = arith.ori(arith.cmpi(arith.CmpIPredicate.eq, e, c(0)), arith.cmpi(arith.CmpIPredicate.eq, e, c(255)))
-      bits = arith.addi(arith.shli(e, c(7)), arith.select(special, c(0x40), c(0)))
-      k = arith.muli(bits, c(0x00010001))
+    ks = [scale_reg(vector.extract(sv, [], [per * h + j])) for j in range(per)]
     for g in range(4):
+      k = ks[g // 2] if nv else ks[0]  # columns 8 g + 2 t + v: g < 2 in the first 16-block
       out = llvm.inline_asm(i32, [word, k], _asm_decode(g, fold), "=r,r,r")
       regs[0, g, 0, 0, h, 0, 0, 0, 0] = vector.bitcast(bf2, vector.broadcast(ir.VectorType.get((1,), i32), out))
   return mgpu.FragmentedArray(_registers=regs, _layout=layout, _is_signed=None)
@@ -275,9 +327,12 @@ def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True):
 def decode_block_jnp(words, sbytes, fold: bool = True):
   """(8, 32) uint32 words and (64,) scale bytes of one (tile, block) -> (64, 32) bf16 elem * 2^(e - 6)
   (``fold``) or elem * 2^e, by the layout's definition (the interpreter's decode; tests check it against the
-  codes). Exact where the result is a normal number (XLA:CPU flushes subnormals)."""
-  if words.shape != (8, 32) or sbytes.shape != (TILE_N,):
-    raise ValueError(f"words must be (8, 32) and sbytes ({TILE_N},); got {words.shape} and {sbytes.shape}")
+  codes). Exact where the result is a normal number (XLA:CPU flushes subnormals). (128,) bytes: NVFP4's E4M3
+  scales, elem * s * 2^-7 (``fold``) or elem * s."""
+  nv = sbytes.shape == (2 * TILE_N,)
+  if words.shape != (8, 32) or sbytes.shape not in ((TILE_N,), (2 * TILE_N,)):
+    raise ValueError(f"words must be (8, 32) and sbytes ({TILE_N},) or ({2 * TILE_N},); got {words.shape} and "
+                     f"{sbytes.shape}")
   wd = words.reshape(4, 8, 4, 2)                              # (w, q, t, h)
   cols = []
   for v in range(2):
@@ -286,14 +341,18 @@ def decode_block_jnp(words, sbytes, fold: bool = True):
   code = jnp.stack(cols).reshape(2, 4, 4, 8, 4, 2)           # (v, g, w, q, t, h)
   code = code.transpose(2, 5, 3, 1, 4, 0).reshape(TILE_N, BLOCK)  # rows (w, h, q), cols (g, t, v)
   val = _bits.code_to_elem(code, get_format("mxfp4_e2m1").elem)
+  if nv:  # byte 32 w + 4 q + 2 h + c: row 16 w + 8 h + q, columns 16 c .. 16 c + 15
+    s = lax.bitcast_convert_type(sbytes.astype(jnp.uint8), jnp.float8_e4m3fn).astype(jnp.float32)
+    s = jnp.repeat(s.reshape(4, 8, 2, 2).transpose(0, 2, 1, 3).reshape(TILE_N, 2), 16, axis=1)
+    return (val * s * jnp.float32(2.0 ** (NV_SHIFT if fold else 0))).astype(jnp.bfloat16)
   sb = sbytes.reshape(4, 8, 2).transpose(0, 2, 1).reshape(TILE_N).astype(jnp.int32)
   val = _bits.mul_pow2(val, (sb - 127 + (SHIFT if fold else 0))[:, None])
   return jnp.where((sb == 255)[:, None], jnp.nan, val).astype(jnp.bfloat16)
 
 
-def _store_transposed(acc, o_ref, out_dtype, scale: float, add_ref=None):
+def _store_transposed(acc, o_ref, out_dtype, scale: float, add_ref=None, ts_ref=None):
   """inline_mgpu body: ((64, Mp) FP32 WGMMA_LAYOUT accumulator [+ add_ref (Mp, 64) FP32, transposed]) * scale
-  -> o_ref (Mp, 64)."""
+  [* ts_ref[0], NVFP4's tensor scale] -> o_ref (Mp, 64)."""
   from jax._src.lib.mlir import ir
   from jax._src.lib.mlir.dialects import arith, memref, vector
   from jax.experimental.mosaic.gpu import utils as mu
@@ -305,6 +364,8 @@ def _store_transposed(acc, o_ref, out_dtype, scale: float, add_ref=None):
   col0 = arith.muli(arith.remui(lane, c(4)), c(2))
   odt = mu.dtype_to_ir_type(out_dtype)
   mul = arith.constant(f32, float(scale))
+  if ts_ref is not None:  # (scale * tensor scale), exact: scale is a power of two
+    mul = arith.mulf(mul, memref.load(ts_ref, [ix(c(0))]))
   regs = acc.registers
   for idx in np.ndindex(regs.shape):
     g, h = idx[1], idx[4]
@@ -315,7 +376,7 @@ def _store_transposed(acc, o_ref, out_dtype, scale: float, add_ref=None):
       row = ix(arith.addi(row0, c(8 * h)))
       if add_ref is not None:
         val = arith.addf(val, memref.load(add_ref, [col, row]))
-      if scale != 1.0:
+      if scale != 1.0 or ts_ref is not None:
         val = arith.mulf(val, mul)
       if odt != f32:
         val = arith.truncf(odt, val)
@@ -337,7 +398,7 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
   depends on its own x row only) and the store writes rows 0..M-1, so no pad or slice kernel runs around it.
   ``row_tiles=R`` > 1: M = R * Mp exactly; the grid is (N tiles, R), the R CTAs of one weight tile adjacent in
   launch order, each with its own Mp rows of x. The decode is folded (one multiply per pair fewer) when
-  ``w.fold_ok``."""
+  ``w.fold_ok``. NVFP4: the epilogue multiplies by the tensor scale, read from ``w.tensor_scale`` in the kernel."""
   cfg = config
   if w.steps != cfg.steps:
     raise ValueError(f"w was laid out for steps={w.steps}; config has steps={cfg.steps}")
@@ -365,10 +426,15 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
 
   wgs = cfg.wgs
   per_wg = s // wgs
-  fold = w.fold_ok
-  scale = float(2.0 ** -SHIFT) if fold else 1.0
+  fold, nv = w.fold_ok, w.nv
+  scale = float(2.0 ** -(NV_SHIFT if nv else SHIFT)) if fold else 1.0
+  sbytes = 128 if nv else 64  # scale bytes per (tile, 32-block)
 
-  def kernel(x_g, w_g, s_g, o_g, o_smem, aq=None, red=None, bar=None):
+  def kernel(x_g, w_g, s_g, *rest, **scratch):
+    t_g, (o_g,) = (rest[0], rest[1:]) if nv else (None, rest)
+    _kernel(x_g, w_g, s_g, t_g, o_g, **scratch)
+
+  def _kernel(x_g, w_g, s_g, t_g, o_g, o_smem, aq=None, red=None, bar=None):
     ni = lax.axis_index("n") * cfg.cluster + (lax.axis_index("cluster") if cfg.cluster > 1 else 0)
     if row_tiles > 1:
       rows_t = pl.ds(lax.axis_index("r") * mp, mp)
@@ -381,22 +447,27 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
               plgpu.BlockSpec((mp, tile_k), lambda kk: (0, kk), transforms=x_tr, delay_release=dr,
                               collective_axes=("cluster",) if cfg.cluster > 1 else ()),
               plgpu.BlockSpec((None, 8 * s, 32), lambda kk: (kk, 0, 0), delay_release=dr),
-              plgpu.BlockSpec((None, s, 64), lambda kk: (kk, 0, 0), delay_release=dr),
+              plgpu.BlockSpec((None, s, sbytes), lambda kk: (kk, 0, 0), delay_release=dr),
           ],
           wg_axis="wg", num_compute_wgs=wgs, max_concurrent_steps=cfg.max_concurrent_steps, compute_context=ctx)
 
-    def store(acc, target, dtype, sc, add=None):
+    def store(acc, target, dtype, sc, add=None, ts=None):
       if interp is None:
-        args = (acc, target) if add is None else (acc, target, add)
-        types = (plgpu.Layout.WGMMA, plgpu.RefType()) + (() if add is None else (plgpu.RefType(),))
-        plgpu.inline_mgpu(arg_types=types)(
-            lambda _, a, o, *r: _store_transposed(a, o, dtype, sc, *r))(*args)
+        refs = [r for r in (add, ts) if r is not None]
+
+        def body(_, a, o, *r):
+          r = list(r)
+          add_r = r.pop(0) if add is not None else None
+          return _store_transposed(a, o, dtype, sc, add_r, r.pop(0) if ts is not None else None)
+        types = (plgpu.Layout.WGMMA,) + (plgpu.RefType(),) * (1 + len(refs))
+        plgpu.inline_mgpu(arg_types=types)(body)(acc, target, *refs)
       else:
         v = acc.T if add is None else acc.T + add[...]
-        target[...] = (v * jnp.float32(sc)).astype(dtype)
+        mul = jnp.float32(sc) if ts is None else jnp.float32(sc) * ts[...][0]
+        target[...] = (v * mul).astype(dtype)
 
     def write_out(acc, add=None):
-      store(acc, o_smem, o_smem.dtype, scale, add)
+      store(acc, o_smem, o_smem.dtype, scale, add, t_g)
       plgpu.commit_smem()
       src = o_smem if mx >= mp else o_smem.at[pl.ds(0, mx)]  # one row tile of M < Mp rows: M rows stored
       plgpu.copy_smem_to_gmem(src, o_g.at[:, pl.ds(ni * TILE_N, TILE_N)])
@@ -431,7 +502,7 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
           a = plgpu.inline_mgpu(
               arg_types=(plgpu.RefType(), plgpu.RefType()),
               return_type=plgpu.ShapeDtypeStruct((TILE_N, BLOCK), bf16, layout=plgpu.Layout.WGMMA),
-          )(lambda _, wr, sr, b=b: _decode_regs(wr, sr, b, per_wg if wgs == 2 else 0, fold))(w_s, s_s)
+          )(lambda _, wr, sr, b=b: _decode_regs(wr, sr, b, per_wg if wgs == 2 else 0, fold, nv))(w_s, s_s)
           plgpu.wgmma(acc_ref, a, xb)
         else:
           aw = aq.at[lax.axis_index("wg")] if wgs == 2 else aq
@@ -458,7 +529,7 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
       grid_names=names, num_threads=wgs + 1, thread_name="wg", **cl,
       compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
       scratch_types=scratch, interpret=interp)
-  return f(x.astype(bf16), w.words, w.scales)
+  return f(x.astype(bf16), w.words, w.scales, *((w.tensor_scale,) if nv else ()))
 
 
 def wo_matmul_mgpu(x: jax.Array, w: MgpuFP4Weight, *, out_dtype=jnp.bfloat16,
@@ -488,7 +559,7 @@ def wo_matmul_mgpu(x: jax.Array, w: MgpuFP4Weight, *, out_dtype=jnp.bfloat16,
   m = x2.shape[0]
   if m == 0:
     return jnp.zeros(lead + (w.n,), out_dtype)
-  top = max_rows(w.steps)
+  top = max_rows(w.steps, w.nv)
   if row_tile is not None and not (isinstance(row_tile, int) and 8 <= row_tile <= top and row_tile % 8 == 0):
     raise ValueError(f"row_tile must be a multiple of 8 in 8..{top} (max_rows at steps={w.steps}); got {row_tile!r}")
   mp = round_up(m, 8)
@@ -496,8 +567,8 @@ def wo_matmul_mgpu(x: jax.Array, w: MgpuFP4Weight, *, out_dtype=jnp.bfloat16,
     mp = row_tile or min(ROW_TILE, top)
   tiles = -(-m // mp)
   cfg = config or default_config(w, mp, interpret)
-  if smem_bytes(cfg, mp) > SMEM_LIMIT:
-    raise ValueError(f"config {cfg.name()} needs {smem_bytes(cfg, mp)} bytes of shared memory at {mp} rows "
+  if smem_bytes(cfg, mp, w.nv) > SMEM_LIMIT:
+    raise ValueError(f"config {cfg.name()} needs {smem_bytes(cfg, mp, w.nv)} bytes of shared memory at {mp} rows "
                      f"(limit {SMEM_LIMIT}); use fewer max_concurrent_steps")
   xp = pad_to(x2, m if tiles == 1 else tiles * mp, w.k_padded)
   o = wo_fp4(xp, w, config=cfg, out_dtype=out_dtype, interpret=interpret, rows=mp, row_tiles=tiles)

@@ -13,6 +13,8 @@ import os
 if int(os.environ.get("NPROC", "0") or 0) < 32:
   os.environ["NPROC"] = "32"
 
+import dataclasses  # noqa: E402
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_dtypes  # noqa: E402
@@ -380,3 +382,126 @@ def test_default_config_and_shared_memory():
   for c, mp in ((wm.MgpuWOConfig(steps=16, max_concurrent_steps=3), 24), (CFG_WG1, 40)):
     per_stage = mp * 32 * c.steps * 2 + 256 * 4 * c.steps + 64 * c.steps
     assert wm.smem_bytes(c, mp) == per_stage * c.max_concurrent_steps + mp * 64 * 4 * (1 + (c.wgs == 2))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# NVFP4 (E2M1 in 16-blocks, E4M3 scales, FP32 tensor scale)
+# ------------------------------------------------------------------------------------------------------------
+
+E4M3 = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float64)  # value of each byte
+
+
+def _nv(n=N, k=K, sbytes=None, seed=3):
+  """An NVFP4 weight from quantize, or with the given (n, k/16) E4M3 scale bytes (codes from quantize)."""
+  q = mx_jax.quantize(jax.random.normal(jax.random.key(seed), (n, k), jnp.float32), "nvfp4", axis=1)
+  if sbytes is not None:
+    q = dataclasses.replace(q, scales=jax.lax.bitcast_convert_type(jnp.asarray(sbytes, jnp.uint8),
+                                                                   jnp.float8_e4m3fn))
+  return q
+
+
+@pytest.fixture(scope="module")
+def nv_weights():
+  """{fold_ok: (QArray, prepared steps=4 weight)}: quantize's scales, and scales cycling through every E4M3
+  byte but NaN (subnormal ones, 0 over nonzero codes): the exact unfolded conversion."""
+  q = _nv()
+  rng = np.random.default_rng(4)
+  allb = np.setdiff1d(np.arange(256), [0x7F, 0xFF, *range(0x80, 0x100)])  # finite, non-negative
+  wild = _nv(sbytes=allb[rng.integers(0, allb.size, size=(N, -(-K // 16)))])
+  return {True: (q, wm.prepare_weight_mgpu(q, steps=4)), False: (wild, wm.prepare_weight_mgpu(wild, steps=4))}
+
+
+@pytest.mark.parametrize("steps", [8, 4])
+def test_pack_scales_layout_nvfp4(steps):
+  """Byte 32 w + 4 q + 2 h + c of (tile nt, 32-block kb) is row 64 nt + 16 w + 8 h + q's scale of 16-block
+  2 kb + c, at [kb // S, nt S + kb % S]."""
+  n, nblocks = 128, 32
+  sb = np.random.default_rng(steps).integers(0, 256, size=(n, 2 * nblocks)).astype(np.uint8)
+  got = np.asarray(wm.pack_scales(jnp.asarray(sb), steps, block=16))
+  assert got.dtype == np.uint8 and got.shape == (nblocks // steps, n // 64 * steps, 128)
+  nt, kb, w, q, h, c = np.indices((n // 64, nblocks, 4, 8, 2, 2)).reshape(6, -1)
+  expected = np.full(got.shape, -1, np.int32)
+  expected[kb // steps, nt * steps + kb % steps, 32 * w + 4 * q + 2 * h + c] = sb[64 * nt + 16 * w + 8 * h + q,
+                                                                                  2 * kb + c]
+  assert (expected >= 0).all()
+  np.testing.assert_array_equal(got, expected)
+  with pytest.raises(ValueError, match="block must be 16 or 32"):
+    wm.pack_scales(jnp.asarray(sb), steps, block=8)
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_decode_block_jnp_nvfp4(nv_weights, fold):
+  """Every (tile, block) decodes to E2M1 code value * E4M3 scale (* 2^-7 folded), from the QArray's codes and
+  scale bytes in float64 (the tensor scale is the epilogue's); padding decodes to zero."""
+  q, pw = nv_weights[True]
+  codes = np.asarray(mx_jax.packing.element_codes(q)).astype(np.int64)
+  sb = np.asarray(jax.lax.bitcast_convert_type(q.scales, jnp.uint8))
+  deq = np.zeros((pw.n_padded, pw.k_padded), np.float64)
+  deq[:N, :K] = E2M1_SIGNED[codes] * np.repeat(E4M3[sb], 16, axis=1)[:, :K] * (2.0 ** -7 if fold else 1.0)
+  dec = jax.jit(wm.decode_block_jnp, static_argnums=2)
+  words, scales, s = np.asarray(pw.words), np.asarray(pw.scales), pw.steps
+  for nt in range(pw.n_padded // 64):
+    for kb in range(pw.k_padded // 32):
+      ks, j = divmod(kb, s)
+      got = dec(words[ks, nt * 8 * s + 8 * j:nt * 8 * s + 8 * j + 8], scales[ks, nt * s + j], fold)
+      np.testing.assert_array_equal(np.asarray(got, np.float64), deq[64 * nt:64 * nt + 64, 32 * kb:32 * kb + 32],
+                                    err_msg=f"tile {nt} block {kb}")
+
+
+def test_asm_nvfp4_scales_every_byte():
+  """The decode's $2 for NVFP4, folded: bits (b << 4) + NV_FOLD_BITS in both halves is s * 2^119 for every
+  normal byte, and _asm_decode(g, True) then gives elem * s * 2^-7 exactly for every code; unfolded:
+  _ASM_E4M3_BF16X2 is the byte's exact bf16 value (subnormal, zero and NaN bytes too), and the decode elem * s."""
+  codes = np.arange(16)
+  halves = np.zeros(16, np.uint64)
+  for g in range(4):
+    halves |= ((codes & 7) << MAG[g] | (codes >> 3) << SIGN[g]).astype(np.uint64)
+  reg = (halves | (halves[::-1] << np.uint64(16))).astype(np.uint32)  # half 1: the codes reversed
+  for b in range(0x80):
+    s = E4M3[b]
+    [conv] = run_ptx(wm._ASM_E4M3_BF16X2, [np.array([b], np.uint32)])
+    for fold in (True, False):
+      if fold and not 0x08 <= b <= 0x7E:
+        continue
+      k = np.array([(b * 0x00100010 + wm.NV_FOLD_BITS * 0x00010001) if fold else int(conv[0])], np.uint32)
+      if fold:
+        np.testing.assert_array_equal(np.array([int(k[0]) & 0xFFFF, int(k[0]) >> 16], np.uint16)
+                                      .view(ml_dtypes.bfloat16).astype(np.float64), [s * 2.0 ** 119] * 2)
+      for g in range(4):
+        [out] = run_ptx(wm._asm_decode(g, fold), [reg, k])
+        for h, c in ((0, codes), (1, codes[::-1])):
+          got = ((out >> np.uint64(16 * h)) & np.uint64(0xFFFF)).astype(np.uint16).view(ml_dtypes.bfloat16)
+          want = E2M1_SIGNED[c] * s * (2.0 ** -7 if fold else 1.0)
+          np.testing.assert_array_equal(got.astype(np.float64), want, err_msg=f"byte {b:#x} g={g} h={h} fold={fold}")
+
+
+def test_nv_fold_ok():
+  """Folded only when every byte is a normal finite E4M3 (0x08..0x7E), or 0 over a block of zero codes."""
+  codes = np.ones((64, 32), np.uint8)
+  assert bool(wm.nv_fold_ok(np.full((64, 2), 0x08, np.uint8), codes))
+  assert bool(wm.nv_fold_ok(np.full((64, 2), 0x7E, np.uint8), codes))
+  for bad in (0x07, 0x01, 0x7F, 0x80, 0xB8):
+    sb = np.full((64, 2), 0x38, np.uint8)
+    sb[5, 1] = bad
+    assert not bool(wm.nv_fold_ok(sb, codes)), hex(bad)
+  sb = np.full((64, 2), 0x38, np.uint8)
+  sb[5, 1] = 0
+  assert not bool(wm.nv_fold_ok(sb, codes))
+  codes[5, 16:] = 8  # -0 codes: the zero block is fine
+  assert bool(wm.nv_fold_ok(sb, codes))
+
+
+@pytest.mark.parametrize("cfg,fold_ok,m", [(CFG_WG1, True, 8), (CFG_WG2, True, 13), (CFG_WG2, False, 8)],
+                         ids=lambda v: v.name() if isinstance(v, wm.MgpuWOConfig) else str(v))
+def test_kernel_interpret_nvfp4(nv_weights, cfg, fold_ok, m):
+  """NVFP4 through the kernel (the tensor scale applied in the epilogue), folded and unfolded scales."""
+  q, pw = nv_weights[fold_ok]
+  assert pw.fold_ok == fold_ok and pw.nv and pw.tensor_scale.shape == (1,)
+  x = _x(m)
+  out = wm.wo_matmul_mgpu(x, pw, out_dtype=jnp.float32, config=cfg, interpret=True)
+  assert out.shape == (m, N)
+  _check(out, x, q)
+  bf = mx_weight_only_matmul(x, pw, interpret=True)  # the public entry, bf16 out
+  ref, bound = _ref(x, q)
+  assert bf.dtype == jnp.bfloat16 and np.all(np.abs(np.asarray(bf, np.float64) - ref) <= 2.0 ** -8 * np.abs(ref)
+                                             + RTOL * bound)
