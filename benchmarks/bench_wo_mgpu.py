@@ -1,4 +1,4 @@
-"""MXFP4 / NVFP4 weight-only on an H100: the Mosaic GPU kernel (kernels/wo_mgpu.py) vs the Triton kernel and bf16.
+"""MXFP4 / NVFP4 / MXFP8 weight-only on an H100: the Mosaic GPU kernel (kernels/wo_mgpu.py) vs the Triton kernel and bf16.
 
   PYTHONUNBUFFERED=1 python benchmarks/bench_wo_mgpu.py --out $OUT --budget 400    # on the GPU
   JAX_PLATFORMS=cpu python benchmarks/bench_wo_mgpu.py --smoke                     # CPU dry run (interpreter)
@@ -49,6 +49,8 @@ def exactness(cfgs, interpret):
   x = jax.random.uniform(jax.random.key(7), (16, k), jnp.float32, 0.5, 2.0).astype(jnp.bfloat16)
   rows = [-100, -50, 0, 7, -20, 3, -3, 5] * 16       # every byte in 1..134: the folded decode
   wide = [-120, -100, 0, 60, 100, 112, -60, 8] * 16   # the unfolded decode (2^112: 512 * 2 * 6 * 2^112 < FP32 max)
+  if FMT.startswith("mxfp8"):  # e5m2's least code 2^-16 times 2^-110 is bf16's least subnormal
+    wide = [-110, -100, 0, 60, 100, 112, -60, 8] * 16
   edge = [-127, 127, -127, 127] * 32                  # byte 0 (codes 0.5, 1.5 fall below bf16) and 2^127 (Inf)
   if FMT == "nvfp4":
     return exactness_nv(cfgs, interpret, x, k)
@@ -176,7 +178,7 @@ def main():
     tri = np.asarray(wt.wo_matmul(xref, tws[0], out_dtype=jnp.float32, interpret=interpret), np.float64)
     bw.log(f"  triton default vs XLA: {bw.rel_err(tri, ref, bound):.2e}")
     wrong = set()
-    cfgs = [c for c in cfgs if wm.smem_bytes(c, 16) <= wm.SMEM_LIMIT]
+    cfgs = [c for c in cfgs if wm.smem_bytes(c, 16, FMT) <= wm.SMEM_LIMIT]
     for c in cfgs:
       if not ok.get((c.steps, c.wgs, c.cluster), False):
         wrong.add(c.name())
@@ -206,7 +208,7 @@ def main():
       todo = cfgs if m == args.anchor or not ranked else ranked[:args.top]
       res = []
       for c in todo:
-        if c.name() in wrong or wm.smem_bytes(c, -(-m // 8) * 8) > wm.SMEM_LIMIT:
+        if c.name() in wrong or wm.smem_bytes(c, -(-m // 8) * 8, FMT) > wm.SMEM_LIMIT:
           continue
         bw.guard(10)
         try:
@@ -235,7 +237,7 @@ def main():
                + f"  {tri_t / pub:5.2f}x triton")
         summary.append((m, base, tri_t, pub, "public API, default config"))
         for rt in [int(v) for v in args.row_tiles.split(",") if v]:
-          if m <= rt or rt > wm.max_rows(16):
+          if m <= rt or rt > wm.max_rows(16, FMT):
             continue
           bw.guard(10)
           d, w_ = bw.measure(lambda x, w, rt=rt: wm.wo_matmul_mgpu(x, w, interpret=interpret, row_tile=rt), x,

@@ -3,7 +3,7 @@
 # four compute warpgroups, 2 x 2 over the CTA tile, against the two default configs at 8192^3. Call 1 hung: Pallas'
 # register split asked setmaxnreg for more than the 640-thread CTA holds (fixed in 293a30c); call 2 ran the check
 # in its own process first. 3) NVFP4 in the Mosaic GPU weight-only kernel: exactness, M sweep beside the Triton
-# kernel and bf16; MXFP4 at M = 16 again (same code path).
+# kernel and bf16; MXFP4 at M = 16 again (same code path). 4) MXFP8 (e4m3, e5m2) in the same kernel.
 # OUT=$OUT bash benchmarks/gpu_session18.sh N
 cd "$(dirname "$0")/.."
 . benchmarks/gpu_env.sh
@@ -17,4 +17,7 @@ case "${1:-1}" in
   3) timeout 360 python3 benchmarks/bench_wo_mgpu.py --fmt nvfp4 --ms 16,1,8,32,64,128 --cfgs 0 --top 1 \
        --budget 340 --out "$OUT/nv"
      timeout 200 python3 benchmarks/bench_wo_mgpu.py --ms 16 --cfgs 0 --budget 180 --out "$OUT/mx" ;;
+  4) timeout 330 python3 benchmarks/bench_wo_mgpu.py --fmt mxfp8_e4m3 --ms 16,1,8,32,64,128 --cfgs 0,1,3 --top 1 \
+       --budget 310 --out "$OUT/e4m3"
+     timeout 200 python3 benchmarks/bench_wo_mgpu.py --fmt mxfp8_e5m2 --ms 16 --cfgs 0 --budget 180 --out "$OUT/e5m2" ;;
 esac

@@ -60,7 +60,18 @@ FOLD = 120         # folded decode: 2^(e + FOLD) is the bf16 scale the decode mu
 SHIFT = -6         # folded decode: value = elem * 2^(e + SHIFT); the epilogue multiplies by 2^-SHIFT
 NV_SHIFT = -7      # NVFP4 folded: value = elem * s * 2^NV_SHIFT (s * 2^(126 + NV_SHIFT) <= 448 * 2^119 is finite)
 NV_FOLD_BITS = (126 + NV_SHIFT + 120) << 7  # added to an E4M3 byte << 4 (s * 2^-120 as bf16 bits): s * 2^119
-FORMATS = {"mxfp4_e2m1": 32, "nvfp4": 16}   # weight format -> scale block
+FORMATS = {"mxfp4_e2m1": 32, "nvfp4": 16, "mxfp8_e4m3": 32, "mxfp8_e5m2": 32}  # weight format -> scale block
+# FP8: the decode's bf16 bits read elem * 2^-FP8_RESCALE; (lowest, highest) E8M0 byte of the folded decode (the
+# scale 2^(e - 127 + rescale) a finite normal bf16, elem * 2^(e - 127) inside bf16's range, least subnormal included)
+FP8_RESCALE = {"mxfp8_e4m3": 120, "mxfp8_e5m2": 112}
+FP8_FOLD_BYTES = {"mxfp8_e4m3": (8, 134), "mxfp8_e5m2": (16, 142)}
+# FP8 byte -> bf16 bits: (sign | (byte >> SH) & MH) as the high byte, (byte << SL) & ML as the low byte
+FP8_BITS = {"mxfp8_e4m3": (4, 0x07, 4, 0xF0), "mxfp8_e5m2": (3, 0x0F, 5, 0xE0)}
+
+
+def word_rows(fmt: str) -> int:
+  """Rows of 32 uint32 words per (64-row tile, 32-block): 256 words of FP4, 512 of FP8."""
+  return 16 if fmt in FP8_RESCALE else 8
 UNFOLD_BITS = (126 + 127) << 7  # unfolded decode: bf16 bits of 2^126, then times the scale 2^e itself
 MAX_ROWS = 128     # x rows per call (wgmma N <= 256; 64 FP32 accumulator registers per thread at 128)
 ONE_TILE_ROWS = 48  # up to this many rows (rounded up to 8), one row tile (session 17: 21.8 us; as 2 x 32: 37.2)
@@ -92,41 +103,44 @@ class MgpuWOConfig:
             f"{'_wg2' if self.wgs == 2 else ''}{'_cl2' if self.cluster == 2 else ''}")
 
 
-def smem_bytes(cfg: MgpuWOConfig, mp: int, nv: bool = False) -> int:
-  """Shared memory of one CTA: the pipeline's stages (x tile, words, scales: 64 bytes per 32-block, NVFP4 128),
-  the output tile and, with two consumer warpgroups, the FP32 partial sum."""
+def smem_bytes(cfg: MgpuWOConfig, mp: int, fmt: str = "mxfp4_e2m1") -> int:
+  """Shared memory of one CTA: the pipeline's stages (x tile; words, 1 KB per 32-block (FP8 2 KB); scales, 64
+  bytes per 32-block (NVFP4 128)), the output tile and, with two consumer warpgroups, the FP32 partial sum."""
   if not isinstance(cfg, MgpuWOConfig):
     raise TypeError(f"cfg must be an MgpuWOConfig; got {type(cfg).__name__}")
-  per_step = mp * BLOCK * cfg.steps * 2 + 1024 * cfg.steps + (128 if nv else 64) * cfg.steps
+  if fmt not in FORMATS:
+    raise ValueError(f"fmt must be one of {sorted(FORMATS)}; got {fmt!r}")
+  words = 128 * word_rows(fmt)
+  per_step = mp * BLOCK * cfg.steps * 2 + words * cfg.steps + (128 if fmt == "nvfp4" else 64) * cfg.steps
   return per_step * cfg.max_concurrent_steps + mp * TILE_N * (4 + 4 * (cfg.wgs == 2))
 
 
-def max_rows(steps: int, nv: bool = False) -> int:
+def max_rows(steps: int, fmt: str = "mxfp4_e2m1") -> int:
   """The most x rows (a multiple of 8, <= MAX_ROWS) whose tiles fit two pipeline stages."""
   cfg = MgpuWOConfig(steps=steps, max_concurrent_steps=2)
-  return max(m for m in range(8, MAX_ROWS + 1, 8) if smem_bytes(cfg, m, nv) <= SMEM_LIMIT)
+  return max(m for m in range(8, MAX_ROWS + 1, 8) if smem_bytes(cfg, m, fmt) <= SMEM_LIMIT)
 
 
-def default_config(w: "MgpuFP4Weight", mp: int, interpret: bool = False) -> MgpuWOConfig:
+def default_config(w: "MgpuWeight", mp: int, interpret: bool = False) -> MgpuWOConfig:
   """Session 16's fastest at M = 8..32: steps 16, 4 stages, two consumer warpgroups, x multicast to a cluster
   of two CTAs where N_p and the rows allow (not in the interpreter, which deadlocks on clusters with few host
   threads); fewer stages where the x tile needs the room."""
-  if not isinstance(w, MgpuFP4Weight):
+  if not isinstance(w, MgpuWeight):
     raise TypeError(f"w must be a prepare_weight_mgpu(...) result; got {type(w).__name__}")
   if not (isinstance(mp, int) and 0 < mp <= MAX_ROWS and mp % 8 == 0):
     raise ValueError(f"mp must be a multiple of 8 in 8..{MAX_ROWS} (x rows after padding); got {mp!r}")
   cluster = 2 if (w.n_padded % (2 * TILE_N) == 0 and mp % 16 == 0 and not interpret) else 1
   cfg = MgpuWOConfig(steps=w.steps, cluster=cluster)
-  while smem_bytes(cfg, mp, w.nv) > SMEM_LIMIT and cfg.max_concurrent_steps > 2:
+  while smem_bytes(cfg, mp, w.fmt) > SMEM_LIMIT and cfg.max_concurrent_steps > 2:
     cfg = dataclasses.replace(cfg, max_concurrent_steps=cfg.max_concurrent_steps - 1)
   return cfg
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class MgpuFP4Weight:
-  """An (N, K) MXFP4 or NVFP4 weight in the kernel's layout (module docstring): ``words`` uint32, ``scales``
-  uint8 (E8M0 or E4M3 bytes), ``tensor_scale`` (1,) float32 for NVFP4 (None for MXFP4)."""
+class MgpuWeight:
+  """An (N, K) MXFP4, NVFP4 or MXFP8 weight in the kernel's layout (module docstring): ``words`` uint32,
+  ``scales`` uint8 (E8M0 or E4M3 bytes), ``tensor_scale`` (1,) float32 for NVFP4 (None otherwise)."""
   words: jax.Array
   scales: jax.Array
   tensor_scale: jax.Array | None
@@ -141,12 +155,16 @@ class MgpuFP4Weight:
     return self.fmt == "nvfp4"
 
   @property
+  def fp8(self) -> bool:
+    return self.fmt in FP8_RESCALE
+
+  @property
   def shape(self) -> tuple[int, int]:
     return (self.n, self.k)
 
   @property
   def n_padded(self) -> int:
-    return self.words.shape[1] // (8 * self.steps) * TILE_N
+    return self.words.shape[1] // (word_rows(self.fmt) * self.steps) * TILE_N
 
   @property
   def k_padded(self) -> int:
@@ -175,6 +193,23 @@ def pack_words(codes: jax.Array, steps: int) -> jax.Array:
   return word.reshape(kb // steps, nt * 8 * steps, 32)
 
 
+def pack_words8(codes: jax.Array, steps: int) -> jax.Array:
+  """(N, K) FP8 codes (N % 64 == 0, K % (32 steps) == 0) -> (K / (32 steps), N / 64 * 16 steps, 32) uint32:
+  word 4 i + 2 h + j of a (tile, block) (thread i = 32 w + 4 q + t) holds row 16 w + 8 h + q's bytes at columns
+  16 j + 2 t, 16 j + 2 t + 1, 16 j + 8 + 2 t, 16 j + 9 + 2 t (low byte first): the thread's A-fragment pairs
+  (8 g + 2 t + v, g = 2 j, 2 j + 1)."""
+  if codes.ndim != 2 or codes.shape[0] % TILE_N or codes.shape[1] % (BLOCK * steps):
+    raise ValueError(f"codes must be (N, K) with N % {TILE_N} == 0 and K % {BLOCK * steps} == 0 (steps={steps}); "
+                     f"got shape {codes.shape}")
+  n, k = codes.shape
+  nt, kb = n // TILE_N, k // BLOCK
+  c = codes.astype(jnp.uint32).reshape(nt, 4, 2, 8, kb, 2, 2, 4, 2)  # (nt, w, h, q, kb, j, gl, t, v)
+  word = (c[..., 0, :, 0] | c[..., 0, :, 1] << 8 | c[..., 1, :, 0] << 16 | c[..., 1, :, 1] << 24)  # (.., kb, j, t)
+  word = word.reshape(nt, 4, 2, 8, kb // steps, steps, 2, 4)
+  word = word.transpose(4, 0, 5, 1, 3, 7, 2, 6)                     # (ks, nt, s, w, q, t, h, j)
+  return word.reshape(kb // steps, nt * 16 * steps, 32)
+
+
 def pack_scales(sb: jax.Array, steps: int, block: int = BLOCK) -> jax.Array:
   """(N, K / 32) E8M0 bytes -> (K / (32 steps), N / 64 * steps, 64) uint8, byte 16 w + 2 q + h of a 32-block
   holding row 16 w + 8 h + q. ``block=16`` (NVFP4): (N, K / 16) E4M3 bytes -> (..., 128), byte 32 w + 4 q + 2 h
@@ -191,11 +226,13 @@ def pack_scales(sb: jax.Array, steps: int, block: int = BLOCK) -> jax.Array:
   return s.transpose(4, 0, 5, 1, 3, 2, 6).reshape(kb // steps, nt * steps, 64 * per)
 
 
-def fold_ok_bytes(sb) -> bool:
-  """True when every E8M0 byte b keeps the folded decode exact: 1 <= b <= 134 (2^(e + 120) a normal finite
-  bf16 and elem * 2^(e - 6) >= 2^-133, bf16's least subnormal, for elem >= 0.5)."""
+def fold_ok_bytes(sb, fmt: str = "mxfp4_e2m1") -> bool:
+  """True when every E8M0 byte b keeps the folded decode exact. MXFP4: 1 <= b <= 134 (2^(e + 120) a normal
+  finite bf16 and elem * 2^(e - 6) >= 2^-133, bf16's least subnormal, for elem >= 0.5); MXFP8:
+  ``FP8_FOLD_BYTES``."""
+  lo, hi = FP8_FOLD_BYTES.get(fmt, (1, 254 - FOLD))
   sb = np.asarray(sb).astype(np.int32)
-  return bool(np.all((sb >= 1) & (sb <= 254 - FOLD)))
+  return bool(np.all((sb >= lo) & (sb <= hi)))
 
 
 def nv_fold_ok(sb, codes) -> jax.Array:
@@ -208,7 +245,7 @@ def nv_fold_ok(sb, codes) -> jax.Array:
   return jnp.all(normal | ((sb == 0) & zero_block))
 
 
-def prepare_weight_mgpu(w: QArray, steps: int = 16) -> MgpuFP4Weight:
+def prepare_weight_mgpu(w: QArray, steps: int = 16) -> MgpuWeight:
   """Lays out an (N, K) MXFP4 or NVFP4 QArray quantized along K (axis 1) for ``wo_matmul_mgpu`` (do it once,
   eagerly: ``fold_ok`` is read on the host)."""
   if not isinstance(w, QArray):
@@ -220,12 +257,12 @@ def prepare_weight_mgpu(w: QArray, steps: int = 16) -> MgpuFP4Weight:
   MgpuWOConfig(steps=steps)  # validates steps
   words, scales, ts, nv_ok = _prepare(w, steps)
   try:
-    ok = bool(nv_ok) if w.fmt == "nvfp4" else fold_ok_bytes(scales)
+    ok = bool(nv_ok) if w.fmt == "nvfp4" else fold_ok_bytes(scales, w.fmt)
   except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
           jax.errors.TracerBoolConversionError):
     ok = False
   n, k = w.shape
-  return MgpuFP4Weight(words, scales, ts, n, k, steps, ok, w.fmt)
+  return MgpuWeight(words, scales, ts, n, k, steps, ok, w.fmt)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -239,7 +276,8 @@ def _prepare(w: QArray, steps: int):
   sb = pad_to(lax.bitcast_convert_type(w.scales, jnp.uint8), n_p, k_p // block, 0x38 if nv else 127)  # 1.0
   ts = w.tensor_scale.astype(jnp.float32).reshape(1) if nv else None
   nv_ok = nv_fold_ok(sb, codes) if nv else jnp.bool_(False)
-  return pack_words(codes, steps), pack_scales(sb, steps, block), ts, nv_ok
+  words = pack_words8(codes, steps) if w.fmt in FP8_RESCALE else pack_words(codes, steps)
+  return words, pack_scales(sb, steps, block), ts, nv_ok
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -274,10 +312,27 @@ def _lane_helpers():
   return c, ix, arith.remui(mu.thread_idx(), c(128))
 
 
-def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True, nv: bool = False):
+def fp8_bits(fmt: str):
+  """(sh, mh, sl, ml): an FP8 byte b's bf16 bits are (b & 0x80 | (b >> sh) & mh) << 8 | (b << sl) & ml, which
+  read elem * 2^-FP8_RESCALE (subnormal codes as bf16 subnormals)."""
+  return FP8_BITS[fmt]
+
+
+def _asm_decode8(gl: int, fmt: str, fold: bool) -> str:
+  """Bytes 2 gl, 2 gl + 1 of the high-byte word $1 and low-byte word $2 -> bf16x2 $0 (PRMT interleaves them),
+  times the folded scale $3 (2^(e - 127 + rescale)), or times 2^rescale and the scale $3."""
+  body = f"prmt.b32 t, $2, $1, {0x7362 if gl else 0x5140:#x};"
+  if not fold:
+    r = (FP8_RESCALE[fmt] + 127) << 7
+    body += f" mov.b32 u, 0x{r:04X}{r:04X}; mul.rn.bf16x2 t, t, u;"
+  return "{ .reg .b32 t, u; " + body + " mul.rn.bf16x2 $0, t, $3; }"
+
+
+def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True, nv: bool = False,
+                 fp8: str | None = None):
   """inline_mgpu body: block b (+ wg_blocks per consumer warpgroup before this one) of a stage -> (64, 32)
   bf16 WGMMA_LAYOUT array of elem * 2^(e - 6) (``fold``) or elem * 2^e; NVFP4 (``nv``): elem * s * 2^-7 or
-  elem * s, s the E4M3 scale of the element's 16-block."""
+  elem * s, s the E4M3 scale of the element's 16-block; MXFP8 (``fp8`` its format): elem * 2^e."""
   from jax._src.lib.mlir import ir
   from jax._src.lib.mlir.dialects import arith, llvm, vector
   import jax.experimental.mosaic.gpu as mgpu
@@ -288,9 +343,10 @@ def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True, nv
   blk = c(b)
   if wg_blocks:
     blk = arith.addi(blk, arith.muli(arith.divui(mu.thread_idx(), c(128)), c(wg_blocks)))
-  words = vector.load(ir.VectorType.get((2,), i32), w_ref,
-                      [ix(arith.addi(arith.muli(blk, c(8)), arith.divui(tid, c(16)))),
-                       ix(arith.muli(arith.remui(tid, c(16)), c(2)))])
+  nw = 4 if fp8 else 2  # words per thread and block (one 16- or 8-byte load)
+  words = vector.load(ir.VectorType.get((nw,), i32), w_ref,
+                      [ix(arith.addi(arith.muli(blk, c(4 * nw)), arith.divui(tid, c(32 // nw)))),
+                       ix(arith.muli(arith.remui(tid, c(32 // nw)), c(nw)))])
   warp, lane = arith.divui(tid, c(32)), arith.remui(tid, c(32))
   per = 2 if nv else 1  # scale bytes per row: one per 16-block (NVFP4), one per 32-block (MX)
   sbyte = arith.addi(arith.muli(warp, c(16 * per)), arith.muli(arith.divui(lane, c(4)), c(2 * per)))
@@ -308,31 +364,55 @@ def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True, nv
     if nv:
       return llvm.inline_asm(i32, [e], _ASM_E4M3_BF16X2, "=r,r")
     if fold:  # bf16 bits of 2^(e - 127 + FOLD) in both halves: (e + FOLD) << 7 | (e + FOLD) << 23
-      return arith.muli(arith.addi(e, c(FOLD)), c(0x00800080))
+      return arith.muli(arith.addi(e, c(FP8_RESCALE[fp8] if fp8 else FOLD)), c(0x00800080))
     # bf16 of the E8M0 scale: e << 7, with 0x40 added for byte 0 (2^-127, subnormal) and 255 (NaN)
     special = arith.ori(arith.cmpi(arith.CmpIPredicate.eq, e, c(0)), arith.cmpi(arith.CmpIPredicate.eq, e, c(255)))
     bits = arith.addi(arith.shli(e, c(7)), arith.select(special, c(0x40), c(0)))
     return arith.muli(bits, c(0x00010001))
+
+  def set_reg(g, h, out):
+    regs[0, g, 0, 0, h, 0, 0, 0, 0] = vector.bitcast(bf2, vector.broadcast(ir.VectorType.get((1,), i32), out))
+
+  if fp8:  # word 2 h + j: columns (8 g + 2 t + v) of g = 2 j, 2 j + 1 (pack_words8)
+    sh, mh, sl, ml = fp8_bits(fp8)
+    for h in range(2):
+      k = scale_reg(vector.extract(sv, [], [h]))
+      for j in range(2):
+        word = vector.extract(words, [], [2 * h + j])
+        hi = arith.ori(arith.andi(word, c(-0x7F7F7F80)),  # 0x80808080 as a signed i32
+                       arith.andi(arith.shrui(word, c(sh)), c(mh * 0x01010101)))
+        lo = arith.andi(arith.shli(word, c(sl)), c(ml * 0x01010101 - (1 << 32 if ml >= 0x80 else 0)))
+        for gl in range(2):
+          set_reg(2 * j + gl, h, llvm.inline_asm(i32, [hi, lo, k], _asm_decode8(gl, fp8, fold), "=r,r,r,r"))
+    return mgpu.FragmentedArray(_registers=regs, _layout=layout, _is_signed=None)
 
   for h in range(2):
     word = vector.extract(words, [], [h])
     ks = [scale_reg(vector.extract(sv, [], [per * h + j])) for j in range(per)]
     for g in range(4):
       k = ks[g // 2] if nv else ks[0]  # columns 8 g + 2 t + v: g < 2 in the first 16-block
-      out = llvm.inline_asm(i32, [word, k], _asm_decode(g, fold), "=r,r,r")
-      regs[0, g, 0, 0, h, 0, 0, 0, 0] = vector.bitcast(bf2, vector.broadcast(ir.VectorType.get((1,), i32), out))
+      set_reg(g, h, llvm.inline_asm(i32, [word, k], _asm_decode(g, fold), "=r,r,r"))
   return mgpu.FragmentedArray(_registers=regs, _layout=layout, _is_signed=None)
 
 
-def decode_block_jnp(words, sbytes, fold: bool = True):
+def decode_block_jnp(words, sbytes, fold: bool = True, fp8: str | None = None):
   """(8, 32) uint32 words and (64,) scale bytes of one (tile, block) -> (64, 32) bf16 elem * 2^(e - 6)
   (``fold``) or elem * 2^e, by the layout's definition (the interpreter's decode; tests check it against the
   codes). Exact where the result is a normal number (XLA:CPU flushes subnormals). (128,) bytes: NVFP4's E4M3
-  scales, elem * s * 2^-7 (``fold``) or elem * s."""
+  scales, elem * s * 2^-7 (``fold``) or elem * s. ``fp8`` (an MXFP8 format): (16, 32) words, elem * 2^e."""
   nv = sbytes.shape == (2 * TILE_N,)
-  if words.shape != (8, 32) or sbytes.shape not in ((TILE_N,), (2 * TILE_N,)):
-    raise ValueError(f"words must be (8, 32) and sbytes ({TILE_N},) or ({2 * TILE_N},); got {words.shape} and "
-                     f"{sbytes.shape}")
+  rows = 16 if fp8 else 8
+  if words.shape != (rows, 32) or sbytes.shape not in ((TILE_N,), (2 * TILE_N,)):
+    raise ValueError(f"words must be ({rows}, 32) and sbytes ({TILE_N},) or ({2 * TILE_N},); got {words.shape} "
+                     f"and {sbytes.shape}")
+  if fp8:  # word 4 i + 2 h + j, i = 32 w + 4 q + t: byte 2 gl + v is column 16 j + 8 gl + 2 t + v
+    wd = words.reshape(4, 8, 4, 2, 2)                          # (w, q, t, h, j)
+    code = jnp.stack([(wd >> (8 * b)) & 0xFF for b in range(4)]).reshape(2, 2, 4, 8, 4, 2, 2)  # (gl, v, w, q, t, h, j)
+    code = code.transpose(2, 5, 3, 6, 0, 4, 1).reshape(TILE_N, BLOCK)  # rows (w, h, q), cols (j, gl, t, v)
+    val = _bits.code_to_elem(code.astype(jnp.uint8), get_format(fp8).elem)
+    sb = sbytes.reshape(4, 8, 2).transpose(0, 2, 1).reshape(TILE_N).astype(jnp.int32)
+    val = _bits.mul_pow2(val, (sb - 127)[:, None])
+    return jnp.where((sb == 255)[:, None], jnp.nan, val).astype(jnp.bfloat16)
   wd = words.reshape(4, 8, 4, 2)                              # (w, q, t, h)
   cols = []
   for v in range(2):
@@ -389,7 +469,7 @@ def _store_transposed(acc, o_ref, out_dtype, scale: float, add_ref=None, ts_ref=
 # ----------------------------------------------------------------------------------------------------------
 
 
-def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
+def wo_call(x, w: MgpuWeight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
            interpret=False, rows=None, row_tiles: int = 1):
   """(M, N_p) = x (M, K_p) bf16 @ W^T, K_p = the weight's padded K. Each CTA works on ``rows`` = Mp rows (a
   multiple of 8, <= MAX_ROWS; default M).
@@ -426,8 +506,9 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
 
   wgs = cfg.wgs
   per_wg = s // wgs
-  fold, nv = w.fold_ok, w.nv
-  scale = float(2.0 ** -(NV_SHIFT if nv else SHIFT)) if fold else 1.0
+  fold, nv, fp8 = w.fold_ok, w.nv, (w.fmt if w.fp8 else None)
+  scale = float(2.0 ** -(NV_SHIFT if nv else SHIFT)) if fold and not fp8 else 1.0
+  wr = word_rows(w.fmt)
   sbytes = 128 if nv else 64  # scale bytes per (tile, 32-block)
 
   def kernel(x_g, w_g, s_g, *rest, **scratch):
@@ -446,7 +527,7 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
           in_specs=[
               plgpu.BlockSpec((mp, tile_k), lambda kk: (0, kk), transforms=x_tr, delay_release=dr,
                               collective_axes=("cluster",) if cfg.cluster > 1 else ()),
-              plgpu.BlockSpec((None, 8 * s, 32), lambda kk: (kk, 0, 0), delay_release=dr),
+              plgpu.BlockSpec((None, wr * s, 32), lambda kk: (kk, 0, 0), delay_release=dr),
               plgpu.BlockSpec((None, s, sbytes), lambda kk: (kk, 0, 0), delay_release=dr),
           ],
           wg_axis="wg", num_compute_wgs=wgs, max_concurrent_steps=cfg.max_concurrent_steps, compute_context=ctx)
@@ -502,18 +583,18 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
           a = plgpu.inline_mgpu(
               arg_types=(plgpu.RefType(), plgpu.RefType()),
               return_type=plgpu.ShapeDtypeStruct((TILE_N, BLOCK), bf16, layout=plgpu.Layout.WGMMA),
-          )(lambda _, wr, sr, b=b: _decode_regs(wr, sr, b, per_wg if wgs == 2 else 0, fold, nv))(w_s, s_s)
+          )(lambda _, wr_, sr, b=b: _decode_regs(wr_, sr, b, per_wg if wgs == 2 else 0, fold, nv, fp8))(w_s, s_s)
           plgpu.wgmma(acc_ref, a, xb)
         else:
           aw = aq.at[lax.axis_index("wg")] if wgs == 2 else aq
-          aw[...] = decode_block_jnp(w_s[pl.ds(8 * (wg0 + b), 8), :], s_s[wg0 + b, :], fold)
+          aw[...] = decode_block_jnp(w_s[pl.ds(wr * (wg0 + b), wr), :], s_s[wg0 + b, :], fold, fp8)
           plgpu.commit_smem()
           plgpu.wgmma(acc_ref, aw, xb)
           plgpu.wgmma_wait(0)
       plgpu.wgmma_wait(per_wg if cfg.lag else 0)
       return acc_ref
 
-    pipeline(body, ctx)(x_g, w_g.at[:, pl.ds(ni * 8 * s, 8 * s)], s_g.at[:, pl.ds(ni * s, s)])
+    pipeline(body, ctx)(x_g, w_g.at[:, pl.ds(ni * wr * s, wr * s)], s_g.at[:, pl.ds(ni * s, s)])
 
   scratch = dict(o_smem=plgpu.SMEM((mp, TILE_N), out_dtype))
   if interp is not None:
@@ -532,7 +613,7 @@ def wo_fp4(x, w: MgpuFP4Weight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
   return f(x.astype(bf16), w.words, w.scales, *((w.tensor_scale,) if nv else ()))
 
 
-def wo_matmul_mgpu(x: jax.Array, w: MgpuFP4Weight, *, out_dtype=jnp.bfloat16,
+def wo_matmul_mgpu(x: jax.Array, w: MgpuWeight, *, out_dtype=jnp.bfloat16,
                    config: MgpuWOConfig | None = None, interpret: bool = False,
                    row_tile: int | None = None) -> jax.Array:
   """(..., N) = x (..., K) @ W^T for a ``prepare_weight_mgpu`` weight; x rounded to bf16, FP32 accumulation.
@@ -542,7 +623,7 @@ def wo_matmul_mgpu(x: jax.Array, w: MgpuFP4Weight, *, out_dtype=jnp.bfloat16,
   ``max_rows(w.steps)``) side by side in the grid, x padded to whole tiles (no pad or slice when M is a
   multiple of the tile). ``config`` defaults to ``default_config``. Runs on Hopper (Mosaic GPU), or in the
   Pallas interpreter with ``interpret=True``."""
-  if not isinstance(w, MgpuFP4Weight):
+  if not isinstance(w, MgpuWeight):
     raise TypeError(f"w must be a prepare_weight_mgpu(...) result; got {type(w).__name__}")
   if config is not None and not isinstance(config, MgpuWOConfig):
     raise TypeError(f"config must be an MgpuWOConfig; got {type(config).__name__}")
@@ -559,7 +640,7 @@ def wo_matmul_mgpu(x: jax.Array, w: MgpuFP4Weight, *, out_dtype=jnp.bfloat16,
   m = x2.shape[0]
   if m == 0:
     return jnp.zeros(lead + (w.n,), out_dtype)
-  top = max_rows(w.steps, w.nv)
+  top = max_rows(w.steps, w.fmt)
   if row_tile is not None and not (isinstance(row_tile, int) and 8 <= row_tile <= top and row_tile % 8 == 0):
     raise ValueError(f"row_tile must be a multiple of 8 in 8..{top} (max_rows at steps={w.steps}); got {row_tile!r}")
   mp = round_up(m, 8)
@@ -567,11 +648,11 @@ def wo_matmul_mgpu(x: jax.Array, w: MgpuFP4Weight, *, out_dtype=jnp.bfloat16,
     mp = row_tile or min(ROW_TILE, top)
   tiles = -(-m // mp)
   cfg = config or default_config(w, mp, interpret)
-  if smem_bytes(cfg, mp, w.nv) > SMEM_LIMIT:
-    raise ValueError(f"config {cfg.name()} needs {smem_bytes(cfg, mp, w.nv)} bytes of shared memory at {mp} rows "
+  if smem_bytes(cfg, mp, w.fmt) > SMEM_LIMIT:
+    raise ValueError(f"config {cfg.name()} needs {smem_bytes(cfg, mp, w.fmt)} bytes of shared memory at {mp} rows "
                      f"(limit {SMEM_LIMIT}); use fewer max_concurrent_steps")
   xp = pad_to(x2, m if tiles == 1 else tiles * mp, w.k_padded)
-  o = wo_fp4(xp, w, config=cfg, out_dtype=out_dtype, interpret=interpret, rows=mp, row_tiles=tiles)
+  o = wo_call(xp, w, config=cfg, out_dtype=out_dtype, interpret=interpret, rows=mp, row_tiles=tiles)
   if o.shape != (m, w.n):
     o = o[:m, :w.n]
   return o.reshape(lead + (w.n,))

@@ -38,6 +38,16 @@ def run_ptx(asm: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
       hi, lo = (np.asarray(val(t)).astype(np.uint32).view(np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
                 .astype(np.uint64) for t in a[:2])
       regs[d] = (hi << np.uint64(16)) | lo
+    elif op == "prmt.b32":  # default mode: byte i of d = byte (selector nibble i) of {b, a} (a = bytes 0..3)
+      x, y, sel = val(a[0]), val(a[1]), int(a[2], 0)
+      pool = x | (y << np.uint64(32))
+      out = np.uint64(0)
+      for i in range(4):
+        nib = (sel >> (4 * i)) & 0xF
+        if nib & 8:
+          raise NotImplementedError("prmt sign replication")
+        out = out | (((pool >> np.uint64(8 * nib)) & np.uint64(0xFF)) << np.uint64(8 * i))
+      regs[d] = out
     elif op == "mov.b32":
       regs[d] = val(a[0]) & m32
     elif op == "and.b32":

@@ -242,11 +242,11 @@ def test_rows_are_not_padded():
                                                      interpret=True))(x)
   prims = {e.primitive.name for e in jaxpr.jaxpr.eqns}
   assert not prims & {"pad", "slice", "dynamic_slice", "concatenate"}, prims
-  _check(wm.wo_fp4(x, small, config=cfg, out_dtype=jnp.float32, interpret=True, rows=8), x, q)
+  _check(wm.wo_call(x, small, config=cfg, out_dtype=jnp.float32, interpret=True, rows=8), x, q)
   with pytest.raises(ValueError, match="rows a multiple of 8"):
-    wm.wo_fp4(x, small, config=cfg, interpret=True, rows=12)
+    wm.wo_call(x, small, config=cfg, interpret=True, rows=12)
   with pytest.raises(ValueError, match="0 < M <= rows"):
-    wm.wo_fp4(_x(9, 128), small, config=cfg, interpret=True, rows=8)
+    wm.wo_call(_x(9, 128), small, config=cfg, interpret=True, rows=8)
 
 
 def test_row_tiles(monkeypatch):
@@ -257,8 +257,8 @@ def test_row_tiles(monkeypatch):
   cfg = wm.MgpuWOConfig(steps=4, max_concurrent_steps=2)
   call = lambda x, **kw: wm.wo_matmul_mgpu(x, small, out_dtype=jnp.float32, config=cfg, interpret=True, **kw)
   seen = []
-  real = wm.wo_fp4
-  monkeypatch.setattr(wm, "wo_fp4", lambda *a, **kw: seen.append((kw["rows"], kw["row_tiles"])) or real(*a, **kw))
+  real = wm.wo_call
+  monkeypatch.setattr(wm, "wo_call", lambda *a, **kw: seen.append((kw["rows"], kw["row_tiles"])) or real(*a, **kw))
   assert wm.ONE_TILE_ROWS < 2 * wm.ROW_TILE
   x = _x(2 * wm.ROW_TILE, 128, seed=5)  # two full tiles: no pad, no slice
   prims = {e.primitive.name for e in jax.make_jaxpr(call)(x).jaxpr.eqns}
@@ -271,7 +271,7 @@ def test_row_tiles(monkeypatch):
   with pytest.raises(ValueError, match="row_tile must be a multiple of 8"):
     call(x, row_tile=12)
   with pytest.raises(ValueError, match="exactly rows"):
-    wm.wo_fp4(x, small, config=cfg, interpret=True, rows=8, row_tiles=3)
+    wm.wo_call(x, small, config=cfg, interpret=True, rows=8, row_tiles=3)
 
 
 def test_dispatch(weights):
@@ -298,7 +298,7 @@ def test_prepare_validation():
   with pytest.raises(TypeError, match="w must be a QArray"):
     wm.prepare_weight_mgpu(np.ones((64, 128)))
   with pytest.raises(ValueError, match="format"):
-    wm.prepare_weight_mgpu(mx_jax.quantize(w, "mxfp8_e4m3", axis=1))
+    wm.prepare_weight_mgpu(mx_jax.quantize(w, "mxfp6_e2m3", axis=1))
   with pytest.raises(ValueError, match="axis 1"):
     wm.prepare_weight_mgpu(mx_jax.quantize(w, "mxfp4_e2m1", axis=0))
   with pytest.raises(ValueError, match="steps"):
@@ -330,9 +330,9 @@ def test_call_validation(weights):
   assert small.n_padded == 64
   cl2 = wm.MgpuWOConfig(steps=4, max_concurrent_steps=2, cluster=2)
   with pytest.raises(ValueError, match="cluster"):
-    wm.wo_fp4(jnp.zeros((16, 128), jnp.bfloat16), small, config=cl2, interpret=True)
+    wm.wo_call(jnp.zeros((16, 128), jnp.bfloat16), small, config=cl2, interpret=True)
   with pytest.raises(ValueError, match="cluster=2 needs x rows padded to a multiple of 16"):  # N_p = 256: rows
-    wm.wo_fp4(jnp.zeros((8, pw.k_padded), jnp.bfloat16), pw, config=cl2, interpret=True)
+    wm.wo_call(jnp.zeros((8, pw.k_padded), jnp.bfloat16), pw, config=cl2, interpret=True)
 
 
 def test_helper_validation(weights):
@@ -505,3 +505,115 @@ def test_kernel_interpret_nvfp4(nv_weights, cfg, fold_ok, m):
   ref, bound = _ref(x, q)
   assert bf.dtype == jnp.bfloat16 and np.all(np.abs(np.asarray(bf, np.float64) - ref) <= 2.0 ** -8 * np.abs(ref)
                                              + RTOL * bound)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# MXFP8 (E4M3 / E5M2 bytes, four per word)
+# ------------------------------------------------------------------------------------------------------------
+
+FP8 = ["mxfp8_e4m3", "mxfp8_e5m2"]
+FP8_VALUE = {f: np.arange(256, dtype=np.uint8).view(d).astype(np.float64)
+             for f, d in zip(FP8, (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2))}
+
+
+def _q8(fmt, n=N, k=K, big=False, seed=5):
+  w = jax.random.normal(jax.random.key(seed), (n, k), jnp.float32)
+  return mx_jax.quantize(w * (2.0 ** 30 if big else 1.0), fmt, axis=1)
+
+
+@pytest.mark.parametrize("steps", [8, 4])
+def test_pack_words8_layout(steps):
+  """Word 4 i + 2 h + j (i = 32 w + 4 q + t) of (tile nt, block kb) holds row 64 nt + 16 w + 8 h + q's codes at
+  columns 32 kb + 16 j + 8 gl + 2 t + v in byte 2 gl + v, at [kb // S, nt 16 S + 16 (kb % S) + (4 i + 2 h + j)
+  // 32, (4 i + 2 h + j) % 32]."""
+  n, k = 128, 1024
+  codes = np.random.default_rng(steps).integers(0, 256, size=(n, k)).astype(np.uint8)
+  got = np.asarray(wm.pack_words8(jnp.asarray(codes), steps))
+  ntiles, nblocks = n // 64, k // 32
+  assert got.dtype == np.uint32 and got.shape == (nblocks // steps, ntiles * 16 * steps, 32)
+  nt, kb, w, q, t, h, j = np.indices((ntiles, nblocks, 4, 8, 4, 2, 2)).reshape(7, -1)
+  idx = 4 * (32 * w + 4 * q + t) + 2 * h + j
+  row = 64 * nt + 16 * w + 8 * h + q
+  want = np.zeros(nt.shape, np.uint64)
+  for gl in range(2):
+    for v in range(2):
+      want |= codes[row, 32 * kb + 16 * j + 8 * gl + 2 * t + v].astype(np.uint64) << np.uint64(8 * (2 * gl + v))
+  expected = np.full(got.shape, 0xDEADBEEF, np.uint64)
+  expected[kb // steps, nt * 16 * steps + 16 * (kb % steps) + idx // 32, idx % 32] = want
+  assert not (expected == 0xDEADBEEF).any()
+  np.testing.assert_array_equal(got.astype(np.uint64), expected)
+  with pytest.raises(ValueError, match="codes must be"):
+    wm.pack_words8(jnp.zeros((64, 96), jnp.uint8), 4)
+
+
+@pytest.mark.parametrize("fmt", FP8)
+def test_decode_block_jnp_fp8(fmt):
+  """Every (tile, block) of a prepared MXFP8 weight decodes to the float64 dequantized values; padding to 0."""
+  q = _q8(fmt)
+  pw = wm.prepare_weight_mgpu(q, steps=4)
+  assert pw.fp8 and pw.words.shape == (3, 4 * 16 * 4, 32) and pw.fold_ok
+  deq = np.zeros((pw.n_padded, pw.k_padded), np.float64)
+  deq[:N, :K] = np.asarray(mx_jax.dequantize(q, jnp.float32), np.float64)
+  dec = jax.jit(wm.decode_block_jnp, static_argnums=(2, 3))
+  words, scales, s = np.asarray(pw.words), np.asarray(pw.scales), pw.steps
+  for nt in range(pw.n_padded // 64):
+    for kb in range(pw.k_padded // 32):
+      ks, j = divmod(kb, s)
+      got = dec(words[ks, nt * 16 * s + 16 * j:nt * 16 * s + 16 * j + 16], scales[ks, nt * s + j], True, fmt)
+      np.testing.assert_array_equal(np.asarray(got, np.float64), deq[64 * nt:64 * nt + 64, 32 * kb:32 * kb + 32],
+                                    err_msg=f"{fmt} tile {nt} block {kb}")
+
+
+@pytest.mark.parametrize("fmt", FP8)
+def test_asm_decode8_every_byte(fmt):
+  """The FP8 decode: every finite byte in each of a word's four slots, through the kernel's bit split
+  (``fp8_bits``) and _asm_decode8 (PRMT + multiplies), equals elem * 2^(e - 127) for folded scale bytes at the
+  window's ends and unfolded ones (0: 2^-127, 255: NaN)."""
+  vals = FP8_VALUE[fmt]
+  finite = np.flatnonzero(np.isfinite(vals))
+  rng = np.random.default_rng(9)
+  b = rng.choice(finite, size=(len(finite) * 4, 4))
+  for slot in range(4):
+    b[slot * len(finite):(slot + 1) * len(finite), slot] = finite
+  word = (b[:, 0] | b[:, 1] << 8 | b[:, 2] << 16 | b[:, 3] << 24).astype(np.uint64)
+  sh, mh, sl, ml = wm.fp8_bits(fmt)
+  hi = (word & 0x80808080) | ((word >> np.uint64(sh)) & np.uint64(mh * 0x01010101))
+  lo = (word << np.uint64(sl)) & np.uint64(ml * 0x01010101)
+  lo_f, hi_f = wm.FP8_FOLD_BYTES[fmt]
+  for fold, e in [(True, lo_f), (True, hi_f), (True, 127), (False, 0), (False, 127), (False, 255)]:
+    k = ((e + wm.FP8_RESCALE[fmt]) * 0x00800080 if fold else
+         ((e << 7) + (0x40 if e in (0, 255) else 0)) * 0x00010001)
+    for gl in range(2):
+      [out] = run_ptx(wm._asm_decode8(gl, fmt, fold), [hi.astype(np.uint32), lo.astype(np.uint32),
+                                                       np.array([k], np.uint32)])
+      for v in range(2):
+        got = ((out >> np.uint64(16 * v)) & np.uint64(0xFFFF)).astype(np.uint16).view(ml_dtypes.bfloat16)
+        got = got.astype(np.float64)
+        want = vals[b[:, 2 * gl + v]] * 2.0 ** (e - 127)
+        if e == 255:
+          assert np.isnan(got).all()
+          continue
+        want = want.astype(ml_dtypes.bfloat16).astype(np.float64)  # e = 0: below bf16's least subnormal flushes
+        np.testing.assert_array_equal(got, want, err_msg=f"{fmt} fold={fold} e={e} gl={gl} v={v}")
+
+
+def test_fold_ok_bytes_fp8():
+  for fmt in FP8:
+    lo, hi = wm.FP8_FOLD_BYTES[fmt]
+    assert wm.fold_ok_bytes(np.array([lo, hi], np.uint8), fmt)
+    assert not wm.fold_ok_bytes(np.array([127, lo - 1], np.uint8), fmt)
+    assert not wm.fold_ok_bytes(np.array([127, hi + 1], np.uint8), fmt)
+
+
+@pytest.mark.parametrize("fmt,big,cfg,m", [("mxfp8_e4m3", False, CFG_WG2, 5), ("mxfp8_e5m2", False, CFG_WG1, 8),
+                                           ("mxfp8_e4m3", True, CFG_WG1, 8)],
+                         ids=lambda v: v.name() if isinstance(v, wm.MgpuWOConfig) else str(v))
+def test_kernel_interpret_fp8(fmt, big, cfg, m):
+  """MXFP8 through the kernel, folded and (scale bytes past the window) unfolded."""
+  q = _q8(fmt, big=big)
+  pw = wm.prepare_weight_mgpu(q, steps=4)
+  assert pw.fold_ok == (not big)
+  x = _x(m)
+  out = wm.wo_matmul_mgpu(x, pw, out_dtype=jnp.float32, config=cfg, interpret=True)
+  assert out.shape == (m, N)
+  _check(out, x, q)
