@@ -1,7 +1,7 @@
-"""FP4 weight-only GEMM on Hopper in Pallas on Mosaic GPU: out (M, N) = x (M, K) bf16 @ W^T, small M.
+"""MXFP4 / NVFP4 / MXFP8 weight-only GEMM on Hopper in Pallas on Mosaic GPU: out (M, N) = x (M, K) bf16 @ W^T.
 
-W is an (N, K) MXFP4 weight (E2M1 codes, blocks of 32 along K, E8M0 scales) or NVFP4 (E2M1, blocks of 16 with
-E4M3 scales, an FP32 tensor scale applied in the epilogue). A producer warpgroup streams it
+W is an (N, K) MXFP4 weight (E2M1 codes, blocks of 32 along K, E8M0 scales), NVFP4 (E2M1, blocks of 16 with
+E4M3 scales, an FP32 tensor scale applied in the epilogue) or MXFP8 (E4M3 / E5M2 bytes, E8M0 scales). A producer warpgroup streams it
 with TMA (``plgpu.emit_pipeline_warp_specialized``); one or two consumer warpgroups decode it in registers
 straight into the A operand of bf16 ``wgmma`` (m64 x n=Mp x k16, x^T the B operand in shared memory). One CTA
 per 64 weight rows walks all of K: no split-K, no second kernel. ``MgpuWOConfig``: ``wgs=2`` splits each
@@ -22,6 +22,12 @@ Both are exact (the product is representable: bf16 has FP32's exponent range) ex
 codes): one ``mad`` makes the bf16 bits ``(b << 4) + (239 << 7)`` = s * 2^119 of the byte b, so the multiply
 gives elem * s * 2^-7 and the epilogue multiplies by 2^7 and the tensor scale; otherwise the byte converts
 exactly (E4M3 -> f16 -> f32 -> bf16: subnormal scales, 0 and NaN included) for the unfolded path.
+
+MXFP8 (``pack_words8``): 512 words per (tile, block), thread i's words 4 i + 2 h + j holding row 16 w + 8 h + q's
+bytes of columns 8 g + 2 t + v for g = 2 j, 2 j + 1 (one 16-byte load). Integer ops split each byte into a
+high-byte word (sign, top exponent bits) and a low-byte word, one PRMT interleaves them into a bf16x2 of
+elem * 2^-120 (E4M3; E5M2 2^-112), and one multiply by 2^(e - 127 + 120) (``FP8_FOLD_BYTES``) gives elem * 2^e;
+otherwise ×2^120 then ×2^e.
 
 A thread's two words are one 8-byte shared-memory load, its two scale bytes (rows r, r + 8; byte order 16 w +
 2 q + h) one 2-byte load (NVFP4: four bytes, byte 32 w + 4 q + 2 h + c for 16-block c of the 32-block, one
