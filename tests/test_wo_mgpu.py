@@ -124,6 +124,20 @@ def test_prepared_weight_shape_and_padding(weights):
   assert pw.nbytes == pw.words.size * 4 + pw.scales.size
 
 
+def _assert_blocks_decode(pw, deq, fold, fp8=None):
+  """decode_block_jnp of every (tile, 32-block) of a prepared weight equals the (N_p, K_p) float64 ``deq``."""
+  dec = jax.jit(wm.decode_block_jnp, static_argnums=(2, 3))
+  words, scales, s, r = np.asarray(pw.words), np.asarray(pw.scales), pw.steps, wm.word_rows(pw.fmt)
+  for nt in range(pw.n_padded // 64):
+    for kb in range(pw.k_padded // 32):
+      ks, j = divmod(kb, s)
+      w0 = (nt * s + j) * r
+      got = dec(words[ks, w0:w0 + r], scales[ks, nt * s + j], fold, fp8)
+      assert got.dtype == jnp.bfloat16
+      np.testing.assert_array_equal(np.asarray(got, np.float64), deq[64 * nt:64 * nt + 64, 32 * kb:32 * kb + 32],
+                                    err_msg=f"{pw.fmt} tile {nt} block {kb}")
+
+
 @pytest.mark.parametrize("fold", [True, False])
 def test_decode_block_jnp_matches_dequantize(weights, fold):
   """Every (tile, block) of a prepared weight decodes to the float64 dequantized values (times 2^-6 when
@@ -133,15 +147,7 @@ def test_decode_block_jnp_matches_dequantize(weights, fold):
   deq[:N, :K] = np.asarray(mx_jax.dequantize(q, jnp.float32), np.float64)
   if fold:
     deq *= 2.0 ** -6
-  dec = jax.jit(wm.decode_block_jnp, static_argnums=2)
-  words, scales, s = np.asarray(pw.words), np.asarray(pw.scales), pw.steps
-  for nt in range(pw.n_padded // 64):
-    for kb in range(pw.k_padded // 32):
-      ks, j = divmod(kb, s)
-      got = dec(words[ks, nt * 8 * s + 8 * j:nt * 8 * s + 8 * j + 8], scales[ks, nt * s + j], fold)
-      assert got.dtype == jnp.bfloat16
-      np.testing.assert_array_equal(np.asarray(got, np.float64), deq[64 * nt:64 * nt + 64, 32 * kb:32 * kb + 32],
-                                    err_msg=f"tile {nt} block {kb}")
+  _assert_blocks_decode(pw, deq, fold)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -438,14 +444,7 @@ def test_decode_block_jnp_nvfp4(nv_weights, fold):
   sb = np.asarray(jax.lax.bitcast_convert_type(q.scales, jnp.uint8))
   deq = np.zeros((pw.n_padded, pw.k_padded), np.float64)
   deq[:N, :K] = E2M1_SIGNED[codes] * np.repeat(E4M3[sb], 16, axis=1)[:, :K] * (2.0 ** -7 if fold else 1.0)
-  dec = jax.jit(wm.decode_block_jnp, static_argnums=2)
-  words, scales, s = np.asarray(pw.words), np.asarray(pw.scales), pw.steps
-  for nt in range(pw.n_padded // 64):
-    for kb in range(pw.k_padded // 32):
-      ks, j = divmod(kb, s)
-      got = dec(words[ks, nt * 8 * s + 8 * j:nt * 8 * s + 8 * j + 8], scales[ks, nt * s + j], fold)
-      np.testing.assert_array_equal(np.asarray(got, np.float64), deq[64 * nt:64 * nt + 64, 32 * kb:32 * kb + 32],
-                                    err_msg=f"tile {nt} block {kb}")
+  _assert_blocks_decode(pw, deq, fold)
 
 
 def test_asm_nvfp4_scales_every_byte():
@@ -554,14 +553,7 @@ def test_decode_block_jnp_fp8(fmt):
   assert pw.fp8 and pw.words.shape == (3, 4 * 16 * 4, 32) and pw.fold_ok
   deq = np.zeros((pw.n_padded, pw.k_padded), np.float64)
   deq[:N, :K] = np.asarray(mx_jax.dequantize(q, jnp.float32), np.float64)
-  dec = jax.jit(wm.decode_block_jnp, static_argnums=(2, 3))
-  words, scales, s = np.asarray(pw.words), np.asarray(pw.scales), pw.steps
-  for nt in range(pw.n_padded // 64):
-    for kb in range(pw.k_padded // 32):
-      ks, j = divmod(kb, s)
-      got = dec(words[ks, nt * 16 * s + 16 * j:nt * 16 * s + 16 * j + 16], scales[ks, nt * s + j], True, fmt)
-      np.testing.assert_array_equal(np.asarray(got, np.float64), deq[64 * nt:64 * nt + 64, 32 * kb:32 * kb + 32],
-                                    err_msg=f"{fmt} tile {nt} block {kb}")
+  _assert_blocks_decode(pw, deq, True, fmt)
 
 
 @pytest.mark.parametrize("fmt", FP8)
