@@ -1,4 +1,4 @@
-"""MXFP4 / NVFP4 / MXFP8 weight-only on an H100: the Mosaic GPU kernel (kernels/wo_mgpu.py) vs the Triton kernel and bf16.
+"""MXFP4 / NVFP4 / MXFP8 weight-only on an H100: the Mosaic GPU kernel (kernels/wo_mgpu.py) vs Triton and bf16.
 
   PYTHONUNBUFFERED=1 python benchmarks/bench_wo_mgpu.py --out $OUT --budget 400    # on the GPU
   JAX_PLATFORMS=cpu python benchmarks/bench_wo_mgpu.py --smoke                     # CPU dry run (interpreter)

@@ -1,12 +1,13 @@
 """MXFP4 / NVFP4 / MXFP8 weight-only GEMM on Hopper in Pallas on Mosaic GPU: out (M, N) = x (M, K) bf16 @ W^T.
 
 W is an (N, K) MXFP4 weight (E2M1 codes, blocks of 32 along K, E8M0 scales), NVFP4 (E2M1, blocks of 16 with
-E4M3 scales, an FP32 tensor scale applied in the epilogue) or MXFP8 (E4M3 / E5M2 bytes, E8M0 scales). A producer warpgroup streams it
-with TMA (``plgpu.emit_pipeline_warp_specialized``); one or two consumer warpgroups decode it in registers
-straight into the A operand of bf16 ``wgmma`` (m64 x n=Mp x k16, x^T the B operand in shared memory). One CTA
-per 64 weight rows walks all of K: no split-K, no second kernel. ``MgpuWOConfig``: ``wgs=2`` splits each
-step's blocks between two consumer warpgroups, whose FP32 partials are added in the epilogue through shared
-memory (an mbarrier orders them); ``cluster=2`` multicasts each x tile to the two CTAs of a cluster.
+E4M3 scales, an FP32 tensor scale applied in the epilogue) or MXFP8 (E4M3 / E5M2 bytes, E8M0 scales). A
+producer warpgroup streams it with TMA (``plgpu.emit_pipeline_warp_specialized``); one or two consumer
+warpgroups decode it in registers straight into the A operand of bf16 ``wgmma`` (m64 x n=Mp x k16, x^T the B
+operand in shared memory). One CTA per 64 weight rows walks all of K: no split-K, no second kernel.
+``MgpuWOConfig``: ``wgs=2`` splits each step's blocks between two consumer warpgroups, whose FP32 partials are
+added in the epilogue through shared memory (an mbarrier orders them); ``cluster=2`` multicasts each x tile to
+the two CTAs of a cluster.
 
 Weight layout (``prepare_weight_mgpu``, done once). Each (64-row tile, 32-block) is 256 uint32 words in
 *thread order*: thread i = 32 w + 4 q + t of the warpgroup holds word 2i + h for row 16 w + 8 h + q, which
@@ -26,14 +27,14 @@ exactly (E4M3 -> f16 -> f32 -> bf16: subnormal scales, 0 and NaN included) for t
 MXFP8 (``pack_words8``): 512 words per (tile, block), thread i's words 4 i + 2 h + j holding row 16 w + 8 h + q's
 bytes of columns 8 g + 2 t + v for g = 2 j, 2 j + 1 (one 16-byte load). Integer ops split each byte into a
 high-byte word (sign, top exponent bits) and a low-byte word, one PRMT interleaves them into a bf16x2 of
-elem * 2^-120 (E4M3; E5M2 2^-112), and one multiply by 2^(e - 127 + 120) (``FP8_FOLD_BYTES``) gives elem * 2^e;
-otherwise ×2^120 then ×2^e.
+elem * 2^-r (r = 120 for E4M3, 112 for E5M2), and one multiply by 2^(e - 127 + r) gives elem * 2^e when every
+scale byte is in ``FP8_FOLD_BYTES``; otherwise ×2^r then ×2^e.
 
 A thread's two words are one 8-byte shared-memory load, its two scale bytes (rows r, r + 8; byte order 16 w +
 2 q + h) one 2-byte load (NVFP4: four bytes, byte 32 w + 4 q + 2 h + c for 16-block c of the 32-block, one
-4-byte load). Stored as words (K_p / (32 S), N_p / 64 * 8 S, 32) and scales (K_p / (32 S), N_p / 64 * S, 64 or
-128): S blocks per pipeline step, one contiguous run per
-(step, tile), the tiles of a step adjacent (the group-major order of session 10).
+4-byte load). Stored as words (K_p / (32 S), N_p / 64 * 8 S (FP8 16 S), 32) and scales (K_p / (32 S), N_p / 64 *
+S, 64 or 128): S blocks per pipeline step, one contiguous run per (step, tile), the tiles of a step adjacent (the
+group-major order of session 10).
 
 The FP32 accumulator is written transposed (x rows major) through shared memory and one TMA store per CTA,
 so the result is (Mp, N) with no transpose kernel. ``interpret=True`` (CPU tests) decodes with jnp from the
@@ -71,19 +72,21 @@ FORMATS = {"mxfp4_e2m1": 32, "nvfp4": 16, "mxfp8_e4m3": 32, "mxfp8_e5m2": 32}  #
 # scale 2^(e - 127 + rescale) a finite normal bf16, elem * 2^(e - 127) inside bf16's range, least subnormal included)
 FP8_RESCALE = {"mxfp8_e4m3": 120, "mxfp8_e5m2": 112}
 FP8_FOLD_BYTES = {"mxfp8_e4m3": (8, 134), "mxfp8_e5m2": (16, 142)}
-# FP8 byte -> bf16 bits: (sign | (byte >> SH) & MH) as the high byte, (byte << SL) & ML as the low byte
+# FP8 byte b -> bf16 bits (b & 0x80 | (b >> sh) & mh) << 8 | (b << sl) & ml: elem * 2^-FP8_RESCALE (subnormal
+# codes as bf16 subnormals)
 FP8_BITS = {"mxfp8_e4m3": (4, 0x07, 4, 0xF0), "mxfp8_e5m2": (3, 0x0F, 5, 0xE0)}
 
-
-def word_rows(fmt: str) -> int:
-  """Rows of 32 uint32 words per (64-row tile, 32-block): 256 words of FP4, 512 of FP8."""
-  return 16 if fmt in FP8_RESCALE else 8
 UNFOLD_BITS = (126 + 127) << 7  # unfolded decode: bf16 bits of 2^126, then times the scale 2^e itself
 MAX_ROWS = 128     # x rows per call (wgmma N <= 256; 64 FP32 accumulator registers per thread at 128)
 ONE_TILE_ROWS = 48  # up to this many rows (rounded up to 8), one row tile (session 17: 21.8 us; as 2 x 32: 37.2)
 ROW_TILE = 32      # x rows per CTA beyond that: row tiles side by side, 4 stages + multicast (M = 64: 33.8 us
                    # against 37.0 as one 64-row tile with 2 stages; M = 128: 65.2 against 88.8 as 72 + 56 rows)
 SMEM_LIMIT = 220 * 1024  # of the H100's 227 KB per CTA (the pipeline's barriers need a little)
+
+
+def word_rows(fmt: str) -> int:
+  """Rows of 32 uint32 words per (64-row tile, 32-block): 256 words of FP4, 512 of FP8."""
+  return 16 if fmt in FP8_RESCALE else 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,12 +321,6 @@ def _lane_helpers():
   return c, ix, arith.remui(mu.thread_idx(), c(128))
 
 
-def fp8_bits(fmt: str):
-  """(sh, mh, sl, ml): an FP8 byte b's bf16 bits are (b & 0x80 | (b >> sh) & mh) << 8 | (b << sl) & ml, which
-  read elem * 2^-FP8_RESCALE (subnormal codes as bf16 subnormals)."""
-  return FP8_BITS[fmt]
-
-
 def _asm_decode8(gl: int, fmt: str, fold: bool) -> str:
   """Bytes 2 gl, 2 gl + 1 of the high-byte word $1 and low-byte word $2 -> bf16x2 $0 (PRMT interleaves them),
   times the folded scale $3 (2^(e - 127 + rescale)), or times 2^rescale and the scale $3."""
@@ -380,7 +377,7 @@ def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True, nv
     regs[0, g, 0, 0, h, 0, 0, 0, 0] = vector.bitcast(bf2, vector.broadcast(ir.VectorType.get((1,), i32), out))
 
   if fp8:  # word 2 h + j: columns (8 g + 2 t + v) of g = 2 j, 2 j + 1 (pack_words8)
-    sh, mh, sl, ml = fp8_bits(fp8)
+    sh, mh, sl, ml = FP8_BITS[fp8]
     for h in range(2):
       k = scale_reg(vector.extract(sv, [], [h]))
       for j in range(2):

@@ -6,9 +6,10 @@ import numpy as np
 
 
 def run_ptx(asm: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
-  """A tiny PTX interpreter for the b32 integer ops, mul.rn.bf16x2 (exact products) and the E4M3 -> f16 -> f32 ->
-  bf16 conversions that the asm decodes use, on uint32 numpy arrays (an operand of mul.rn.bf16x2 may be an immediate-loaded scalar or an array that
-  broadcasts, e.g. a 1-element scale register); returns the $0.. outputs."""
+  """A tiny PTX interpreter for the b32 integer ops, prmt, mul.rn.bf16x2 (exact products) and the E4M3 -> f16 ->
+  f32 -> bf16 conversions that the asm decodes use, on uint32 numpy arrays (an operand of mul.rn.bf16x2 may be
+  an immediate-loaded scalar or an array that broadcasts, e.g. a 1-element scale register); returns the $0..
+  outputs."""
   regs = {f"${i + 1}": v.astype(np.uint64) for i, v in enumerate(inputs)}
   body = asm.strip().lstrip("{").rstrip("}")
   m32 = np.uint64(0xFFFFFFFF)
@@ -19,7 +20,8 @@ def run_ptx(asm: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
       continue
     if op == "mov.b32" and args[0].startswith("{"):  # unpack a b32 into two b16: {lo, hi}
       src = val(args[2])
-      regs[args[0].strip("{}")], regs[args[1].strip("{}")] = src & np.uint64(0xFFFF), (src >> np.uint64(16)) & np.uint64(0xFFFF)
+      lo, hi = src & np.uint64(0xFFFF), (src >> np.uint64(16)) & np.uint64(0xFFFF)
+      regs[args[0].strip("{}")], regs[args[1].strip("{}")] = lo, hi
       continue
     d, a = args[0], args[1:]
     if op == "cvt.u16.u32":

@@ -559,7 +559,7 @@ def test_decode_block_jnp_fp8(fmt):
 @pytest.mark.parametrize("fmt", FP8)
 def test_asm_decode8_every_byte(fmt):
   """The FP8 decode: every finite byte in each of a word's four slots, through the kernel's bit split
-  (``fp8_bits``) and _asm_decode8 (PRMT + multiplies), equals elem * 2^(e - 127) for folded scale bytes at the
+  (``FP8_BITS``) and _asm_decode8 (PRMT + multiplies), equals elem * 2^(e - 127) for folded scale bytes at the
   window's ends and unfolded ones (0: 2^-127, 255: NaN)."""
   vals = FP8_VALUE[fmt]
   finite = np.flatnonzero(np.isfinite(vals))
@@ -568,7 +568,7 @@ def test_asm_decode8_every_byte(fmt):
   for slot in range(4):
     b[slot * len(finite):(slot + 1) * len(finite), slot] = finite
   word = (b[:, 0] | b[:, 1] << 8 | b[:, 2] << 16 | b[:, 3] << 24).astype(np.uint64)
-  sh, mh, sl, ml = wm.fp8_bits(fmt)
+  sh, mh, sl, ml = wm.FP8_BITS[fmt]
   hi = (word & 0x80808080) | ((word >> np.uint64(sh)) & np.uint64(mh * 0x01010101))
   lo = (word << np.uint64(sl)) & np.uint64(ml * 0x01010101)
   lo_f, hi_f = wm.FP8_FOLD_BYTES[fmt]
