@@ -5,6 +5,7 @@
 # in its own process first. 3) NVFP4 in the Mosaic GPU weight-only kernel: exactness, M sweep beside the Triton
 # kernel and bf16; MXFP4 at M = 16 again (same code path). 4) MXFP8 (e4m3, e5m2) in the same kernel.
 # 5) the GEMM with CTA pairs sharing B by TMA multicast (GemmConfig(cluster=2)): check, then 8192^3.
+# 6) cluster=2 against the default again, alternating, and 8192^3 beside scaled_dot.
 # OUT=$OUT bash benchmarks/gpu_session18.sh N
 cd "$(dirname "$0")/.."
 . benchmarks/gpu_env.sh
@@ -25,4 +26,6 @@ case "${1:-1}" in
        --out "$OUT/check" \
      && timeout 400 python3 benchmarks/bench_matmul.py --sections sweep,sizes --sweep-set cluster \
        --sizes 8192x8192x8192,4096x4096x4096 --sizes-lite --budget 380 --out "$OUT" ;;
+  6) timeout 300 python3 benchmarks/bench_matmul.py --sections env,sweep,sizes --sweep-set cluster2 \
+       --sizes 8192x8192x8192 --sizes-lite --budget 280 --out "$OUT" ;;
 esac
