@@ -161,8 +161,6 @@ class GemmConfig:
   pair: bool = False        # fp8 variant: issue two block wgmmas before promoting (overlap MMA + FFMA)
   deq_slots: int = 1        # bf16 variant: dequantized-tile buffers per warpgroup (2: stage k+1's dequantization
                             # overlaps stage k's wgmmas instead of waiting for them at the end of every stage)
-  cluster: int = 1          # 2: CTAs paired along M in a cluster, each B / B-scale tile multicast to both (TMA),
-                            # so L2 serves 3/4 of the operand bytes per output tile
 
   @property
   def cta_m(self):
@@ -178,15 +176,11 @@ class GemmConfig:
       s += "_areg" if self.a_regs else "_asmem"
     if self.pair:
       s += "_pair"
-    if self.cluster != 1:
-      s += f"_cl{self.cluster}"
     if self.deq_slots != 1:
       s += f"_dq{self.deq_slots}"
     return s
 
   def __post_init__(self):
-    if self.cluster not in (1, 2):
-      raise ValueError(f"cluster must be 1 or 2; got {self.cluster}")
     if self.deq_slots not in (1, 2):
       raise ValueError(f"deq_slots must be 1 or 2; got {self.deq_slots}")
     if self.deq_slots == 2 and self.variant != "bf16":
@@ -284,10 +278,6 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
   cta_m, cta_n = cfg.cta_m, cfg.cta_n
   nblk = tile_k // BLOCK
   m_iters, n_iters, k_iters = m // cta_m, n // cta_n, k // tile_k
-  cl = cfg.cluster
-  if cl > 1 and (m_iters % cl or num_sms % cl):
-    raise ValueError(f"cluster={cl} needs M / cta_m ({m_iters}) and num_sms ({num_sms}) to be multiples of {cl}")
-  mc = ("cluster",) if cl > 1 else ()  # the B tiles are shared by the cluster's CTAs (multicast)
   epi_n = _epi_n(cfg, out_dtype)
   a_tr = _block_tiled(a.dtype)
   b_tr = _block_tiled(b.dtype)
@@ -302,10 +292,9 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
           body, grid=(k_iters,), memory_registers=40,
           in_specs=[
               plgpu.BlockSpec((cta_m, a_tk), lambda kk: (0, kk), transforms=a_tr, memory_space=plgpu.SMEM),
-              plgpu.BlockSpec((cta_n, b_tk), lambda kk: (0, kk), transforms=b_tr, memory_space=plgpu.SMEM,
-                              collective_axes=mc),
+              plgpu.BlockSpec((cta_n, b_tk), lambda kk: (0, kk), transforms=b_tr, memory_space=plgpu.SMEM),
               plgpu.BlockSpec((nblk, cta_m), lambda kk: (kk, 0), memory_space=plgpu.SMEM),
-              plgpu.BlockSpec((nblk, cta_n), lambda kk: (kk, 0), memory_space=plgpu.SMEM, collective_axes=mc),
+              plgpu.BlockSpec((nblk, cta_n), lambda kk: (kk, 0), memory_space=plgpu.SMEM),
           ],
           wg_axis="wg", num_compute_wgs=2, max_concurrent_steps=cfg.max_concurrent_steps, compute_context=ctx)
 
@@ -324,9 +313,7 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
 
       def tile(bi, lin):
         """Output tile ``lin`` (planar-snake order) of batch element ``bi`` (None: unbatched)."""
-        mi, ni = plgpu.planar_snake(lin, (m_iters // cl, n_iters), minor, cfg.grid_tile_width)
-        if cl > 1:  # the cluster's CTAs take adjacent M tiles of one N tile
-          mi = mi * cl + lax.axis_index("cluster")
+        mi, ni = plgpu.planar_snake(lin, (m_iters, n_iters), minor, cfg.grid_tile_width)
         # First rows of the tile in the batch-flattened arrays, traced anew at each use (as the unbatched
         # kernel always did: its jaxpr stays exactly the same).
         a_row = lambda: _batch_row(bi, m, mi * cta_m)
@@ -427,19 +414,18 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
             sa_g.at[:, pl.ds(a_row(), cta_m)], sb_g.at[:, pl.ds(b_row(), cta_n)], allocations=allocs)
 
       if bsz == 1:
-        @plgpu.nd_loop((m_iters // cl * n_iters,), collective_axes="sm")
+        @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
         def _tile_loop(info):
           tile(None, info.index[0])
       else:  # batch outermost: the CTAs of one sweep mostly share a batch element
-        @plgpu.nd_loop((bsz, m_iters // cl * n_iters), collective_axes="sm")
+        @plgpu.nd_loop((bsz, m_iters * n_iters), collective_axes="sm")
         def _batched_tile_loop(info):
           tile(*info.index)
 
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
   f = plgpu.kernel(
-      kernel, out_type=jax.ShapeDtypeStruct((bsz * m, n), out_dtype), grid=(num_sms // cl,), grid_names=("sm",),
-      **(dict(cluster=(cl,), cluster_names=("cluster",)) if cl > 1 else {}),
+      kernel, out_type=jax.ShapeDtypeStruct((bsz * m, n), out_dtype), grid=(num_sms,), grid_names=("sm",),
       num_threads=3, thread_name="wg",
       compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
       scratch_types=dict(o_smem=plgpu.SMEM((2, 2, tile_m, epi_n), out_dtype, transforms=out_tr)),

@@ -139,40 +139,6 @@ def test_gemm_config_rejects_bad_deq_slots():
     dataclasses.replace(BF16_CFG, deq_slots=3)
   with pytest.raises(ValueError, match="deq_slots=2 applies to the bf16"):
     dataclasses.replace(FP8_CFG, deq_slots=2)
-  with pytest.raises(ValueError, match="cluster must be 1 or 2"):
-    dataclasses.replace(FP8_CFG, cluster=4)
-
-
-def test_cluster_kernel_matches_f64():
-  """cluster=2 in the interpreter: one cluster of two CTAs walks 2 x 2 cluster tiles (4 x 2 CTA tiles), every
-  output element written (the interpreter's NaN fill) and equal to the float64 product."""
-  cfg = dataclasses.replace(FP8_CFG, cluster=2)
-  m, n, k = 4 * cfg.cta_m, 2 * cfg.cta_n, 2 * cfg.tile_k
-  rng = np.random.default_rng(12)
-  a = jnp.asarray(rng.standard_normal((m, k)) * 8, jnp.float8_e4m3fn)
-  b = jnp.asarray(rng.standard_normal((n, k)) * 8, jnp.float8_e5m2)
-  sa = jnp.asarray(np.exp2(rng.integers(-5, 5, (k // 32, m))), jnp.float32)
-  sb = jnp.asarray(np.exp2(rng.integers(-5, 5, (k // 32, n))), jnp.float32)
-  out = mg.gemm(a, b, sa, sb, out_dtype=jnp.float32, config=cfg, num_sms=2, interpret=True)
-  da = np.asarray(a, np.float64) * np.repeat(np.asarray(sa, np.float64).T, 32, axis=1)
-  db = np.asarray(b, np.float64) * np.repeat(np.asarray(sb, np.float64).T, 32, axis=1)
-  assert _rel(out, da @ db.T) < RTOL
-
-
-def test_cluster_config_lowers_for_cuda_and_checks_tiles():
-  """cluster=2 (CTA pairs along M multicasting B): the compiled kernel lowers for CUDA with a cluster of two;
-  M tiles or SM counts that do not pair up are refused by name."""
-  from kernels import _dispatch
-  cfg = dataclasses.replace(FP8_CFG, cluster=2)
-  a8 = jax.ShapeDtypeStruct((256, 128), jnp.float8_e4m3fn)
-  sc = jax.ShapeDtypeStruct((4, 256), jnp.float32)
-  text = _dispatch.lower_for_cuda(lambda a, b, sa, sb: mg.gemm(a, b, sa, sb, config=cfg, num_sms=132),
-                                  a8, a8, sc, sc, backend="mosaic")
-  assert "mosaic_gpu" in text
-  x = jnp.zeros((128, 128), jnp.float8_e4m3fn)  # one 128-row CTA tile: nothing to pair
-  s1 = jnp.ones((4, 128), jnp.float32)
-  with pytest.raises(ValueError, match="cluster=2 needs M / cta_m"):
-    mg.gemm(x, x, s1, s1, config=cfg, num_sms=4, interpret=True)
 
 
 def test_kernel_default_config_and_bf16_output():
