@@ -359,6 +359,10 @@ def test_helper_validation(weights):
       wm.default_config(pw, mp)
   with pytest.raises(TypeError, match="cfg must be"):
     wm.smem_bytes("s16", 16)
+  with pytest.raises(ValueError, match="fmt must be one of"):
+    wm.smem_bytes(CFG_WG1, 16, "mxfp6_e2m3")
+  with pytest.raises(ValueError, match="fmt must be one of"):
+    wm.max_rows(16, "mxint8")
   with pytest.raises(ValueError, match="steps"):
     wm.max_rows(3)
 
@@ -383,6 +387,11 @@ def test_default_config_and_shared_memory():
     c = wm.default_config(w, mp)
     assert c.max_concurrent_steps >= 2 and wm.smem_bytes(c, mp) <= wm.SMEM_LIMIT, mp
   assert wm.smem_bytes(wm.MgpuWOConfig(steps=16, max_concurrent_steps=2), mr + 8) > wm.SMEM_LIMIT
+  # per format: NVFP4 128 scale bytes per block, MXFP8 2 KB of words; fewer rows fit for MXFP8
+  c = wm.MgpuWOConfig(steps=16, max_concurrent_steps=2)
+  assert wm.smem_bytes(c, 16, "nvfp4") - wm.smem_bytes(c, 16) == 2 * 64 * 16
+  assert wm.smem_bytes(c, 16, "mxfp8_e4m3") - wm.smem_bytes(c, 16) == 2 * 1024 * 16
+  assert wm.max_rows(16, "mxfp8_e5m2") < mr
   # smem_bytes from the layout: per stage an (mp, 32 S) bf16 x tile, 256 words and 64 scale bytes per block;
   # an (mp, 64) output tile (4 bytes) and, with two warpgroups, an FP32 partial sum.
   for c, mp in ((wm.MgpuWOConfig(steps=16, max_concurrent_steps=3), 24), (CFG_WG1, 40)):
@@ -609,3 +618,6 @@ def test_kernel_interpret_fp8(fmt, big, cfg, m):
   out = wm.wo_matmul_mgpu(x, pw, out_dtype=jnp.float32, config=cfg, interpret=True)
   assert out.shape == (m, N)
   _check(out, x, q)
+  if cfg is CFG_WG2:  # the public entry with its default config (fewer stages: FP8's 2 KB per block)
+    pub = mx_weight_only_matmul(x, pw, out_dtype=jnp.float32, interpret=True)
+    _check(pub, x, q)
