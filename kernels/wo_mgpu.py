@@ -255,8 +255,8 @@ def nv_fold_ok(sb, codes) -> jax.Array:
 
 
 def prepare_weight_mgpu(w: QArray, steps: int = 16) -> MgpuWeight:
-  """Lays out an (N, K) MXFP4 or NVFP4 QArray quantized along K (axis 1) for ``wo_matmul_mgpu`` (do it once,
-  eagerly: ``fold_ok`` is read on the host)."""
+  """Lays out an (N, K) MXFP4, NVFP4 or MXFP8 QArray quantized along K (axis 1) for ``wo_matmul_mgpu`` (do it
+  once, eagerly: ``fold_ok`` is read on the host)."""
   if not isinstance(w, QArray):
     raise TypeError(f"w must be a QArray (mx_jax.quantize(...)); got {type(w).__name__}")
   if w.fmt not in FORMATS:
@@ -359,6 +359,7 @@ def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True, nv
   shape = layout.registers_shape((TILE_N, BLOCK))
   assert shape == (1, 4, 1, 1, 2, 1, 1, 1, 1), shape
   regs = np.empty(shape, dtype=object)
+
   def scale_reg(byte):
     """The decode's $2 for one scale byte, in both bf16 halves."""
     e = arith.extui(i32, byte)
