@@ -1,4 +1,4 @@
-"""MXFP4 / NVFP4 / MXFP8 weight-only on an H100: the Mosaic GPU kernel (kernels/wo_mgpu.py) vs Triton and bf16.
+"""MX / NVFP4 weight-only on an H100: the Mosaic GPU kernel (kernels/wo_mgpu.py) vs the Triton kernel and bf16.
 
   PYTHONUNBUFFERED=1 python benchmarks/bench_wo_mgpu.py --out $OUT --budget 400    # on the GPU
   JAX_PLATFORMS=cpu python benchmarks/bench_wo_mgpu.py --smoke                     # CPU dry run (interpreter)
@@ -49,8 +49,8 @@ def exactness(cfgs, interpret):
   x = jax.random.uniform(jax.random.key(7), (16, k), jnp.float32, 0.5, 2.0).astype(jnp.bfloat16)
   rows = [-100, -50, 0, 7, -20, 3, -3, 5] * 16       # every byte in 1..134: the folded decode
   wide = [-120, -100, 0, 60, 100, 112, -60, 8] * 16   # the unfolded decode (2^112: 512 * 2 * 6 * 2^112 < FP32 max)
-  if FMT.startswith("mxfp8"):  # e5m2's least code 2^-16 times 2^-110 is bf16's least subnormal; 512 * 2 * 57344
-    wide = [-110, -100, 0, 60, 90, 96, -60, 8] * 16  # * 2^96 < FP32 max
+  if FMT.startswith("mxfp8") or FMT == "mxint8":  # e5m2's least code 2^-16 times 2^-110 is bf16's least
+    wide = [-110, -100, 0, 60, 90, 96, -60, 8] * 16  # subnormal; 512 * 2 * 57344 * 2^96 < FP32 max
   edge = [-127, 127, -127, 127] * 32                  # byte 0 (codes 0.5, 1.5 fall below bf16) and 2^127 (Inf)
   if FMT == "nvfp4":
     return exactness_nv(cfgs, interpret, x, k)

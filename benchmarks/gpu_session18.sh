@@ -7,6 +7,7 @@
 # 5) the GEMM with CTA pairs sharing B by TMA multicast (GemmConfig(cluster=2)): check, then 8192^3.
 # 6) cluster=2 against the default again, alternating, and 8192^3 beside scaled_dot. No faster: removed again,
 # call 5 ran at a9da384, call 6 at a30ad65.
+# 7) MXINT8 in the Mosaic GPU weight-only kernel.
 # OUT=$OUT bash benchmarks/gpu_session18.sh N
 cd "$(dirname "$0")/.."
 . benchmarks/gpu_env.sh
@@ -29,4 +30,6 @@ case "${1:-1}" in
        --sizes 8192x8192x8192,4096x4096x4096 --sizes-lite --budget 380 --out "$OUT" ;;
   6) timeout 300 python3 benchmarks/bench_matmul.py --sections env,sweep,sizes --sweep-set cluster2 \
        --sizes 8192x8192x8192 --sizes-lite --budget 280 --out "$OUT" ;;
+  7) timeout 330 python3 benchmarks/bench_wo_mgpu.py --fmt mxint8 --ms 16,1,8,32,64,128 --cfgs 0 --top 1 \
+       --budget 310 --out "$OUT" ;;
 esac

@@ -67,11 +67,11 @@ FOLD = 120         # folded decode: 2^(e + FOLD) is the bf16 scale the decode mu
 SHIFT = -6         # folded decode: value = elem * 2^(e + SHIFT); the epilogue multiplies by 2^-SHIFT
 NV_SHIFT = -7      # NVFP4 folded: value = elem * s * 2^NV_SHIFT (s * 2^(126 + NV_SHIFT) <= 448 * 2^119 is finite)
 NV_FOLD_BITS = (126 + NV_SHIFT + 120) << 7  # added to an E4M3 byte << 4 (s * 2^-120 as bf16 bits): s * 2^119
-FORMATS = {"mxfp4_e2m1": 32, "nvfp4": 16, "mxfp8_e4m3": 32, "mxfp8_e5m2": 32}  # weight format -> scale block
+FORMATS = {"mxfp4_e2m1": 32, "nvfp4": 16, "mxfp8_e4m3": 32, "mxfp8_e5m2": 32, "mxint8": 32}  # -> scale block
 # FP8: the decode's bf16 bits read elem * 2^-FP8_RESCALE; (lowest, highest) E8M0 byte of the folded decode (the
 # scale 2^(e - 127 + rescale) a finite normal bf16, elem * 2^(e - 127) inside bf16's range, least subnormal included)
-FP8_RESCALE = {"mxfp8_e4m3": 120, "mxfp8_e5m2": 112}
-FP8_FOLD_BYTES = {"mxfp8_e4m3": (8, 134), "mxfp8_e5m2": (16, 142)}
+FP8_RESCALE = {"mxfp8_e4m3": 120, "mxfp8_e5m2": 112, "mxint8": 106}
+FP8_FOLD_BYTES = {"mxfp8_e4m3": (8, 134), "mxfp8_e5m2": (16, 142), "mxint8": (0, 148)}
 # FP8 byte b -> bf16 bits (b & 0x80 | (b >> sh) & mh) << 8 | (b << sl) & ml: elem * 2^-FP8_RESCALE (subnormal
 # codes as bf16 subnormals)
 FP8_BITS = {"mxfp8_e4m3": (4, 0x07, 4, 0xF0), "mxfp8_e5m2": (3, 0x0F, 5, 0xE0)}
@@ -85,7 +85,7 @@ SMEM_LIMIT = 220 * 1024  # of the H100's 227 KB per CTA (the pipeline's barriers
 
 
 def word_rows(fmt: str) -> int:
-  """Rows of 32 uint32 words per (64-row tile, 32-block): 256 words of FP4, 512 of FP8."""
+  """Rows of 32 uint32 words per (64-row tile, 32-block): 256 words of FP4, 512 of FP8 / INT8."""
   return 16 if fmt in FP8_RESCALE else 8
 
 
@@ -321,10 +321,20 @@ def _lane_helpers():
   return c, ix, arith.remui(mu.thread_idx(), c(128))
 
 
+# MXINT8 (code k, value k * 2^-6): from the word with its bytes' sign bits flipped (k + 128), PRMT makes the f16
+# 1024 + k + 128 of bytes 2 gl, 2 gl + 1, minus 1152 (exact) is k; its bits >> 3 (sign kept) read k * 2^-112 as bf16.
+_INT8_BF16 = ("mov.b32 u, 0x64806480; sub.rn.f16x2 t, t, u; shr.b32 u, t, 3; and.b32 u, u, 0x0FFF0FFF; "
+              "and.b32 t, t, 0x80008000; or.b32 t, t, u;")
+
+
 def _asm_decode8(gl: int, fmt: str, fold: bool) -> str:
   """Bytes 2 gl, 2 gl + 1 of the high-byte word $1 and low-byte word $2 -> bf16x2 $0 (PRMT interleaves them),
-  times the folded scale $3 (2^(e - 127 + rescale)), or times 2^rescale and the scale $3."""
-  body = f"prmt.b32 t, $2, $1, {0x7362 if gl else 0x5140:#x};"
+  times the folded scale $3 (2^(e - 127 + rescale)), or times 2^rescale and the scale $3. MXINT8: $1 is the word
+  with each byte's sign bit flipped (``_INT8_BF16``), $2 unused."""
+  if fmt == "mxint8":
+    body = f"prmt.b32 t, $1, 0x64646464, {0x4342 if gl else 0x4140:#x}; " + _INT8_BF16
+  else:
+    body = f"prmt.b32 t, $2, $1, {0x7362 if gl else 0x5140:#x};"
   if not fold:
     r = (FP8_RESCALE[fmt] + 127) << 7
     body += f" mov.b32 u, 0x{r:04X}{r:04X}; mul.rn.bf16x2 t, t, u;"
@@ -378,14 +388,17 @@ def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True, nv
     regs[0, g, 0, 0, h, 0, 0, 0, 0] = vector.bitcast(bf2, vector.broadcast(ir.VectorType.get((1,), i32), out))
 
   if fp8:  # word 2 h + j: columns (8 g + 2 t + v) of g = 2 j, 2 j + 1 (pack_words8)
-    sh, mh, sl, ml = FP8_BITS[fp8]
+    sh, mh, sl, ml = FP8_BITS.get(fp8, (0, 0, 0, 0))
     for h in range(2):
       k = scale_reg(vector.extract(sv, [], [h]))
       for j in range(2):
         word = vector.extract(words, [], [2 * h + j])
-        hi = arith.ori(arith.andi(word, c(-0x7F7F7F80)),  # 0x80808080 as a signed i32
-                       arith.andi(arith.shrui(word, c(sh)), c(mh * 0x01010101)))
-        lo = arith.andi(arith.shli(word, c(sl)), c(ml * 0x01010101 - (1 << 32 if ml >= 0x80 else 0)))
+        if fp8 == "mxint8":  # each byte's sign bit flipped: k + 128
+          hi = lo = arith.xori(word, c(-0x7F7F7F80))  # 0x80808080 as a signed i32
+        else:
+          hi = arith.ori(arith.andi(word, c(-0x7F7F7F80)),
+                         arith.andi(arith.shrui(word, c(sh)), c(mh * 0x01010101)))
+          lo = arith.andi(arith.shli(word, c(sl)), c(ml * 0x01010101 - (1 << 32 if ml >= 0x80 else 0)))
         for gl in range(2):
           set_reg(2 * j + gl, h, llvm.inline_asm(i32, [hi, lo, k], _asm_decode8(gl, fp8, fold), "=r,r,r,r"))
     return mgpu.FragmentedArray(_registers=regs, _layout=layout, _is_signed=None)

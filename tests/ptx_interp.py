@@ -40,6 +40,14 @@ def run_ptx(asm: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
       hi, lo = (np.asarray(val(t)).astype(np.uint32).view(np.float32).astype(ml_dtypes.bfloat16).view(np.uint16)
                 .astype(np.uint64) for t in a[:2])
       regs[d] = (hi << np.uint64(16)) | lo
+    elif op == "sub.rn.f16x2":  # exact differences only (the MXINT8 decode's 1024 + j - 1152)
+      x, y = val(a[0]), val(a[1])
+      halves = []
+      for sh in (0, 16):
+        xs, ys = (((v >> np.uint64(sh)) & np.uint64(0xFFFF)).astype(np.uint16).view(np.float16).astype(np.float64)
+                  for v in (np.atleast_1d(x), np.atleast_1d(y)))
+        halves.append((xs - ys).astype(np.float16).view(np.uint16).astype(np.uint64) << np.uint64(sh))
+      regs[d] = halves[0] | halves[1]
     elif op == "prmt.b32":  # default mode: byte i of d = byte (selector nibble i) of {b, a} (a = bytes 0..3)
       x, y, sel = val(a[0]), val(a[1]), int(a[2], 0)
       pool = x | (y << np.uint64(32))

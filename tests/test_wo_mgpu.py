@@ -522,6 +522,7 @@ def test_kernel_interpret_nvfp4(nv_weights, cfg, fold_ok, m):
 FP8 = ["mxfp8_e4m3", "mxfp8_e5m2"]
 FP8_VALUE = {f: np.arange(256, dtype=np.uint8).view(d).astype(np.float64)
              for f, d in zip(FP8, (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2))}
+FP8_VALUE["mxint8"] = np.arange(256, dtype=np.uint8).view(np.int8).astype(np.float64) * 2.0 ** -6  # k * 2^-6
 
 
 def _q8(fmt, n=N, k=K, big=False, seed=5):
@@ -554,7 +555,7 @@ def test_pack_words8_layout(steps):
     wm.pack_words8(jnp.zeros((64, 96), jnp.uint8), 4)
 
 
-@pytest.mark.parametrize("fmt", FP8)
+@pytest.mark.parametrize("fmt", FP8 + ["mxint8"])
 def test_decode_block_jnp_fp8(fmt):
   """Every (tile, block) of a prepared MXFP8 weight decodes to the float64 dequantized values; padding to 0."""
   q = _q8(fmt)
@@ -565,7 +566,7 @@ def test_decode_block_jnp_fp8(fmt):
   _assert_blocks_decode(pw, deq, True, fmt)
 
 
-@pytest.mark.parametrize("fmt", FP8)
+@pytest.mark.parametrize("fmt", FP8 + ["mxint8"])
 def test_asm_decode8_every_byte(fmt):
   """The FP8 decode: every finite byte in each of a word's four slots, through the kernel's bit split
   (``FP8_BITS``) and _asm_decode8 (PRMT + multiplies), equals elem * 2^(e - 127) for folded scale bytes at the
@@ -577,9 +578,12 @@ def test_asm_decode8_every_byte(fmt):
   for slot in range(4):
     b[slot * len(finite):(slot + 1) * len(finite), slot] = finite
   word = (b[:, 0] | b[:, 1] << 8 | b[:, 2] << 16 | b[:, 3] << 24).astype(np.uint64)
-  sh, mh, sl, ml = wm.FP8_BITS[fmt]
-  hi = (word & 0x80808080) | ((word >> np.uint64(sh)) & np.uint64(mh * 0x01010101))
-  lo = (word << np.uint64(sl)) & np.uint64(ml * 0x01010101)
+  if fmt == "mxint8":  # the kernel passes the word with each byte's sign bit flipped
+    hi = lo = word ^ np.uint64(0x80808080)
+  else:
+    sh, mh, sl, ml = wm.FP8_BITS[fmt]
+    hi = (word & 0x80808080) | ((word >> np.uint64(sh)) & np.uint64(mh * 0x01010101))
+    lo = (word << np.uint64(sl)) & np.uint64(ml * 0x01010101)
   lo_f, hi_f = wm.FP8_FOLD_BYTES[fmt]
   for fold, e in [(True, lo_f), (True, hi_f), (True, 127), (False, 0), (False, 127), (False, 255)]:
     k = ((e + wm.FP8_RESCALE[fmt]) * 0x00800080 if fold else
@@ -599,7 +603,7 @@ def test_asm_decode8_every_byte(fmt):
 
 
 def test_fold_ok_bytes_fp8():
-  for fmt in FP8:
+  for fmt in FP8:  # (MXINT8's window starts at byte 0)
     lo, hi = wm.FP8_FOLD_BYTES[fmt]
     assert wm.fold_ok_bytes(np.array([lo, hi], np.uint8), fmt)
     assert not wm.fold_ok_bytes(np.array([127, lo - 1], np.uint8), fmt)
@@ -607,7 +611,7 @@ def test_fold_ok_bytes_fp8():
 
 
 @pytest.mark.parametrize("fmt,big,cfg,m", [("mxfp8_e4m3", False, CFG_WG2, 5), ("mxfp8_e5m2", False, CFG_WG1, 8),
-                                           ("mxfp8_e4m3", True, CFG_WG1, 8)],
+                                           ("mxfp8_e4m3", True, CFG_WG1, 8), ("mxint8", False, CFG_WG1, 8)],
                          ids=lambda v: v.name() if isinstance(v, wm.MgpuWOConfig) else str(v))
 def test_kernel_interpret_fp8(fmt, big, cfg, m):
   """MXFP8 through the kernel, folded and (scale bytes past the window) unfolded."""
