@@ -1,7 +1,7 @@
-"""MXFP4 / NVFP4 / MXFP8 weight-only GEMM on Hopper in Pallas on Mosaic GPU: out (M, N) = x (M, K) bf16 @ W^T.
+"""MXFP4 / NVFP4 / MXFP8 / MXINT8 weight-only GEMM on Hopper in Pallas on Mosaic GPU: out (M, N) = x (M, K) bf16 @ W^T.
 
 W is an (N, K) MXFP4 weight (E2M1 codes, blocks of 32 along K, E8M0 scales), NVFP4 (E2M1, blocks of 16 with
-E4M3 scales, an FP32 tensor scale applied in the epilogue) or MXFP8 (E4M3 / E5M2 bytes, E8M0 scales). A
+E4M3 scales, an FP32 tensor scale applied in the epilogue), MXFP8 (E4M3 / E5M2 bytes) or MXINT8. A
 producer warpgroup streams it with TMA (``plgpu.emit_pipeline_warp_specialized``); one or two consumer
 warpgroups decode it in registers straight into the A operand of bf16 ``wgmma`` (m64 x n=Mp x k16, x^T the B
 operand in shared memory). One CTA per 64 weight rows walks all of K: no split-K, no second kernel.
@@ -28,7 +28,8 @@ MXFP8 (``pack_words8``): 512 words per (tile, block), thread i's words 4 i + 2 h
 bytes of columns 8 g + 2 t + v for g = 2 j, 2 j + 1 (one 16-byte load). Integer ops split each byte into a
 high-byte word (sign, top exponent bits) and a low-byte word, one PRMT interleaves them into a bf16x2 of
 elem * 2^-r (r = 120 for E4M3, 112 for E5M2), and one multiply by 2^(e - 127 + r) gives elem * 2^e when every
-scale byte is in ``FP8_FOLD_BYTES``; otherwise ×2^r then ×2^e.
+scale byte is in ``FP8_FOLD_BYTES``; otherwise ×2^r then ×2^e. MXINT8 (value k * 2^-6) flips each byte's sign bit and goes through f16
+(``_INT8_BF16``): r = 106.
 
 A thread's two words are one 8-byte shared-memory load, its two scale bytes (rows r, r + 8; byte order 16 w +
 2 q + h) one 2-byte load (NVFP4: four bytes, byte 32 w + 4 q + 2 h + c for 16-block c of the 32-block, one
@@ -148,7 +149,7 @@ def default_config(w: "MgpuWeight", mp: int, interpret: bool = False) -> MgpuWOC
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class MgpuWeight:
-  """An (N, K) MXFP4, NVFP4 or MXFP8 weight in the kernel's layout (module docstring): ``words`` uint32,
+  """An (N, K) MXFP4, NVFP4, MXFP8 or MXINT8 weight in the kernel's layout (module docstring): ``words`` uint32,
   ``scales`` uint8 (E8M0 or E4M3 bytes), ``tensor_scale`` (1,) float32 for NVFP4 (None otherwise)."""
   words: jax.Array
   scales: jax.Array
@@ -255,7 +256,7 @@ def nv_fold_ok(sb, codes) -> jax.Array:
 
 
 def prepare_weight_mgpu(w: QArray, steps: int = 16) -> MgpuWeight:
-  """Lays out an (N, K) MXFP4, NVFP4 or MXFP8 QArray quantized along K (axis 1) for ``wo_matmul_mgpu`` (do it
+  """Lays out an (N, K) MXFP4, NVFP4, MXFP8 or MXINT8 QArray quantized along K (axis 1) for ``wo_matmul_mgpu`` (do it
   once, eagerly: ``fold_ok`` is read on the host)."""
   if not isinstance(w, QArray):
     raise TypeError(f"w must be a QArray (mx_jax.quantize(...)); got {type(w).__name__}")
