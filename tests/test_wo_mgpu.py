@@ -362,7 +362,7 @@ def test_helper_validation(weights):
   with pytest.raises(ValueError, match="fmt must be one of"):
     wm.smem_bytes(CFG_WG1, 16, "mxfp6_e2m3")
   with pytest.raises(ValueError, match="fmt must be one of"):
-    wm.max_rows(16, "mxint8")
+    wm.max_rows(16, "mxfp6_e3m2")
   with pytest.raises(ValueError, match="steps"):
     wm.max_rows(3)
 
