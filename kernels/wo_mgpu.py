@@ -28,8 +28,8 @@ MXFP8 (``pack_words8``): 512 words per (tile, block), thread i's words 4 i + 2 h
 bytes of columns 8 g + 2 t + v for g = 2 j, 2 j + 1 (one 16-byte load). Integer ops split each byte into a
 high-byte word (sign, top exponent bits) and a low-byte word, one PRMT interleaves them into a bf16x2 of
 elem * 2^-r (r = 120 for E4M3, 112 for E5M2), and one multiply by 2^(e - 127 + r) gives elem * 2^e when every
-scale byte is in ``FP8_FOLD_BYTES``; otherwise ×2^r then ×2^e. MXINT8 (value k * 2^-6) flips each byte's sign bit and goes through f16
-(``_INT8_BF16``): r = 106.
+scale byte is in ``FP8_FOLD_BYTES``; otherwise ×2^r then ×2^e. MXINT8 (value k * 2^-6, the same word layout)
+flips each byte's sign bit and goes through f16 (``_INT8_BF16``): r = 106.
 
 A thread's two words are one 8-byte shared-memory load, its two scale bytes (rows r, r + 8; byte order 16 w +
 2 q + h) one 2-byte load (NVFP4: four bytes, byte 32 w + 4 q + 2 h + c for 16-block c of the 32-block, one
@@ -166,6 +166,7 @@ class MgpuWeight:
 
   @property
   def fp8(self) -> bool:
+    """One byte per element (MXFP8 or MXINT8): the ``pack_words8`` layout."""
     return self.fmt in FP8_RESCALE
 
   @property
@@ -346,7 +347,7 @@ def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True, nv
                  fp8: str | None = None):
   """inline_mgpu body: block b (+ wg_blocks per consumer warpgroup before this one) of a stage -> (64, 32)
   bf16 WGMMA_LAYOUT array of elem * 2^(e - 6) (``fold``) or elem * 2^e; NVFP4 (``nv``): elem * s * 2^-7 or
-  elem * s, s the E4M3 scale of the element's 16-block; MXFP8 (``fp8`` its format): elem * 2^e."""
+  elem * s, s the E4M3 scale of the element's 16-block; MXFP8 / MXINT8 (``fp8`` its format): elem * 2^e."""
   from jax._src.lib.mlir import ir
   from jax._src.lib.mlir.dialects import arith, llvm, vector
   import jax.experimental.mosaic.gpu as mgpu
@@ -389,7 +390,6 @@ def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True, nv
     regs[0, g, 0, 0, h, 0, 0, 0, 0] = vector.bitcast(bf2, vector.broadcast(ir.VectorType.get((1,), i32), out))
 
   if fp8:  # word 2 h + j: columns (8 g + 2 t + v) of g = 2 j, 2 j + 1 (pack_words8)
-    sh, mh, sl, ml = FP8_BITS.get(fp8, (0, 0, 0, 0))
     for h in range(2):
       k = scale_reg(vector.extract(sv, [], [h]))
       for j in range(2):
@@ -397,6 +397,7 @@ def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True, nv
         if fp8 == "mxint8":  # each byte's sign bit flipped: k + 128
           hi = lo = arith.xori(word, c(-0x7F7F7F80))  # 0x80808080 as a signed i32
         else:
+          sh, mh, sl, ml = FP8_BITS[fp8]
           hi = arith.ori(arith.andi(word, c(-0x7F7F7F80)),
                          arith.andi(arith.shrui(word, c(sh)), c(mh * 0x01010101)))
           lo = arith.andi(arith.shli(word, c(sl)), c(ml * 0x01010101 - (1 << 32 if ml >= 0x80 else 0)))
@@ -417,7 +418,7 @@ def decode_block_jnp(words, sbytes, fold: bool = True, fp8: str | None = None):
   """(8, 32) uint32 words and (64,) scale bytes of one (tile, block) -> (64, 32) bf16 elem * 2^(e - 6)
   (``fold``) or elem * 2^e, by the layout's definition (the interpreter's decode; tests check it against the
   codes). Exact where the result is a normal number (XLA:CPU flushes subnormals). (128,) bytes: NVFP4's E4M3
-  scales, elem * s * 2^-7 (``fold``) or elem * s. ``fp8`` (an MXFP8 format): (16, 32) words, elem * 2^e."""
+  scales, elem * s * 2^-7 (``fold``) or elem * s. ``fp8`` (MXFP8 / MXINT8 format): (16, 32) words, elem * 2^e."""
   nv = sbytes.shape == (2 * TILE_N,)
   rows = 16 if fp8 else 8
   if words.shape != (rows, 32) or sbytes.shape not in ((TILE_N,), (2 * TILE_N,)):
@@ -428,23 +429,21 @@ def decode_block_jnp(words, sbytes, fold: bool = True, fp8: str | None = None):
     code = jnp.stack([(wd >> (8 * b)) & 0xFF for b in range(4)]).reshape(2, 2, 4, 8, 4, 2, 2)  # (gl, v, w, q, t, h, j)
     code = code.transpose(2, 5, 3, 6, 0, 4, 1).reshape(TILE_N, BLOCK)  # rows (w, h, q), cols (j, gl, t, v)
     val = _bits.code_to_elem(code.astype(jnp.uint8), get_format(fp8).elem)
-    sb = sbytes.reshape(4, 8, 2).transpose(0, 2, 1).reshape(TILE_N).astype(jnp.int32)
-    val = _bits.mul_pow2(val, (sb - 127)[:, None])
-    return jnp.where((sb == 255)[:, None], jnp.nan, val).astype(jnp.bfloat16)
-  wd = words.reshape(4, 8, 4, 2)                              # (w, q, t, h)
-  cols = []
-  for v in range(2):
-    half = (wd >> (16 * v)) & 0xFFFF
-    cols += [fp4_codes(half, g) for g in range(4)]           # column 8 g + 2 t + v
-  code = jnp.stack(cols).reshape(2, 4, 4, 8, 4, 2)           # (v, g, w, q, t, h)
-  code = code.transpose(2, 5, 3, 1, 4, 0).reshape(TILE_N, BLOCK)  # rows (w, h, q), cols (g, t, v)
-  val = _bits.code_to_elem(code, get_format("mxfp4_e2m1").elem)
+  else:
+    wd = words.reshape(4, 8, 4, 2)                            # (w, q, t, h)
+    cols = []
+    for v in range(2):
+      half = (wd >> (16 * v)) & 0xFFFF
+      cols += [fp4_codes(half, g) for g in range(4)]         # column 8 g + 2 t + v
+    code = jnp.stack(cols).reshape(2, 4, 4, 8, 4, 2)         # (v, g, w, q, t, h)
+    code = code.transpose(2, 5, 3, 1, 4, 0).reshape(TILE_N, BLOCK)  # rows (w, h, q), cols (g, t, v)
+    val = _bits.code_to_elem(code, get_format("mxfp4_e2m1").elem)
   if nv:  # byte 32 w + 4 q + 2 h + c: row 16 w + 8 h + q, columns 16 c .. 16 c + 15
     s = lax.bitcast_convert_type(sbytes.astype(jnp.uint8), jnp.float8_e4m3fn).astype(jnp.float32)
     s = jnp.repeat(s.reshape(4, 8, 2, 2).transpose(0, 2, 1, 3).reshape(TILE_N, 2), 16, axis=1)
     return (val * s * jnp.float32(2.0 ** (NV_SHIFT if fold else 0))).astype(jnp.bfloat16)
   sb = sbytes.reshape(4, 8, 2).transpose(0, 2, 1).reshape(TILE_N).astype(jnp.int32)
-  val = _bits.mul_pow2(val, (sb - 127 + (SHIFT if fold else 0))[:, None])
+  val = _bits.mul_pow2(val, (sb - 127 + (SHIFT if fold and not fp8 else 0))[:, None])
   return jnp.where((sb == 255)[:, None], jnp.nan, val).astype(jnp.bfloat16)
 
 
@@ -552,14 +551,10 @@ def wo_call(x, w: MgpuWeight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
 
     def store(acc, target, dtype, sc, add=None, ts=None):
       if interp is None:
-        refs = [r for r in (add, ts) if r is not None]
-
-        def body(_, a, o, *r):
-          r = list(r)
-          add_r = r.pop(0) if add is not None else None
-          return _store_transposed(a, o, dtype, sc, add_r, r.pop(0) if ts is not None else None)
-        types = (plgpu.Layout.WGMMA,) + (plgpu.RefType(),) * (1 + len(refs))
-        plgpu.inline_mgpu(arg_types=types)(body)(acc, target, *refs)
+        opt = {k: r for k, r in (("add_ref", add), ("ts_ref", ts)) if r is not None}
+        types = (plgpu.Layout.WGMMA,) + (plgpu.RefType(),) * (1 + len(opt))
+        plgpu.inline_mgpu(arg_types=types)(
+            lambda _, a, o, *r: _store_transposed(a, o, dtype, sc, **dict(zip(opt, r))))(acc, target, *opt.values())
       else:
         v = acc.T if add is None else acc.T + add[...]
         mul = jnp.float32(sc) if ts is None else jnp.float32(sc) * ts[...][0]
