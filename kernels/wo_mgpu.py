@@ -87,6 +87,8 @@ SMEM_LIMIT = 220 * 1024  # of the H100's 227 KB per CTA (the pipeline's barriers
 
 def word_rows(fmt: str) -> int:
   """Rows of 32 uint32 words per (64-row tile, 32-block): 256 words of FP4, 512 of FP8 / INT8."""
+  if fmt not in FORMATS:
+    raise ValueError(f"fmt must be one of {sorted(FORMATS)}; got {fmt!r}")
   return 16 if fmt in FP8_RESCALE else 8
 
 
@@ -118,9 +120,7 @@ def smem_bytes(cfg: MgpuWOConfig, mp: int, fmt: str = "mxfp4_e2m1") -> int:
   bytes per 32-block (NVFP4 128)), the output tile and, with two consumer warpgroups, the FP32 partial sum."""
   if not isinstance(cfg, MgpuWOConfig):
     raise TypeError(f"cfg must be an MgpuWOConfig; got {type(cfg).__name__}")
-  if fmt not in FORMATS:
-    raise ValueError(f"fmt must be one of {sorted(FORMATS)}; got {fmt!r}")
-  words = 128 * word_rows(fmt)
+  words = 128 * word_rows(fmt)  # (validates fmt)
   per_step = mp * BLOCK * cfg.steps * 2 + words * cfg.steps + (128 if fmt == "nvfp4" else 64) * cfg.steps
   return per_step * cfg.max_concurrent_steps + mp * TILE_N * (4 + 4 * (cfg.wgs == 2))
 
@@ -241,6 +241,8 @@ def fold_ok_bytes(sb, fmt: str = "mxfp4_e2m1") -> bool:
   """True when every E8M0 byte b keeps the folded decode exact. MXFP4: 1 <= b <= 134 (2^(e + 120) a normal
   finite bf16 and elem * 2^(e - 6) >= 2^-133, bf16's least subnormal, for elem >= 0.5); MXFP8:
   ``FP8_FOLD_BYTES``."""
+  if fmt not in FORMATS or fmt == "nvfp4":
+    raise ValueError(f"fmt must be an E8M0-scaled format of {sorted(FORMATS)} (NVFP4: nv_fold_ok); got {fmt!r}")
   lo, hi = FP8_FOLD_BYTES.get(fmt, (1, 254 - FOLD))
   sb = np.asarray(sb).astype(np.int32)
   return bool(np.all((sb >= lo) & (sb <= hi)))
@@ -250,9 +252,12 @@ def nv_fold_ok(sb, codes) -> jax.Array:
   """True where NVFP4's folded scale conversion is exact everywhere: every E4M3 byte normal and finite
   (0x08..0x7E), or 0 over a 16-block of zero codes (its elements are ±0 whatever the scale). ``sb`` (N, K/16)
   uint8, ``codes`` (N, K) uint8 E2M1 codes."""
-  sb = jnp.asarray(sb).astype(jnp.int32)
+  sb, codes = jnp.asarray(sb), jnp.asarray(codes)
+  if sb.ndim != 2 or codes.shape != (sb.shape[0], 16 * sb.shape[1]):
+    raise ValueError(f"sb must be (N, K/16) and codes (N, K); got sb {sb.shape} and codes {codes.shape}")
+  sb = sb.astype(jnp.int32)
   normal = (sb >= 0x08) & (sb <= 0x7E)
-  zero_block = jnp.all((jnp.asarray(codes) & 7).reshape(sb.shape + (16,)) == 0, axis=-1)
+  zero_block = jnp.all((codes & 7).reshape(sb.shape + (16,)) == 0, axis=-1)
   return jnp.all(normal | ((sb == 0) & zero_block))
 
 
@@ -419,6 +424,8 @@ def decode_block_jnp(words, sbytes, fold: bool = True, fp8: str | None = None):
   (``fold``) or elem * 2^e, by the layout's definition (the interpreter's decode; tests check it against the
   codes). Exact where the result is a normal number (XLA:CPU flushes subnormals). (128,) bytes: NVFP4's E4M3
   scales, elem * s * 2^-7 (``fold``) or elem * s. ``fp8`` (MXFP8 / MXINT8 format): (16, 32) words, elem * 2^e."""
+  if fp8 is not None and fp8 not in FP8_RESCALE:
+    raise ValueError(f"fp8 must be one of {sorted(FP8_RESCALE)} or None; got {fp8!r}")
   nv = sbytes.shape == (2 * TILE_N,)
   rows = 16 if fp8 else 8
   if words.shape != (rows, 32) or sbytes.shape not in ((TILE_N,), (2 * TILE_N,)):

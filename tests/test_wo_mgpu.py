@@ -363,6 +363,14 @@ def test_helper_validation(weights):
     wm.smem_bytes(CFG_WG1, 16, "mxfp6_e2m3")
   with pytest.raises(ValueError, match="fmt must be one of"):
     wm.max_rows(16, "mxfp6_e3m2")
+  with pytest.raises(ValueError, match="fmt must be one of"):
+    wm.word_rows("mxfp6_e3m2")
+  with pytest.raises(ValueError, match="fmt must be an E8M0-scaled format"):
+    wm.fold_ok_bytes(np.array([127], np.uint8), "nvfp4")
+  with pytest.raises(ValueError, match="sb must be .N, K/16. and codes .N, K."):
+    wm.nv_fold_ok(np.zeros((64, 2), np.uint8), np.zeros((64, 64), np.uint8))
+  with pytest.raises(ValueError, match="fp8 must be one of"):
+    wm.decode_block_jnp(jnp.zeros((16, 32), jnp.uint32), jnp.zeros((64,), jnp.uint8), True, "mxfp4_e2m1")
   with pytest.raises(ValueError, match="steps"):
     wm.max_rows(3)
 
