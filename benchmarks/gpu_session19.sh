@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Session 19 device calls.
+# 1) design (a) with the block scale products made by a bf16 wgmma (GemmConfig(scale_mma=True)): check, then
+#    the 8192^3 sweep against the default and scaled_dot.
+# OUT=$OUT bash benchmarks/gpu_session19.sh N
+cd "$(dirname "$0")/.."
+. benchmarks/gpu_env.sh
+case "${1:-1}" in
+  1) timeout 170 python3 benchmarks/bench_matmul.py --sections env,check --sweep-set smma --check-wo none \
+       --out "$OUT/check"
+     timeout 400 python3 benchmarks/bench_matmul.py --sections sweep,sizes --sweep-set smma \
+       --sizes 8192x8192x8192 --sizes-lite --budget 380 --out "$OUT" ;;
+esac
