@@ -463,7 +463,7 @@ def main():
   p.add_argument("--sizes-lite", action="store_true", help="fewer impls per size (MX fp8 + baselines)")
   p.add_argument("--sweep-set", default="all",
                  help="'all', 'final' (the configs kept after run 1), 'dq2' (sets 'coop' and 'roll': commit 1e8896c; "
-                      "'wg4': 293a30c; 'cluster', 'cluster2': a30ad65; 'smma')")
+                      "'wg4': 293a30c; 'cluster', 'cluster2': a30ad65)")
   p.add_argument("--wo-ms", default="1,2,4,8,16,32,64,128,256")
   p.add_argument("--wo-fmts", default="mxfp8_e4m3,mxfp6_e2m3,mxfp4_e2m1,mxint8,nvfp4")
   p.add_argument("--wo-cands", default="all", help="'all' or a count: first N weight-only sweep configs")
@@ -495,12 +495,6 @@ def main():
                   G("bf16", 64, 128, 64, "N", 3, a_regs=False, deq_slots=2),
                   G("bf16", 64, 128, 64, "N", 2, a_regs=False, deq_slots=2),
                   G("bf16", 64, 128, 64, "N", 4, a_regs=False, deq_slots=2)]
-  if args.sweep_set == "smma":  # design (a) with the scale products on the tensor cores (session 19)
-    sweep_cfgs = [G("fp8", 64, 128, 256, "M", 2, pair=True),
-                  G("fp8", 64, 128, 256, "M", 2, scale_mma=True), G("fp8", 64, 128, 128, "M", 4, scale_mma=True),
-                  G("fp8", 64, 64, 256, "N", 3, scale_mma=True), G("fp8", 64, 64, 256, "M", 3, scale_mma=True),
-                  G("fp8", 64, 64, 128, "N", 5, scale_mma=True), G("fp8", 64, 128, 64, "M", 6, scale_mma=True),
-                  G("fp8", 64, 128, 256, "M", 2, pair=True)]
   if SMOKE:
     sweep_cfgs = [G("fp8", 64, 64, 64, "M", 2), G("bf16", 64, 64, 64, "N", 2)]
   check_cfgs = sweep_cfgs

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +42,6 @@ import jax.experimental.pallas as pl
 import jax.experimental.pallas.mosaic_gpu as plgpu
 
 BLOCK = 32
-SCALE_K = 16  # K width of the bf16 scale-product wgmma (one stage's block scales, zero-padded)
 FP8_DTYPES = (jnp.dtype(jnp.float8_e4m3fn), jnp.dtype(jnp.float8_e5m2))
 
 
@@ -163,8 +161,6 @@ class GemmConfig:
   pair: bool = False        # fp8 variant: issue two block wgmmas before promoting (overlap MMA + FFMA)
   deq_slots: int = 1        # bf16 variant: dequantized-tile buffers per warpgroup (2: stage k+1's dequantization
                             # overlaps stage k's wgmmas instead of waiting for them at the end of every stage)
-  scale_mma: bool = False   # fp8 variant: each block's scale product sa (x) sb made by a bf16 wgmma (an outer
-                            # product through a one-hot K column), so the promotion is one FFMA per element
 
   @property
   def cta_m(self):
@@ -182,8 +178,6 @@ class GemmConfig:
       s += "_pair"
     if self.deq_slots != 1:
       s += f"_dq{self.deq_slots}"
-    if self.scale_mma:
-      s += "_smma"
     return s
 
   def __post_init__(self):
@@ -191,9 +185,6 @@ class GemmConfig:
       raise ValueError(f"deq_slots must be 1 or 2; got {self.deq_slots}")
     if self.deq_slots == 2 and self.variant != "bf16":
       raise ValueError("deq_slots=2 applies to the bf16 (dequantize-then-wgmma) variant only")
-    if self.scale_mma and (self.variant != "fp8" or self.pair or self.tile_k > SCALE_K * BLOCK):
-      raise ValueError(f"scale_mma needs variant 'fp8', pair=False and tile_k <= {SCALE_K * BLOCK}; got "
-                       f"{self.variant!r}, pair={self.pair}, tile_k={self.tile_k}")
 
 
 def _epi_n(cfg: GemmConfig, out_dtype) -> int:
@@ -206,16 +197,13 @@ def gemm_smem_bytes(cfg: GemmConfig, a_elem: str = "fp8", b_elem: str = "fp8", o
                     interpret: bool = False) -> int:
   """Shared memory the GEMM kernel allocates (pipeline stages, epilogue buffers, bf16 dequant tiles)."""
   nblk = cfg.tile_k // BLOCK
-  scale_bytes = SCALE_K * 2 if cfg.scale_mma else nblk * 4  # per row per stage
   stage = (cfg.cta_m * row_bytes(cfg.tile_k, a_elem) + cfg.cta_n * row_bytes(cfg.tile_k, b_elem)
-           + scale_bytes * (cfg.cta_m + cfg.cta_n))
+           + nblk * (cfg.cta_m + cfg.cta_n) * 4)
   total = cfg.max_concurrent_steps * stage + 4 * cfg.tile_m * _epi_n(cfg, out_dtype) * jnp.dtype(out_dtype).itemsize
   if cfg.variant == "bf16":
     total += 2 * cfg.deq_slots * cfg.tile_n * cfg.tile_k * 2
     if not cfg.a_regs or interpret:
       total += 2 * cfg.deq_slots * cfg.tile_m * cfg.tile_k * 2
-  if cfg.scale_mma and interpret:
-    total += 2 * cfg.tile_m * SCALE_K * 2
   return total + 1024
 
 
@@ -246,14 +234,6 @@ def _gemm_dims(a, b, sa, sb, a_elem: str, b_elem: str, cfg: GemmConfig) -> tuple
     raise ValueError(f"shape ({m}, {n}, {k}) must be a multiple of the CTA tile ({cfg.cta_m}, {cfg.cta_n}, "
                      f"{cfg.tile_k}); pad first")
   return bsz, m, n, k
-
-
-def _scale_planes(s, k_iters: int, nblk: int):
-  """(K/32, R) float32 block scales -> (R, k_iters * 16) bf16: stage i's nblk scales in columns 16i.., then
-  zeros (exact: every E8M0 value 2^-127..2^127 and NaN is a bf16)."""
-  t = s.T.reshape(s.shape[1], k_iters, nblk)
-  t = jnp.pad(t, ((0, 0), (0, 0), (0, SCALE_K - nblk)))
-  return t.reshape(s.shape[1], k_iters * SCALE_K).astype(jnp.bfloat16)
 
 
 def _batch_row(bi, rows: int, off):
@@ -306,25 +286,15 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
   minor = 1 if cfg.grid_minor == "N" else 0
   bf16 = jnp.bfloat16
 
-  smma = cfg.scale_mma
-  if smma:  # block scales as bf16 (rows, K/tile_k * 16): a stage's nblk scales, zero-padded to 16 columns
-    sa, sb = _scale_planes(sa, k_iters, nblk), _scale_planes(sb, k_iters, nblk)
-    sc_tr = _tiled(SCALE_K, bf16)
-    scale_specs = [
-        plgpu.BlockSpec((cta_m, SCALE_K), lambda kk: (0, kk), transforms=sc_tr, memory_space=plgpu.SMEM),
-        plgpu.BlockSpec((cta_n, SCALE_K), lambda kk: (0, kk), transforms=sc_tr, memory_space=plgpu.SMEM)]
-  else:
-    scale_specs = [plgpu.BlockSpec((nblk, cta_m), lambda kk: (kk, 0), memory_space=plgpu.SMEM),
-                   plgpu.BlockSpec((nblk, cta_n), lambda kk: (kk, 0), memory_space=plgpu.SMEM)]
-
   def kernel(a_g, b_g, sa_g, sb_g, o_g, o_smem):
     def pipeline(body, ctx):
       return plgpu.emit_pipeline_warp_specialized(
-          body, grid=(k_iters,), memory_registers=int(os.environ.get("MEMREG", 40)),
+          body, grid=(k_iters,), memory_registers=40,
           in_specs=[
               plgpu.BlockSpec((cta_m, a_tk), lambda kk: (0, kk), transforms=a_tr, memory_space=plgpu.SMEM),
               plgpu.BlockSpec((cta_n, b_tk), lambda kk: (0, kk), transforms=b_tr, memory_space=plgpu.SMEM),
-              *scale_specs,
+              plgpu.BlockSpec((nblk, cta_m), lambda kk: (kk, 0), memory_space=plgpu.SMEM),
+              plgpu.BlockSpec((nblk, cta_n), lambda kk: (kk, 0), memory_space=plgpu.SMEM),
           ],
           wg_axis="wg", num_compute_wgs=2, max_concurrent_steps=cfg.max_concurrent_steps, compute_context=ctx)
 
@@ -335,12 +305,10 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
       extra["bq"] = plgpu.SMEM((2, *slots, tile_n, tile_k), bf16, transforms=_block_tiled(bf16))
       if not a_regs:
         extra["aq"] = plgpu.SMEM((2, *slots, tile_m, tile_k), bf16, transforms=_block_tiled(bf16))
-    if smma and (interp is not None or os.environ.get("SMMA_ASMEM")):  # the interpreter's wgmma takes A from shared memory only
-      extra["asel"] = plgpu.SMEM((2, tile_m, SCALE_K), bf16, transforms=_tiled(SCALE_K, bf16))
 
     @functools.partial(pl.run_scoped, allocs=pipeline(ignore, ignore).get_allocations(a_g, b_g, sa_g, sb_g),
                        collective_axes="wg", **extra)
-    def _scope(allocs, bq=None, aq=None, asel=None):
+    def _scope(allocs, bq=None, aq=None):
       wg = lax.axis_index("wg")
 
       def tile(bi, lin):
@@ -382,31 +350,6 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
             def blk(j):
               return (a_s.at[wg_m, pl.ds(BLOCK * j, BLOCK)], b_s.at[wg_n, pl.ds(BLOCK * j, BLOCK)].T)
 
-            if smma:
-              # S_j = sa_j (x) sb_j = A'_j @ B' with A'_j (tile_m, 16) = this stage's row scales masked to
-              # column j and B' (tile_n, 16) the column scales: exact (powers of two, one nonzero term).
-              sa_all = sa_s.at[wg_m][...]
-              col = plgpu.broadcasted_iota(jnp.int32, (tile_m, SCALE_K), 1, layout=plgpu.Layout.WGMMA)
-              for j in range(nblk):
-                a_j = jnp.where(col == j, sa_all, jnp.zeros_like(sa_all))
-                if os.environ.get("SMMA_EXP") == "nosel":
-                  a_j = sa_all
-                if os.environ.get("SMMA_EXP") == "smemA":
-                  a_j = sa_s.at[wg_m]
-                elif asel is not None:
-                  asel[wg] = a_j
-                  plgpu.commit_smem()
-                  a_j = asel.at[wg]
-
-                def part(p_ref, s_ref, j=j, a_j=a_j):
-                  plgpu.wgmma(p_ref, *blk(j))
-                  plgpu.wgmma(s_ref, a_j, sb_s.at[wg_n].T)
-                  s_v = plgpu.wgmma_accumulator_load(s_ref, wait_n=0)
-                  return p_ref[...], s_v
-                p, s_v = pl.run_scoped(part, plgpu.ACC((tile_m, tile_n), jnp.float32),
-                                       plgpu.ACC((tile_m, tile_n), jnp.float32))
-                acc = acc + p * s_v
-              return acc
             if not cfg.pair:
               for j in range(nblk):
                 def part(p_ref, j=j):
@@ -468,8 +411,7 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
 
         pipeline(body, ctx)(
             a_g.at[pl.ds(a_row(), cta_m), :], b_g.at[pl.ds(b_row(), cta_n), :],
-            *((sa_g.at[pl.ds(a_row(), cta_m), :], sb_g.at[pl.ds(b_row(), cta_n), :]) if smma else
-              (sa_g.at[:, pl.ds(a_row(), cta_m)], sb_g.at[:, pl.ds(b_row(), cta_n)])), allocations=allocs)
+            sa_g.at[:, pl.ds(a_row(), cta_m)], sb_g.at[:, pl.ds(b_row(), cta_n)], allocations=allocs)
 
       if bsz == 1:
         @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
