@@ -51,6 +51,8 @@ def exactness(cfgs, interpret):
   wide = [-120, -100, 0, 60, 100, 112, -60, 8] * 16   # the unfolded decode (2^112: 512 * 2 * 6 * 2^112 < FP32 max)
   if FMT.startswith("mxfp8") or FMT == "mxint8":  # e5m2's least code 2^-16 times 2^-110 is bf16's least
     wide = [-110, -100, 0, 60, 90, 96, -60, 8] * 16  # subnormal; 512 * 2 * 57344 * 2^96 < FP32 max
+  if FMT.startswith("mxfp6"):  # the folded window ends at byte 128 (E2M3) / 130 (E3M2): 2^1 / 2^3
+    rows = [-100, -50, 0, 1, -20, -3, -1, 1] * 16
   edge = [-127, 127, -127, 127] * 32                  # byte 0 (codes 0.5, 1.5 fall below bf16) and 2^127 (Inf)
   if FMT == "nvfp4":
     return exactness_nv(cfgs, interpret, x, k)

@@ -68,7 +68,8 @@ FOLD = 120         # folded decode: 2^(e + FOLD) is the bf16 scale the decode mu
 SHIFT = -6         # folded decode: value = elem * 2^(e + SHIFT); the epilogue multiplies by 2^-SHIFT
 NV_SHIFT = -7      # NVFP4 folded: value = elem * s * 2^NV_SHIFT (s * 2^(126 + NV_SHIFT) <= 448 * 2^119 is finite)
 NV_FOLD_BITS = (126 + NV_SHIFT + 120) << 7  # added to an E4M3 byte << 4 (s * 2^-120 as bf16 bits): s * 2^119
-FORMATS = {"mxfp4_e2m1": 32, "nvfp4": 16, "mxfp8_e4m3": 32, "mxfp8_e5m2": 32, "mxint8": 32}  # -> scale block
+FORMATS = {"mxfp4_e2m1": 32, "nvfp4": 16, "mxfp8_e4m3": 32, "mxfp8_e5m2": 32, "mxint8": 32, "mxfp6_e2m3": 32,
+           "mxfp6_e3m2": 32}  # -> scale block
 # FP8: the decode's bf16 bits read elem * 2^-FP8_RESCALE; (lowest, highest) E8M0 byte of the folded decode (the
 # scale 2^(e - 127 + rescale) a finite normal bf16, elem * 2^(e - 127) inside bf16's range, least subnormal included)
 FP8_RESCALE = {"mxfp8_e4m3": 120, "mxfp8_e5m2": 112, "mxint8": 106}
@@ -76,6 +77,18 @@ FP8_FOLD_BYTES = {"mxfp8_e4m3": (8, 134), "mxfp8_e5m2": (16, 142), "mxint8": (0,
 # FP8 byte b -> bf16 bits (b & 0x80 | (b >> sh) & mh) << 8 | (b << sl) & ml: elem * 2^-FP8_RESCALE (subnormal
 # codes as bf16 subnormals)
 FP8_BITS = {"mxfp8_e4m3": (4, 0x07, 4, 0xF0), "mxfp8_e5m2": (3, 0x0F, 5, 0xE0)}
+# FP6 (``pack_words6``): a code's 5 magnitude bits land at bf16 bits FP6_LOW .. FP6_LOW + 4 (its mantissa at the top
+# of bf16's), which reads elem * 2^-FP6_RESCALE (subnormal codes as bf16 subnormals); fold window as FP8's.
+FP6_LOW = {"mxfp6_e2m3": 4, "mxfp6_e3m2": 5}
+FP6_RESCALE = {"mxfp6_e2m3": 126, "mxfp6_e3m2": 124}
+FP6_FOLD_BYTES = {f: (0, 254 - r) for f, r in FP6_RESCALE.items()}
+# Pair (h, g) of a thread (row 16 w + 8 h + q, columns 8 g + 2 t + v, v the bf16 half): its magnitudes at bits
+# o .. o + 4 of both halves of word-plane p (FP6_MAG[h, g] = (p, o)); its signs at bit b of both halves of plane p
+# (FP6_SIGN[h, g] = (p, b)).
+FP6_MAG = {(0, 0): (0, 0), (0, 1): (0, 5), (0, 2): (0, 10), (1, 0): (1, 0), (1, 1): (1, 5), (1, 2): (1, 10),
+           (0, 3): (2, 0), (1, 3): (2, 5)}
+FP6_SIGN = {(0, 0): (0, 15), (1, 0): (1, 15), (0, 1): (2, 10), (0, 2): (2, 11), (0, 3): (2, 12), (1, 1): (2, 13),
+            (1, 2): (2, 14), (1, 3): (2, 15)}
 
 UNFOLD_BITS = (126 + 127) << 7  # unfolded decode: bf16 bits of 2^126, then times the scale 2^e itself
 MAX_ROWS = 128     # x rows per call (wgmma N <= 256; 64 FP32 accumulator registers per thread at 128)
@@ -86,10 +99,10 @@ SMEM_LIMIT = 220 * 1024  # of the H100's 227 KB per CTA (the pipeline's barriers
 
 
 def word_rows(fmt: str) -> int:
-  """Rows of 32 uint32 words per (64-row tile, 32-block): 256 words of FP4, 512 of FP8 / INT8."""
+  """Rows of 32 uint32 words per (64-row tile, 32-block): 256 words of FP4, 384 of FP6, 512 of FP8 / INT8."""
   if fmt not in FORMATS:
     raise ValueError(f"fmt must be one of {sorted(FORMATS)}; got {fmt!r}")
-  return 16 if fmt in FP8_RESCALE else 8
+  return 16 if fmt in FP8_RESCALE else 12 if fmt in FP6_RESCALE else 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +183,11 @@ class MgpuWeight:
     return self.fmt in FP8_RESCALE
 
   @property
+  def fp6(self) -> bool:
+    """MXFP6 (E2M3 or E3M2): the ``pack_words6`` layout."""
+    return self.fmt in FP6_RESCALE
+
+  @property
   def shape(self) -> tuple[int, int]:
     return (self.n, self.k)
 
@@ -221,6 +239,30 @@ def pack_words8(codes: jax.Array, steps: int) -> jax.Array:
   return word.reshape(kb // steps, nt * 16 * steps, 32)
 
 
+def pack_words6(codes: jax.Array, steps: int) -> jax.Array:
+  """(N, K) FP6 codes (N % 64 == 0, K % (32 steps) == 0) -> (K / (32 steps), N / 64 * 12 steps, 32) uint32:
+  word 128 p + i of a (tile, block) (thread i = 32 w + 4 q + t; stored at row 4 p + w, column 4 q + t) is
+  word-plane p of thread i: for each of its pairs (h, g) (row 16 w + 8 h + q, columns 8 g + 2 t + v, v = 0 in the
+  low half) the magnitudes at ``FP6_MAG[h, g]`` and the signs at ``FP6_SIGN[h, g]``."""
+  if codes.ndim != 2 or codes.shape[0] % TILE_N or codes.shape[1] % (BLOCK * steps):
+    raise ValueError(f"codes must be (N, K) with N % {TILE_N} == 0 and K % {BLOCK * steps} == 0 (steps={steps}); "
+                     f"got shape {codes.shape}")
+  n, k = codes.shape
+  nt, kb = n // TILE_N, k // BLOCK
+  c = codes.astype(jnp.uint32).reshape(nt, 4, 2, 8, kb, 4, 4, 2)  # (nt, w, h, q, kb, g, t, v)
+  planes = [jnp.zeros((nt, 4, 8, kb, 4), jnp.uint32) for _ in range(3)]  # (nt, w, q, kb, t)
+  for (h, g), (p, o) in FP6_MAG.items():
+    for v in range(2):
+      planes[p] = planes[p] | ((c[:, :, h, :, :, g, :, v] & 0x1F) << (o + 16 * v))
+  for (h, g), (p, b) in FP6_SIGN.items():
+    for v in range(2):
+      planes[p] = planes[p] | ((c[:, :, h, :, :, g, :, v] >> 5) << (b + 16 * v))
+  word = jnp.stack(planes)                                            # (p, nt, w, q, kb, t)
+  word = word.reshape(3, nt, 4, 8, kb // steps, steps, 4)
+  word = word.transpose(4, 1, 5, 0, 2, 3, 6)                          # (ks, nt, s, p, w, q, t)
+  return word.reshape(kb // steps, nt * 12 * steps, 32)
+
+
 def pack_scales(sb: jax.Array, steps: int, block: int = BLOCK) -> jax.Array:
   """(N, K / 32) E8M0 bytes -> (K / (32 steps), N / 64 * steps, 64) uint8, byte 16 w + 2 q + h of a 32-block
   holding row 16 w + 8 h + q. ``block=16`` (NVFP4): (N, K / 16) E4M3 bytes -> (..., 128), byte 32 w + 4 q + 2 h
@@ -243,7 +285,7 @@ def fold_ok_bytes(sb, fmt: str = "mxfp4_e2m1") -> bool:
   ``FP8_FOLD_BYTES``."""
   if fmt not in FORMATS or fmt == "nvfp4":
     raise ValueError(f"fmt must be an E8M0-scaled format of {sorted(FORMATS)} (NVFP4: nv_fold_ok); got {fmt!r}")
-  lo, hi = FP8_FOLD_BYTES.get(fmt, (1, 254 - FOLD))
+  lo, hi = {**FP8_FOLD_BYTES, **FP6_FOLD_BYTES}.get(fmt, (1, 254 - FOLD))
   sb = np.asarray(sb).astype(np.int32)
   return bool(np.all((sb >= lo) & (sb <= hi)))
 
@@ -292,7 +334,8 @@ def _prepare(w: QArray, steps: int):
   sb = pad_to(lax.bitcast_convert_type(w.scales, jnp.uint8), n_p, k_p // block, 0x38 if nv else 127)  # 1.0
   ts = w.tensor_scale.astype(jnp.float32).reshape(1) if nv else None
   nv_ok = nv_fold_ok(sb, codes) if nv else jnp.bool_(False)
-  words = pack_words8(codes, steps) if w.fmt in FP8_RESCALE else pack_words(codes, steps)
+  pack = pack_words8 if w.fmt in FP8_RESCALE else pack_words6 if w.fmt in FP6_RESCALE else pack_words
+  words = pack(codes, steps)
   return words, pack_scales(sb, steps, block), ts, nv_ok
 
 
@@ -348,11 +391,27 @@ def _asm_decode8(gl: int, fmt: str, fold: bool) -> str:
   return "{ .reg .b32 t, u; " + body + " mul.rn.bf16x2 $0, t, $3; }"
 
 
+def _asm_decode6(mag: int, sign: int, fmt: str, fold: bool) -> str:
+  """The pair whose magnitudes sit at bits ``mag`` .. ``mag`` + 4 of both halves of $1 and whose signs at bit ``sign``
+  of both halves of $2 -> bf16x2 $0: shifted and masked into place (elem * 2^-FP6_RESCALE), the signs OR-ed in,
+  times the folded scale $3 (2^(e - 127 + rescale)), or times 2^rescale and the scale $3."""
+  low = FP6_LOW[fmt]
+  sh = (f"shl.b32 t, $1, {low - mag};" if mag < low else f"shr.b32 t, $1, {mag - low};" if mag > low
+        else "mov.b32 t, $1;")
+  body = (f"{sh} and.b32 t, t, {0x1F * 0x10001 << low:#x}; shl.b32 u, $2, {15 - sign}; "
+          "and.b32 u, u, 0x80008000; or.b32 t, t, u;")
+  if not fold:
+    r = (FP6_RESCALE[fmt] + 127) << 7
+    body += f" mov.b32 u, 0x{r:04X}{r:04X}; mul.rn.bf16x2 t, t, u;"
+  return "{ .reg .b32 t, u; " + body + " mul.rn.bf16x2 $0, t, $3; }"
+
+
 def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True, nv: bool = False,
-                 fp8: str | None = None):
+                 fp8: str | None = None, fp6: str | None = None):
   """inline_mgpu body: block b (+ wg_blocks per consumer warpgroup before this one) of a stage -> (64, 32)
   bf16 WGMMA_LAYOUT array of elem * 2^(e - 6) (``fold``) or elem * 2^e; NVFP4 (``nv``): elem * s * 2^-7 or
-  elem * s, s the E4M3 scale of the element's 16-block; MXFP8 / MXINT8 (``fp8`` its format): elem * 2^e."""
+  elem * s, s the E4M3 scale of the element's 16-block; MXFP8 / MXINT8 (``fp8`` its format) and MXFP6 (``fp6``):
+  elem * 2^e."""
   from jax._src.lib.mlir import ir
   from jax._src.lib.mlir.dialects import arith, llvm, vector
   import jax.experimental.mosaic.gpu as mgpu
@@ -363,11 +422,16 @@ def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True, nv
   blk = c(b)
   if wg_blocks:
     blk = arith.addi(blk, arith.muli(arith.divui(mu.thread_idx(), c(128)), c(wg_blocks)))
-  nw = 4 if fp8 else 2  # words per thread and block (one 16- or 8-byte load)
-  words = vector.load(ir.VectorType.get((nw,), i32), w_ref,
-                      [ix(arith.addi(arith.muli(blk, c(4 * nw)), arith.divui(tid, c(32 // nw)))),
-                       ix(arith.muli(arith.remui(tid, c(32 // nw)), c(nw)))])
   warp, lane = arith.divui(tid, c(32)), arith.remui(tid, c(32))
+  if fp6:  # word-plane p at row 12 blk + 4 p + warp, column lane: three conflict-free 4-byte loads
+    planes = [vector.extract(vector.load(ir.VectorType.get((1,), i32), w_ref,
+                                         [ix(arith.addi(arith.muli(blk, c(12)), arith.addi(warp, c(4 * p)))), ix(lane)]),
+                             [], [0]) for p in range(3)]
+  else:
+    nw = 4 if fp8 else 2  # words per thread and block (one 16- or 8-byte load)
+    words = vector.load(ir.VectorType.get((nw,), i32), w_ref,
+                        [ix(arith.addi(arith.muli(blk, c(4 * nw)), arith.divui(tid, c(32 // nw)))),
+                         ix(arith.muli(arith.remui(tid, c(32 // nw)), c(nw)))])
   per = 2 if nv else 1  # scale bytes per row: one per 16-block (NVFP4), one per 32-block (MX)
   sbyte = arith.addi(arith.muli(warp, c(16 * per)), arith.muli(arith.divui(lane, c(4)), c(2 * per)))
   sv = vector.load(ir.VectorType.get((2 * per,), i8), s_ref, [ix(blk), ix(sbyte)])
@@ -385,7 +449,8 @@ def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True, nv
     if nv:
       return llvm.inline_asm(i32, [e], _ASM_E4M3_BF16X2, "=r,r")
     if fold:  # bf16 bits of 2^(e - 127 + FOLD) in both halves: (e + FOLD) << 7 | (e + FOLD) << 23
-      return arith.muli(arith.addi(e, c(FP8_RESCALE[fp8] if fp8 else FOLD)), c(0x00800080))
+      rescale = FP8_RESCALE[fp8] if fp8 else FP6_RESCALE[fp6] if fp6 else FOLD
+      return arith.muli(arith.addi(e, c(rescale)), c(0x00800080))
     # bf16 of the E8M0 scale: e << 7, with 0x40 added for byte 0 (2^-127, subnormal) and 255 (NaN)
     special = arith.ori(arith.cmpi(arith.CmpIPredicate.eq, e, c(0)), arith.cmpi(arith.CmpIPredicate.eq, e, c(255)))
     bits = arith.addi(arith.shli(e, c(7)), arith.select(special, c(0x40), c(0)))
@@ -393,6 +458,15 @@ def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True, nv
 
   def set_reg(g, h, out):
     regs[0, g, 0, 0, h, 0, 0, 0, 0] = vector.bitcast(bf2, vector.broadcast(ir.VectorType.get((1,), i32), out))
+
+  if fp6:
+    for h in range(2):
+      k = scale_reg(vector.extract(sv, [], [h]))
+      for g in range(4):
+        (pm, mag), (ps, sign) = FP6_MAG[h, g], FP6_SIGN[h, g]
+        set_reg(g, h, llvm.inline_asm(i32, [planes[pm], planes[ps], k], _asm_decode6(mag, sign, fp6, fold),
+                                      "=r,r,r,r"))
+    return mgpu.FragmentedArray(_registers=regs, _layout=layout, _is_signed=None)
 
   if fp8:  # word 2 h + j: columns (8 g + 2 t + v) of g = 2 j, 2 j + 1 (pack_words8)
     for h in range(2):
@@ -419,15 +493,18 @@ def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True, nv
   return mgpu.FragmentedArray(_registers=regs, _layout=layout, _is_signed=None)
 
 
-def decode_block_jnp(words, sbytes, fold: bool = True, fp8: str | None = None):
+def decode_block_jnp(words, sbytes, fold: bool = True, fp8: str | None = None, fp6: str | None = None):
   """(8, 32) uint32 words and (64,) scale bytes of one (tile, block) -> (64, 32) bf16 elem * 2^(e - 6)
   (``fold``) or elem * 2^e, by the layout's definition (the interpreter's decode; tests check it against the
   codes). Exact where the result is a normal number (XLA:CPU flushes subnormals). (128,) bytes: NVFP4's E4M3
-  scales, elem * s * 2^-7 (``fold``) or elem * s. ``fp8`` (MXFP8 / MXINT8 format): (16, 32) words, elem * 2^e."""
+  scales, elem * s * 2^-7 (``fold``) or elem * s. ``fp8`` (MXFP8 / MXINT8 format): (16, 32) words, elem * 2^e;
+  ``fp6`` (MXFP6 format): (12, 32) words, elem * 2^e."""
   if fp8 is not None and fp8 not in FP8_RESCALE:
     raise ValueError(f"fp8 must be one of {sorted(FP8_RESCALE)} or None; got {fp8!r}")
+  if fp6 is not None and (fp6 not in FP6_RESCALE or fp8 is not None):
+    raise ValueError(f"fp6 must be one of {sorted(FP6_RESCALE)} or None (and fp8 None); got {fp6!r}")
   nv = sbytes.shape == (2 * TILE_N,)
-  rows = 16 if fp8 else 8
+  rows = 16 if fp8 else 12 if fp6 else 8
   if words.shape != (rows, 32) or sbytes.shape not in ((TILE_N,), (2 * TILE_N,)):
     raise ValueError(f"words must be ({rows}, 32) and sbytes ({TILE_N},) or ({2 * TILE_N},); got {words.shape} "
                      f"and {sbytes.shape}")
@@ -436,6 +513,15 @@ def decode_block_jnp(words, sbytes, fold: bool = True, fp8: str | None = None):
     code = jnp.stack([(wd >> (8 * b)) & 0xFF for b in range(4)]).reshape(2, 2, 4, 8, 4, 2, 2)  # (gl, v, w, q, t, h, j)
     code = code.transpose(2, 5, 3, 6, 0, 4, 1).reshape(TILE_N, BLOCK)  # rows (w, h, q), cols (j, gl, t, v)
     val = _bits.code_to_elem(code.astype(jnp.uint8), get_format(fp8).elem)
+  elif fp6:  # word-plane p of thread i = 32 w + 4 q + t at row 4 p + w, column 4 q + t
+    pl_ = words.reshape(3, 4, 8, 4)                          # (p, w, q, t)
+    code = jnp.zeros((4, 2, 8, 4, 4, 2), jnp.uint32)          # (w, h, q, g, t, v)
+    for (h, g), (p, o) in FP6_MAG.items():
+      ps, b = FP6_SIGN[h, g]
+      for v in range(2):
+        cv = (pl_[p] >> (o + 16 * v)) & 0x1F | ((pl_[ps] >> (b + 16 * v)) & 1) << 5
+        code = code.at[:, h, :, g, :, v].set(cv)
+    val = _bits.code_to_elem(code.reshape(TILE_N, BLOCK).astype(jnp.uint8), get_format(fp6).elem)
   else:
     wd = words.reshape(4, 8, 4, 2)                            # (w, q, t, h)
     cols = []
@@ -450,7 +536,7 @@ def decode_block_jnp(words, sbytes, fold: bool = True, fp8: str | None = None):
     s = jnp.repeat(s.reshape(4, 8, 2, 2).transpose(0, 2, 1, 3).reshape(TILE_N, 2), 16, axis=1)
     return (val * s * jnp.float32(2.0 ** (NV_SHIFT if fold else 0))).astype(jnp.bfloat16)
   sb = sbytes.reshape(4, 8, 2).transpose(0, 2, 1).reshape(TILE_N).astype(jnp.int32)
-  val = _bits.mul_pow2(val, (sb - 127 + (SHIFT if fold and not fp8 else 0))[:, None])
+  val = _bits.mul_pow2(val, (sb - 127 + (SHIFT if fold and not (fp8 or fp6) else 0))[:, None])
   return jnp.where((sb == 255)[:, None], jnp.nan, val).astype(jnp.bfloat16)
 
 
@@ -530,8 +616,8 @@ def wo_call(x, w: MgpuWeight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
 
   wgs = cfg.wgs
   per_wg = s // wgs
-  fold, nv, fp8 = w.fold_ok, w.nv, (w.fmt if w.fp8 else None)
-  scale = float(2.0 ** -(NV_SHIFT if nv else SHIFT)) if fold and not fp8 else 1.0
+  fold, nv, fp8, fp6 = w.fold_ok, w.nv, (w.fmt if w.fp8 else None), (w.fmt if w.fp6 else None)
+  scale = float(2.0 ** -(NV_SHIFT if nv else SHIFT)) if fold and not (fp8 or fp6) else 1.0
   wr = word_rows(w.fmt)
   sbytes = 128 if nv else 64  # scale bytes per (tile, 32-block)
 
@@ -603,11 +689,12 @@ def wo_call(x, w: MgpuWeight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
           a = plgpu.inline_mgpu(
               arg_types=(plgpu.RefType(), plgpu.RefType()),
               return_type=plgpu.ShapeDtypeStruct((TILE_N, BLOCK), bf16, layout=plgpu.Layout.WGMMA),
-          )(lambda _, wr_, sr, b=b: _decode_regs(wr_, sr, b, per_wg if wgs == 2 else 0, fold, nv, fp8))(w_s, s_s)
+          )(lambda _, wr_, sr, b=b: _decode_regs(wr_, sr, b, per_wg if wgs == 2 else 0, fold, nv, fp8,
+                                                              fp6))(w_s, s_s)
           plgpu.wgmma(acc_ref, a, xb)
         else:
           aw = aq.at[lax.axis_index("wg")] if wgs == 2 else aq
-          aw[...] = decode_block_jnp(w_s[pl.ds(wr * (wg0 + b), wr), :], s_s[wg0 + b, :], fold, fp8)
+          aw[...] = decode_block_jnp(w_s[pl.ds(wr * (wg0 + b), wr), :], s_s[wg0 + b, :], fold, fp8, fp6)
           plgpu.commit_smem()
           plgpu.wgmma(acc_ref, aw, xb)
           plgpu.wgmma_wait(0)
