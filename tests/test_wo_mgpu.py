@@ -124,15 +124,15 @@ def test_prepared_weight_shape_and_padding(weights):
   assert pw.nbytes == pw.words.size * 4 + pw.scales.size
 
 
-def _assert_blocks_decode(pw, deq, fold, fp8=None):
+def _assert_blocks_decode(pw, deq, fold, fp8=None, fp6=None):
   """decode_block_jnp of every (tile, 32-block) of a prepared weight equals the (N_p, K_p) float64 ``deq``."""
-  dec = jax.jit(wm.decode_block_jnp, static_argnums=(2, 3))
+  dec = jax.jit(wm.decode_block_jnp, static_argnums=(2, 3, 4))
   words, scales, s, r = np.asarray(pw.words), np.asarray(pw.scales), pw.steps, wm.word_rows(pw.fmt)
   for nt in range(pw.n_padded // 64):
     for kb in range(pw.k_padded // 32):
       ks, j = divmod(kb, s)
       w0 = (nt * s + j) * r
-      got = dec(words[ks, w0:w0 + r], scales[ks, nt * s + j], fold, fp8)
+      got = dec(words[ks, w0:w0 + r], scales[ks, nt * s + j], fold, fp8, fp6)
       assert got.dtype == jnp.bfloat16
       np.testing.assert_array_equal(np.asarray(got, np.float64), deq[64 * nt:64 * nt + 64, 32 * kb:32 * kb + 32],
                                     err_msg=f"{pw.fmt} tile {nt} block {kb}")
@@ -304,7 +304,7 @@ def test_prepare_validation():
   with pytest.raises(TypeError, match="w must be a QArray"):
     wm.prepare_weight_mgpu(np.ones((64, 128)))
   with pytest.raises(ValueError, match="format"):
-    wm.prepare_weight_mgpu(mx_jax.quantize(w, "mxfp6_e2m3", axis=1))
+    wm.prepare_weight_mgpu(mx_jax.quantize(w, "fp8_e4m3"))
   with pytest.raises(ValueError, match="axis 1"):
     wm.prepare_weight_mgpu(mx_jax.quantize(w, "mxfp4_e2m1", axis=0))
   with pytest.raises(ValueError, match="steps"):
@@ -360,11 +360,11 @@ def test_helper_validation(weights):
   with pytest.raises(TypeError, match="cfg must be"):
     wm.smem_bytes("s16", 16)
   with pytest.raises(ValueError, match="fmt must be one of"):
-    wm.smem_bytes(CFG_WG1, 16, "mxfp6_e2m3")
+    wm.smem_bytes(CFG_WG1, 16, "fp8_e4m3")
   with pytest.raises(ValueError, match="fmt must be one of"):
-    wm.max_rows(16, "mxfp6_e3m2")
+    wm.max_rows(16, "fp8_e5m2")
   with pytest.raises(ValueError, match="fmt must be one of"):
-    wm.word_rows("mxfp6_e3m2")
+    wm.word_rows("fp8_e4m3")
   with pytest.raises(ValueError, match="fmt must be an E8M0-scaled format"):
     wm.fold_ok_bytes(np.array([127], np.uint8), "nvfp4")
   with pytest.raises(ValueError, match="sb must be .N, K/16. and codes .N, K."):
@@ -373,6 +373,12 @@ def test_helper_validation(weights):
     wm.decode_block_jnp(jnp.zeros((16, 32), jnp.uint32), jnp.zeros((64,), jnp.uint8), True, "mxfp4_e2m1")
   with pytest.raises(ValueError, match="steps"):
     wm.max_rows(3)
+  with pytest.raises(ValueError, match="codes must be"):
+    wm.pack_words6(jnp.zeros((64, 96), jnp.uint8), 4)
+  with pytest.raises(ValueError, match="fp6 must be one of"):
+    wm.decode_block_jnp(jnp.zeros((12, 32), jnp.uint32), jnp.zeros((64,), jnp.uint8), True, None, "mxfp8_e4m3")
+  with pytest.raises(ValueError, match="words must be .12, 32."):
+    wm.decode_block_jnp(jnp.zeros((16, 32), jnp.uint32), jnp.zeros((64,), jnp.uint8), True, None, "mxfp6_e2m3")
 
 
 def test_default_config_and_shared_memory():
@@ -633,3 +639,145 @@ def test_kernel_interpret_fp8(fmt, big, cfg, m):
   if cfg is CFG_WG2:  # the public entry with its default config (fewer stages: FP8's 2 KB per block)
     pub = mx_weight_only_matmul(x, pw, out_dtype=jnp.float32, interpret=True)
     _check(pub, x, q)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# MXFP6 (E2M3, E3M2): three word-planes per thread and block
+# ------------------------------------------------------------------------------------------------------------
+
+FP6 = ["mxfp6_e2m3", "mxfp6_e3m2"]
+# The layout of the module docstring, written out: pair (h, g) -> (plane, lowest magnitude bit) and (plane, sign
+# bit), in both 16-bit halves (v = 0 low, v = 1 high).
+MAG6 = {(0, 0): (0, 0), (0, 1): (0, 5), (0, 2): (0, 10), (1, 0): (1, 0), (1, 1): (1, 5), (1, 2): (1, 10),
+        (0, 3): (2, 0), (1, 3): (2, 5)}
+SIGN6 = {(0, 0): (0, 15), (1, 0): (1, 15), (0, 1): (2, 10), (0, 2): (2, 11), (0, 3): (2, 12), (1, 1): (2, 13),
+         (1, 2): (2, 14), (1, 3): (2, 15)}
+# value of each 6-bit code: sign bit 5; E2M3 bias 1, E3M2 bias 3 (OCP MX v1.0), subnormals at exponent 0
+FP6_VALUE = {}
+for _f, (_eb, _mb, _bias) in {"mxfp6_e2m3": (2, 3, 1), "mxfp6_e3m2": (3, 2, 3)}.items():
+  _c = np.arange(64)
+  _e, _m = (_c >> _mb) & ((1 << _eb) - 1), _c & ((1 << _mb) - 1)
+  _mag = np.where(_e == 0, _m / 2 ** _mb * 2.0 ** (1 - _bias), (1 + _m / 2 ** _mb) * 2.0 ** (_e - _bias))
+  FP6_VALUE[_f] = np.where(_c >> 5, -_mag, _mag)
+
+
+def _planes6(codes):
+  """(samples, 2 h, 4 g, 2 v) 6-bit codes -> (3, samples) uint32 word-planes, by MAG6 / SIGN6."""
+  planes = np.zeros((3, codes.shape[0]), np.uint64)
+  for (h, g), (p, o) in MAG6.items():
+    ps, b = SIGN6[h, g]
+    for v in range(2):
+      c = codes[:, h, g, v].astype(np.uint64)
+      planes[p] |= (c & np.uint64(0x1F)) << np.uint64(o + 16 * v)
+      planes[ps] |= (c >> np.uint64(5)) << np.uint64(b + 16 * v)
+  return planes.astype(np.uint32)
+
+
+def test_fp6_layout_table():
+  """The kernel's table is the docstring's; the 96 bits of a thread's three words are each used once."""
+  assert wm.FP6_MAG == MAG6 and wm.FP6_SIGN == SIGN6
+  used = np.zeros((3, 32), int)
+  for (h, g), (p, o) in MAG6.items():
+    for v in range(2):
+      used[p, o + 16 * v:o + 16 * v + 5] += 1
+      used[SIGN6[h, g][0], SIGN6[h, g][1] + 16 * v] += 1
+  assert (used == 1).all()
+
+
+@pytest.mark.parametrize("steps", [8, 4])
+def test_pack_words6_layout(steps):
+  """Word-plane p of thread i = 32 w + 4 q + t for (tile nt, block kb) sits at [kb // S, nt 12 S + 12 (kb % S) +
+  4 p + w, 4 q + t] and holds, for each pair (h, g), row 64 nt + 16 w + 8 h + q's codes at columns 32 kb + 8 g +
+  2 t + v: magnitude (low 5 bits) at MAG6 + 16 v, sign (bit 5) at SIGN6 + 16 v."""
+  n, k = 128, 1024
+  codes = np.random.default_rng(steps).integers(0, 64, size=(n, k)).astype(np.uint8)
+  got = np.asarray(wm.pack_words6(jnp.asarray(codes), steps))
+  ntiles, nblocks = n // 64, k // 32
+  assert got.dtype == np.uint32 and got.shape == (nblocks // steps, ntiles * 12 * steps, 32)
+  expected = np.full(got.shape, 0xDEADBEEF, np.uint64)
+  nt, kb, w, q, t = np.indices((ntiles, nblocks, 4, 8, 4)).reshape(5, -1)
+  for p in range(3):
+    want = np.zeros(nt.shape, np.uint64)
+    for (h, g), (pm, o) in MAG6.items():
+      ps, b = SIGN6[h, g]
+      for v in range(2):
+        c = codes[64 * nt + 16 * w + 8 * h + q, 32 * kb + 8 * g + 2 * t + v].astype(np.uint64)
+        if pm == p:
+          want |= (c & np.uint64(31)) << np.uint64(o + 16 * v)
+        if ps == p:
+          want |= (c >> np.uint64(5)) << np.uint64(b + 16 * v)
+    expected[kb // steps, nt * 12 * steps + 12 * (kb % steps) + 4 * p + w, 4 * q + t] = want
+  assert not (expected == 0xDEADBEEF).any()
+  np.testing.assert_array_equal(got.astype(np.uint64), expected)
+
+
+def _q6(fmt, n=N, k=K, big=False, seed=7, packed=False):
+  w = jax.random.normal(jax.random.key(seed), (n, k), jnp.float32)
+  return mx_jax.quantize(w * (2.0 ** 30 if big else 1.0), fmt, axis=1, packed=packed)
+
+
+@pytest.mark.parametrize("fmt", FP6)
+def test_decode_block_jnp_fp6(fmt):
+  """Every (tile, block) of a prepared MXFP6 weight decodes to the float64 dequantized values; padding to 0."""
+  q = _q6(fmt)
+  pw = wm.prepare_weight_mgpu(q, steps=4)
+  assert pw.fp6 and not pw.fp8 and pw.words.shape == (3, 4 * 12 * 4, 32) and pw.fold_ok
+  deq = np.zeros((pw.n_padded, pw.k_padded), np.float64)
+  deq[:N, :K] = np.asarray(mx_jax.dequantize(q, jnp.float32), np.float64)
+  _assert_blocks_decode(pw, deq, True, None, fmt)
+
+
+@pytest.mark.parametrize("fmt", FP6)
+def test_asm_decode6_every_code_in_every_pair(fmt):
+  """The FP6 decode (_asm_decode6, as _decode_regs wires it: magnitude plane, sign plane, scale register): every
+  code in both halves of every pair slot, the other slots random, equals elem * 2^(e - 127) at folded scale
+  bytes (the window's ends, 127) and unfolded ones (0: 2^-127, 127, 255: NaN); -0 keeps its sign."""
+  rng = np.random.default_rng(11)
+  codes = rng.integers(0, 64, size=(64 * 64, 2, 4, 2))
+  every = np.arange(64 * 64)
+  lo_f, hi_f = wm.FP6_FOLD_BYTES[fmt]
+  assert (lo_f, hi_f) == (0, {"mxfp6_e2m3": 128, "mxfp6_e3m2": 130}[fmt])
+  rescale = wm.FP6_RESCALE[fmt]
+  for h in range(2):
+    for g in range(4):
+      c = codes.copy()
+      c[:, h, g, 0], c[:, h, g, 1] = every % 64, every // 64  # all 64 x 64 (low, high) pairs
+      planes = _planes6(c)
+      (pm, o), (ps, b) = MAG6[h, g], SIGN6[h, g]
+      for fold, e in [(True, lo_f), (True, hi_f), (True, 127), (False, 0), (False, 127), (False, 255)]:
+        k = ((e + rescale) * 0x00800080 if fold else ((e << 7) + (0x40 if e in (0, 255) else 0)) * 0x00010001)
+        [out] = run_ptx(wm._asm_decode6(o, b, fmt, fold), [planes[pm], planes[ps], np.array([k], np.uint32)])
+        for v in range(2):
+          got = ((out >> np.uint64(16 * v)) & np.uint64(0xFFFF)).astype(np.uint16).view(ml_dtypes.bfloat16)
+          got = got.astype(np.float64)
+          if e == 255:
+            assert np.isnan(got).all()
+            continue
+          want = FP6_VALUE[fmt][c[:, h, g, v]] * 2.0 ** (e - 127)  # exact: bf16 holds every one of these
+          np.testing.assert_array_equal(got, want, err_msg=f"{fmt} h={h} g={g} v={v} fold={fold} e={e}")
+          np.testing.assert_array_equal(np.signbit(got), c[:, h, g, v] >= 32)
+
+
+def test_fold_ok_bytes_fp6():
+  for fmt in FP6:
+    lo, hi = wm.FP6_FOLD_BYTES[fmt]
+    assert wm.fold_ok_bytes(np.array([lo, hi], np.uint8), fmt)
+    assert not wm.fold_ok_bytes(np.array([127, hi + 1], np.uint8), fmt)
+    assert not wm.fold_ok_bytes(np.array([127, 255], np.uint8), fmt)
+
+
+@pytest.mark.parametrize("fmt,big,cfg,m,packed", [("mxfp6_e2m3", False, CFG_WG2, 5, True),
+                                                  ("mxfp6_e3m2", False, CFG_WG1, 8, False),
+                                                  ("mxfp6_e2m3", True, CFG_WG1, 8, False)],
+                         ids=lambda v: v.name() if isinstance(v, wm.MgpuWOConfig) else str(v))
+def test_kernel_interpret_fp6(fmt, big, cfg, m, packed):
+  """MXFP6 through the kernel (a packed QArray too), folded and (scale bytes past the window) unfolded."""
+  q = _q6(fmt, big=big, packed=packed)
+  pw = wm.prepare_weight_mgpu(q, steps=4)
+  assert pw.fold_ok == (not big)
+  x = _x(m)
+  out = wm.wo_matmul_mgpu(x, pw, out_dtype=jnp.float32, config=cfg, interpret=True)
+  assert out.shape == (m, N)
+  _check(out, x, q)
+  if cfg is CFG_WG2:  # the public entry with its default config
+    _check(mx_weight_only_matmul(x, pw, out_dtype=jnp.float32, interpret=True), x, q)
