@@ -1,7 +1,8 @@
-"""MXFP4 / NVFP4 / MXFP8 / MXINT8 weight-only GEMM on Hopper in Pallas on Mosaic GPU: out (M, N) = x (M, K) bf16 @ W^T.
+"""MXFP4 / NVFP4 / MXFP8 / MXFP6 / MXINT8 weight-only GEMM on Hopper in Pallas on Mosaic GPU: out = x bf16 @ W^T.
 
 W is an (N, K) MXFP4 weight (E2M1 codes, blocks of 32 along K, E8M0 scales), NVFP4 (E2M1, blocks of 16 with
-E4M3 scales, an FP32 tensor scale applied in the epilogue), MXFP8 (E4M3 / E5M2 bytes) or MXINT8. A
+E4M3 scales, an FP32 tensor scale applied in the epilogue), MXFP8 (E4M3 / E5M2 bytes), MXFP6 (E2M3 / E3M2) or
+MXINT8. A
 producer warpgroup streams it with TMA (``plgpu.emit_pipeline_warp_specialized``); one or two consumer
 warpgroups decode it in registers straight into the A operand of bf16 ``wgmma`` (m64 x n=Mp x k16, x^T the B
 operand in shared memory). One CTA per 64 weight rows walks all of K: no split-K, no second kernel.
@@ -30,6 +31,14 @@ high-byte word (sign, top exponent bits) and a low-byte word, one PRMT interleav
 elem * 2^-r (r = 120 for E4M3, 112 for E5M2), and one multiply by 2^(e - 127 + r) gives elem * 2^e when every
 scale byte is in ``FP8_FOLD_BYTES``; otherwise ×2^r then ×2^e. MXINT8 (value k * 2^-6, the same word layout)
 flips each byte's sign bit and goes through f16 (``_INT8_BF16``): r = 106.
+
+MXFP6 (``pack_words6``): a thread's 16 codes of a (tile, block) are 96 bits, three word-planes (plane p at word
+128 p + i, so each plane is one conflict-free 4-byte load). Its 8 bf16 pairs (h, g) keep both codes' 5 magnitude
+bits 16 apart (``FP6_MAG``: three pairs per word at bits 0, 5, 10 of each half) and both sign bits 16 apart
+(``FP6_SIGN``). Per pair: one shift and one mask put the magnitudes at bf16 bits 4..8 (E2M3) / 5..9 (E3M2), which
+reads elem * 2^-126 / 2^-124 (subnormal codes as bf16 subnormals); a shift and a masked OR add the signs; one
+multiply by 2^(e - 127 + r) finishes when every scale byte is in ``FP6_FOLD_BYTES`` (0..128 / 0..130), otherwise
+×2^r then ×2^e.
 
 A thread's two words are one 8-byte shared-memory load, its two scale bytes (rows r, r + 8; byte order 16 w +
 2 q + h) one 2-byte load (NVFP4: four bytes, byte 32 w + 4 q + 2 h + c for 16-block c of the 32-block, one
@@ -162,8 +171,8 @@ def default_config(w: "MgpuWeight", mp: int, interpret: bool = False) -> MgpuWOC
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class MgpuWeight:
-  """An (N, K) MXFP4, NVFP4, MXFP8 or MXINT8 weight in the kernel's layout (module docstring): ``words`` uint32,
-  ``scales`` uint8 (E8M0 or E4M3 bytes), ``tensor_scale`` (1,) float32 for NVFP4 (None otherwise)."""
+  """An (N, K) MXFP4, NVFP4, MXFP8, MXFP6 or MXINT8 weight in the kernel's layout (module docstring): ``words``
+  uint32, ``scales`` uint8 (E8M0 or E4M3 bytes), ``tensor_scale`` (1,) float32 for NVFP4 (None otherwise)."""
   words: jax.Array
   scales: jax.Array
   tensor_scale: jax.Array | None
@@ -304,8 +313,8 @@ def nv_fold_ok(sb, codes) -> jax.Array:
 
 
 def prepare_weight_mgpu(w: QArray, steps: int = 16) -> MgpuWeight:
-  """Lays out an (N, K) MXFP4, NVFP4, MXFP8 or MXINT8 QArray quantized along K (axis 1) for ``wo_matmul_mgpu`` (do it
-  once, eagerly: ``fold_ok`` is read on the host)."""
+  """Lays out an (N, K) MXFP4, NVFP4, MXFP8, MXFP6 or MXINT8 QArray quantized along K (axis 1) for
+  ``wo_matmul_mgpu`` (do it once, eagerly: ``fold_ok`` is read on the host)."""
   if not isinstance(w, QArray):
     raise TypeError(f"w must be a QArray (mx_jax.quantize(...)); got {type(w).__name__}")
   if w.fmt not in FORMATS:
@@ -424,9 +433,9 @@ def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True, nv
     blk = arith.addi(blk, arith.muli(arith.divui(mu.thread_idx(), c(128)), c(wg_blocks)))
   warp, lane = arith.divui(tid, c(32)), arith.remui(tid, c(32))
   if fp6:  # word-plane p at row 12 blk + 4 p + warp, column lane: three conflict-free 4-byte loads
-    planes = [vector.extract(vector.load(ir.VectorType.get((1,), i32), w_ref,
-                                         [ix(arith.addi(arith.muli(blk, c(12)), arith.addi(warp, c(4 * p)))), ix(lane)]),
-                             [], [0]) for p in range(3)]
+    row = lambda p: ix(arith.addi(arith.muli(blk, c(12)), arith.addi(warp, c(4 * p))))  # noqa: E731
+    planes = [vector.extract(vector.load(ir.VectorType.get((1,), i32), w_ref, [row(p), ix(lane)]), [], [0])
+              for p in range(3)]
   else:
     nw = 4 if fp8 else 2  # words per thread and block (one 16- or 8-byte load)
     words = vector.load(ir.VectorType.get((nw,), i32), w_ref,

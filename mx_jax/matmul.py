@@ -270,7 +270,7 @@ def mx_weight_only_matmul(x: jax.Array, w: Any, *, out_dtype: Any = jnp.bfloat16
   impl="auto" on Hopper: the Triton kernel for up to WO_TRITON_MAX_M rows, the Mosaic kernel above.
   impl="triton": the Pallas Triton kernel (kernels/wo_triton.py), also picked for a
   ``kernels.wo_triton.prepare_weight_triton(w)`` weight under impl="auto".
-  A ``kernels.wo_mgpu.prepare_weight_mgpu(w)`` weight (MXFP4, NVFP4, MXFP8 or MXINT8) runs the Mosaic GPU kernel
+  A ``kernels.wo_mgpu.prepare_weight_mgpu(w)`` weight (MXFP4, NVFP4, MXFP8, MXFP6 or MXINT8) runs the Mosaic GPU kernel
   (kernels/wo_mgpu.py: TMA producer warpgroup, decode into the wgmma registers, no split-K) under impl="auto"
   or "mgpu"; ``config`` a ``kernels.wo_mgpu.MgpuWOConfig``.
   """

@@ -1,4 +1,4 @@
-"""kernels/wo_mgpu.py: the Mosaic GPU weight-only GEMM (MXFP4, NVFP4, MXFP8, MXINT8), on CPU.
+"""kernels/wo_mgpu.py: the Mosaic GPU weight-only GEMM (MXFP4, NVFP4, MXFP8, MXFP6, MXINT8), on CPU.
 
 The weight layout (words in wgmma-fragment thread order, scale bytes) is checked against index arithmetic
 written out from the module docstring; the interpreter's jnp decode against float64 dequantization; the inline
