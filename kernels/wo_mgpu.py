@@ -213,14 +213,19 @@ class MgpuWeight:
     return int(self.words.size * 4 + self.scales.size + (4 if self.nv else 0))
 
 
-def pack_words(codes: jax.Array, steps: int) -> jax.Array:
-  """(N, K) FP4 codes (N % 64 == 0, K % (32 steps) == 0) -> (K / (32 steps), N / 64 * 8 steps, 32) uint32."""
+def _thread_codes(codes: jax.Array, steps: int):
+  """(N, K) codes -> (uint32 codes as (tiles, w, h, q, K blocks, g, t, v): row 64 tile + 16 w + 8 h + q, column
+  32 block + 8 g + 2 t + v, i.e. thread 32 w + 4 q + t's A-fragment slots), tiles, K blocks; checks the shape."""
   if codes.ndim != 2 or codes.shape[0] % TILE_N or codes.shape[1] % (BLOCK * steps):
     raise ValueError(f"codes must be (N, K) with N % {TILE_N} == 0 and K % {BLOCK * steps} == 0 (steps={steps}); "
                      f"got shape {codes.shape}")
-  n, k = codes.shape
-  nt, kb = n // TILE_N, k // BLOCK
-  c = codes.astype(jnp.uint32).reshape(nt, 4, 2, 8, kb, 4, 4, 2)  # (nt, w, h, q, kb, g, t, v)
+  nt, kb = codes.shape[0] // TILE_N, codes.shape[1] // BLOCK
+  return codes.astype(jnp.uint32).reshape(nt, 4, 2, 8, kb, 4, 4, 2), nt, kb
+
+
+def pack_words(codes: jax.Array, steps: int) -> jax.Array:
+  """(N, K) FP4 codes (N % 64 == 0, K % (32 steps) == 0) -> (K / (32 steps), N / 64 * 8 steps, 32) uint32."""
+  c, nt, kb = _thread_codes(codes, steps)                          # (nt, w, h, q, kb, g, t, v)
   half = jnp.zeros((nt, 4, 2, 8, kb, 4, 2), jnp.uint32)            # (nt, w, h, q, kb, t, v)
   for g in range(4):
     cg = c[:, :, :, :, :, g]
@@ -236,12 +241,8 @@ def pack_words8(codes: jax.Array, steps: int) -> jax.Array:
   word 4 i + 2 h + j of a (tile, block) (thread i = 32 w + 4 q + t) holds row 16 w + 8 h + q's bytes at columns
   16 j + 2 t, 16 j + 2 t + 1, 16 j + 8 + 2 t, 16 j + 9 + 2 t (low byte first): the thread's A-fragment pairs
   (8 g + 2 t + v, g = 2 j, 2 j + 1)."""
-  if codes.ndim != 2 or codes.shape[0] % TILE_N or codes.shape[1] % (BLOCK * steps):
-    raise ValueError(f"codes must be (N, K) with N % {TILE_N} == 0 and K % {BLOCK * steps} == 0 (steps={steps}); "
-                     f"got shape {codes.shape}")
-  n, k = codes.shape
-  nt, kb = n // TILE_N, k // BLOCK
-  c = codes.astype(jnp.uint32).reshape(nt, 4, 2, 8, kb, 2, 2, 4, 2)  # (nt, w, h, q, kb, j, gl, t, v)
+  c, nt, kb = _thread_codes(codes, steps)
+  c = c.reshape(nt, 4, 2, 8, kb, 2, 2, 4, 2)                       # (nt, w, h, q, kb, j, gl, t, v)
   word = (c[..., 0, :, 0] | c[..., 0, :, 1] << 8 | c[..., 1, :, 0] << 16 | c[..., 1, :, 1] << 24)  # (.., kb, j, t)
   word = word.reshape(nt, 4, 2, 8, kb // steps, steps, 2, 4)
   word = word.transpose(4, 0, 5, 1, 3, 7, 2, 6)                     # (ks, nt, s, w, q, t, h, j)
@@ -253,12 +254,7 @@ def pack_words6(codes: jax.Array, steps: int) -> jax.Array:
   word 128 p + i of a (tile, block) (thread i = 32 w + 4 q + t; stored at row 4 p + w, column 4 q + t) is
   word-plane p of thread i: for each of its pairs (h, g) (row 16 w + 8 h + q, columns 8 g + 2 t + v, v = 0 in the
   low half) the magnitudes at ``FP6_MAG[h, g]`` and the signs at ``FP6_SIGN[h, g]``."""
-  if codes.ndim != 2 or codes.shape[0] % TILE_N or codes.shape[1] % (BLOCK * steps):
-    raise ValueError(f"codes must be (N, K) with N % {TILE_N} == 0 and K % {BLOCK * steps} == 0 (steps={steps}); "
-                     f"got shape {codes.shape}")
-  n, k = codes.shape
-  nt, kb = n // TILE_N, k // BLOCK
-  c = codes.astype(jnp.uint32).reshape(nt, 4, 2, 8, kb, 4, 4, 2)  # (nt, w, h, q, kb, g, t, v)
+  c, nt, kb = _thread_codes(codes, steps)                          # (nt, w, h, q, kb, g, t, v)
   planes = [jnp.zeros((nt, 4, 8, kb, 4), jnp.uint32) for _ in range(3)]  # (nt, w, q, kb, t)
   for (h, g), (p, o) in FP6_MAG.items():
     for v in range(2):

@@ -629,16 +629,19 @@ def test_fold_ok_bytes_fp8():
                          ids=lambda v: v.name() if isinstance(v, wm.MgpuWOConfig) else str(v))
 def test_kernel_interpret_fp8(fmt, big, cfg, m):
   """MXFP8 through the kernel, folded and (scale bytes past the window) unfolded."""
-  q = _q8(fmt, big=big)
+  _check_kernel(_q8(fmt, big=big), big, cfg, m)
+
+
+def _check_kernel(q, big, cfg, m):
+  """q through the kernel with ``cfg`` (folded unless ``big``) and, for CFG_WG2, the public entry's default."""
   pw = wm.prepare_weight_mgpu(q, steps=4)
   assert pw.fold_ok == (not big)
   x = _x(m)
   out = wm.wo_matmul_mgpu(x, pw, out_dtype=jnp.float32, config=cfg, interpret=True)
   assert out.shape == (m, N)
   _check(out, x, q)
-  if cfg is CFG_WG2:  # the public entry with its default config (fewer stages: FP8's 2 KB per block)
-    pub = mx_weight_only_matmul(x, pw, out_dtype=jnp.float32, interpret=True)
-    _check(pub, x, q)
+  if cfg is CFG_WG2:  # the public entry with its default config (fewer stages where the words take room)
+    _check(mx_weight_only_matmul(x, pw, out_dtype=jnp.float32, interpret=True), x, q)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -772,12 +775,4 @@ def test_fold_ok_bytes_fp6():
                          ids=lambda v: v.name() if isinstance(v, wm.MgpuWOConfig) else str(v))
 def test_kernel_interpret_fp6(fmt, big, cfg, m, packed):
   """MXFP6 through the kernel (a packed QArray too), folded and (scale bytes past the window) unfolded."""
-  q = _q6(fmt, big=big, packed=packed)
-  pw = wm.prepare_weight_mgpu(q, steps=4)
-  assert pw.fold_ok == (not big)
-  x = _x(m)
-  out = wm.wo_matmul_mgpu(x, pw, out_dtype=jnp.float32, config=cfg, interpret=True)
-  assert out.shape == (m, N)
-  _check(out, x, q)
-  if cfg is CFG_WG2:  # the public entry with its default config
-    _check(mx_weight_only_matmul(x, pw, out_dtype=jnp.float32, interpret=True), x, q)
+  _check_kernel(_q6(fmt, big=big, packed=packed), big, cfg, m)
