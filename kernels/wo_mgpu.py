@@ -42,7 +42,7 @@ multiply by 2^(e - 127 + r) finishes when every scale byte is in ``FP6_FOLD_BYTE
 
 A thread's two words are one 8-byte shared-memory load, its two scale bytes (rows r, r + 8; byte order 16 w +
 2 q + h) one 2-byte load (NVFP4: four bytes, byte 32 w + 4 q + 2 h + c for 16-block c of the 32-block, one
-4-byte load). Stored as words (K_p / (32 S), N_p / 64 * 8 S (FP8 16 S), 32) and scales (K_p / (32 S), N_p / 64 *
+4-byte load). Stored as words (K_p / (32 S), N_p / 64 * 8 S (FP6 12 S, FP8 16 S), 32) and scales (K_p / (32 S), N_p / 64 *
 S, 64 or 128): S blocks per pipeline step, one contiguous run per (step, tile), the tiles of a step adjacent (the
 group-major order of session 10).
 
@@ -99,7 +99,10 @@ FP6_MAG = {(0, 0): (0, 0), (0, 1): (0, 5), (0, 2): (0, 10), (1, 0): (1, 0), (1, 
 FP6_SIGN = {(0, 0): (0, 15), (1, 0): (1, 15), (0, 1): (2, 10), (0, 2): (2, 11), (0, 3): (2, 12), (1, 1): (2, 13),
             (1, 2): (2, 14), (1, 3): (2, 15)}
 
-UNFOLD_BITS = (126 + 127) << 7  # unfolded decode: bf16 bits of 2^126, then times the scale 2^e itself
+UNFOLD_RESCALE = 126  # FP4 unfolded decode: elem * 2^-126 times 2^126, then times the scale 2^e itself
+# Every E8M0-scaled format's (lowest, highest) scale byte of the folded decode (MXFP4: 2^(e + FOLD) a normal finite
+# bf16 and elem * 2^(e - 6) >= 2^-133, bf16's least subnormal, for elem >= 0.5); NVFP4 has ``nv_fold_ok``.
+FOLD_BYTES = {"mxfp4_e2m1": (1, 254 - FOLD), **FP8_FOLD_BYTES, **FP6_FOLD_BYTES}
 MAX_ROWS = 128     # x rows per call (wgmma N <= 256; 64 FP32 accumulator registers per thread at 128)
 ONE_TILE_ROWS = 48  # up to this many rows (rounded up to 8), one row tile (session 17: 21.8 us; as 2 x 32: 37.2)
 ROW_TILE = 32      # x rows per CTA beyond that: row tiles side by side, 4 stages + multicast (M = 64: 33.8 us
@@ -285,12 +288,12 @@ def pack_scales(sb: jax.Array, steps: int, block: int = BLOCK) -> jax.Array:
 
 
 def fold_ok_bytes(sb, fmt: str = "mxfp4_e2m1") -> bool:
-  """True when every E8M0 byte b keeps the folded decode exact. MXFP4: 1 <= b <= 134 (2^(e + 120) a normal
-  finite bf16 and elem * 2^(e - 6) >= 2^-133, bf16's least subnormal, for elem >= 0.5); MXFP8:
-  ``FP8_FOLD_BYTES``."""
-  if fmt not in FORMATS or fmt == "nvfp4":
-    raise ValueError(f"fmt must be an E8M0-scaled format of {sorted(FORMATS)} (NVFP4: nv_fold_ok); got {fmt!r}")
-  lo, hi = {**FP8_FOLD_BYTES, **FP6_FOLD_BYTES}.get(fmt, (1, 254 - FOLD))
+  """True when every E8M0 byte b of ``sb`` keeps ``fmt``'s folded decode exact: lo <= b <= hi for
+  ``FOLD_BYTES[fmt]`` = (lo, hi) (MXFP4 1..134, MXFP8 E4M3 8..134, E5M2 16..142, MXINT8 0..148, MXFP6 E2M3 0..128,
+  E3M2 0..130)."""
+  if fmt not in FOLD_BYTES:
+    raise ValueError(f"fmt must be an E8M0-scaled format of {sorted(FOLD_BYTES)} (NVFP4: nv_fold_ok); got {fmt!r}")
+  lo, hi = FOLD_BYTES[fmt]
   sb = np.asarray(sb).astype(np.int32)
   return bool(np.all((sb >= lo) & (sb <= hi)))
 
@@ -349,13 +352,19 @@ def _prepare(w: QArray, steps: int):
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _asm_scaled(body: str, rescale: int, fold: bool, scale: str) -> str:
+  """The decode's shared tail: ``body`` leaves bf16x2 elem * 2^-rescale in t (u free as scratch); times the
+  folded scale register ``scale`` (2^(e - 127 + rescale)), or unfolded times 2^rescale, then the scale 2^e."""
+  if not fold:
+    r = (rescale + 127) << 7
+    body += f" mov.b32 u, 0x{r:04X}{r:04X}; mul.rn.bf16x2 t, t, u;"
+  return "{ .reg .b32 t, u; " + body + f" mul.rn.bf16x2 $0, t, {scale}; }}"
+
+
 def _asm_decode(g: int, fold: bool) -> str:
   """Code g of the word $1 (one code per bf16 half) -> bf16x2 $0: the bits masked into place (elem * 2^-126,
   ``wo_triton.fp4_bits_ptx``), then times the folded scale $2 (``fold``) or times 2^126 and the scale $2."""
-  body = fp4_bits_ptx(g, "t")
-  if not fold:
-    body += f" mov.b32 u, 0x{UNFOLD_BITS:04X}{UNFOLD_BITS:04X}; mul.rn.bf16x2 t, t, u;"
-  return "{ .reg .b32 t, u; " + body + " mul.rn.bf16x2 $0, t, $2; }"
+  return _asm_scaled(fp4_bits_ptx(g, "t"), UNFOLD_RESCALE, fold, "$2")
 
 
 # E4M3 byte (low 8 bits of $1) -> its exact value as bf16 in both halves of $0 (for the unfolded NVFP4 decode):
@@ -390,10 +399,7 @@ def _asm_decode8(gl: int, fmt: str, fold: bool) -> str:
     body = f"prmt.b32 t, $1, 0x64646464, {0x4342 if gl else 0x4140:#x}; " + _INT8_BF16
   else:
     body = f"prmt.b32 t, $2, $1, {0x7362 if gl else 0x5140:#x};"
-  if not fold:
-    r = (FP8_RESCALE[fmt] + 127) << 7
-    body += f" mov.b32 u, 0x{r:04X}{r:04X}; mul.rn.bf16x2 t, t, u;"
-  return "{ .reg .b32 t, u; " + body + " mul.rn.bf16x2 $0, t, $3; }"
+  return _asm_scaled(body, FP8_RESCALE[fmt], fold, "$3")
 
 
 def _asm_decode6(mag: int, sign: int, fmt: str, fold: bool) -> str:
@@ -405,23 +411,19 @@ def _asm_decode6(mag: int, sign: int, fmt: str, fold: bool) -> str:
         else "mov.b32 t, $1;")
   body = (f"{sh} and.b32 t, t, {0x1F * 0x10001 << low:#x}; shl.b32 u, $2, {15 - sign}; "
           "and.b32 u, u, 0x80008000; or.b32 t, t, u;")
-  if not fold:
-    r = (FP6_RESCALE[fmt] + 127) << 7
-    body += f" mov.b32 u, 0x{r:04X}{r:04X}; mul.rn.bf16x2 t, t, u;"
-  return "{ .reg .b32 t, u; " + body + " mul.rn.bf16x2 $0, t, $3; }"
+  return _asm_scaled(body, FP6_RESCALE[fmt], fold, "$3")
 
 
-def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True, nv: bool = False,
-                 fp8: str | None = None, fp6: str | None = None):
-  """inline_mgpu body: block b (+ wg_blocks per consumer warpgroup before this one) of a stage -> (64, 32)
-  bf16 WGMMA_LAYOUT array of elem * 2^(e - 6) (``fold``) or elem * 2^e; NVFP4 (``nv``): elem * s * 2^-7 or
-  elem * s, s the E4M3 scale of the element's 16-block; MXFP8 / MXINT8 (``fp8`` its format) and MXFP6 (``fp6``):
-  elem * 2^e."""
+def _decode_regs(w_ref, s_ref, b: int, fmt: str, wg_blocks: int = 0, fold: bool = True):
+  """inline_mgpu body: block b (+ wg_blocks per consumer warpgroup before this one) of a stage of a ``fmt``
+  weight -> (64, 32) bf16 WGMMA_LAYOUT array. MXFP4: elem * 2^(e - 6) (``fold``) or elem * 2^e; NVFP4:
+  elem * s * 2^-7 or elem * s, s the E4M3 scale of the element's 16-block; MXFP8 / MXINT8 / MXFP6: elem * 2^e."""
   from jax._src.lib.mlir import ir
   from jax._src.lib.mlir.dialects import arith, llvm, vector
   import jax.experimental.mosaic.gpu as mgpu
   from jax.experimental.mosaic.gpu import utils as mu
 
+  nv, fp8, fp6 = _format_flags(fmt)
   i32, i8 = ir.IntegerType.get_signless(32), ir.IntegerType.get_signless(8)
   c, ix, tid = _lane_helpers()
   blk = c(b)
@@ -498,21 +500,24 @@ def _decode_regs(w_ref, s_ref, b: int, wg_blocks: int = 0, fold: bool = True, nv
   return mgpu.FragmentedArray(_registers=regs, _layout=layout, _is_signed=None)
 
 
-def decode_block_jnp(words, sbytes, fold: bool = True, fp8: str | None = None, fp6: str | None = None):
-  """(8, 32) uint32 words and (64,) scale bytes of one (tile, block) -> (64, 32) bf16 elem * 2^(e - 6)
-  (``fold``) or elem * 2^e, by the layout's definition (the interpreter's decode; tests check it against the
-  codes). Exact where the result is a normal number (XLA:CPU flushes subnormals). (128,) bytes: NVFP4's E4M3
-  scales, elem * s * 2^-7 (``fold``) or elem * s. ``fp8`` (MXFP8 / MXINT8 format): (16, 32) words, elem * 2^e;
-  ``fp6`` (MXFP6 format): (12, 32) words, elem * 2^e."""
-  if fp8 is not None and fp8 not in FP8_RESCALE:
-    raise ValueError(f"fp8 must be one of {sorted(FP8_RESCALE)} or None; got {fp8!r}")
-  if fp6 is not None and (fp6 not in FP6_RESCALE or fp8 is not None):
-    raise ValueError(f"fp6 must be one of {sorted(FP6_RESCALE)} or None (and fp8 None); got {fp6!r}")
-  nv = sbytes.shape == (2 * TILE_N,)
-  rows = 16 if fp8 else 12 if fp6 else 8
-  if words.shape != (rows, 32) or sbytes.shape not in ((TILE_N,), (2 * TILE_N,)):
-    raise ValueError(f"words must be ({rows}, 32) and sbytes ({TILE_N},) or ({2 * TILE_N},); got {words.shape} "
-                     f"and {sbytes.shape}")
+def _format_flags(fmt: str) -> tuple[bool, str | None, str | None]:
+  """(NVFP4?, the MXFP8 / MXINT8 format or None, the MXFP6 format or None) of a weight format."""
+  if fmt not in FORMATS:
+    raise ValueError(f"fmt must be one of {sorted(FORMATS)}; got {fmt!r}")
+  return fmt == "nvfp4", (fmt if fmt in FP8_RESCALE else None), (fmt if fmt in FP6_RESCALE else None)
+
+
+def decode_block_jnp(words, sbytes, fmt: str = "mxfp4_e2m1", fold: bool = True):
+  """One (tile, block) of a ``fmt`` weight, (word_rows(fmt), 32) uint32 words and its scale bytes -> (64, 32)
+  bf16, by the layout's definition (the interpreter's decode; tests check it against the codes). MXFP4: (64,)
+  E8M0 bytes, elem * 2^(e - 6) (``fold``) or elem * 2^e; NVFP4: (128,) E4M3 bytes, elem * s * 2^-7 (``fold``)
+  or elem * s; MXFP8 / MXINT8 / MXFP6: (64,) bytes, elem * 2^e. Exact where the result is a normal number
+  (XLA:CPU flushes subnormals)."""
+  nv, fp8, fp6 = _format_flags(fmt)
+  rows, nbytes = word_rows(fmt), (2 if nv else 1) * TILE_N
+  if words.shape != (rows, 32) or sbytes.shape != (nbytes,):
+    raise ValueError(f"words must be ({rows}, 32) and sbytes ({nbytes},) for {fmt}; got {words.shape} and "
+                     f"{sbytes.shape}")
   if fp8:  # word 4 i + 2 h + j, i = 32 w + 4 q + t: byte 2 gl + v is column 16 j + 8 gl + 2 t + v
     wd = words.reshape(4, 8, 4, 2, 2)                          # (w, q, t, h, j)
     code = jnp.stack([(wd >> (8 * b)) & 0xFF for b in range(4)]).reshape(2, 2, 4, 8, 4, 2, 2)  # (gl, v, w, q, t, h, j)
@@ -621,9 +626,9 @@ def wo_call(x, w: MgpuWeight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
 
   wgs = cfg.wgs
   per_wg = s // wgs
-  fold, nv, fp8, fp6 = w.fold_ok, w.nv, (w.fmt if w.fp8 else None), (w.fmt if w.fp6 else None)
-  scale = float(2.0 ** -(NV_SHIFT if nv else SHIFT)) if fold and not (fp8 or fp6) else 1.0
-  wr = word_rows(w.fmt)
+  fold, fmt, nv = w.fold_ok, w.fmt, w.nv
+  scale = float(2.0 ** -(NV_SHIFT if nv else SHIFT)) if fold and not (w.fp8 or w.fp6) else 1.0
+  wr = word_rows(fmt)
   sbytes = 128 if nv else 64  # scale bytes per (tile, 32-block)
 
   def kernel(x_g, w_g, s_g, *rest, **scratch):
@@ -694,12 +699,12 @@ def wo_call(x, w: MgpuWeight, *, config: MgpuWOConfig, out_dtype=jnp.bfloat16,
           a = plgpu.inline_mgpu(
               arg_types=(plgpu.RefType(), plgpu.RefType()),
               return_type=plgpu.ShapeDtypeStruct((TILE_N, BLOCK), bf16, layout=plgpu.Layout.WGMMA),
-          )(lambda _, wr_, sr, b=b: _decode_regs(wr_, sr, b, per_wg if wgs == 2 else 0, fold, nv, fp8,
-                                                              fp6))(w_s, s_s)
+          )(lambda _, wr_, sr, b=b: _decode_regs(wr_, sr, b, fmt, per_wg if wgs == 2 else 0,
+                                                              fold))(w_s, s_s)
           plgpu.wgmma(acc_ref, a, xb)
         else:
           aw = aq.at[lax.axis_index("wg")] if wgs == 2 else aq
-          aw[...] = decode_block_jnp(w_s[pl.ds(wr * (wg0 + b), wr), :], s_s[wg0 + b, :], fold, fp8, fp6)
+          aw[...] = decode_block_jnp(w_s[pl.ds(wr * (wg0 + b), wr), :], s_s[wg0 + b, :], fmt, fold)
           plgpu.commit_smem()
           plgpu.wgmma(acc_ref, aw, xb)
           plgpu.wgmma_wait(0)

@@ -124,15 +124,15 @@ def test_prepared_weight_shape_and_padding(weights):
   assert pw.nbytes == pw.words.size * 4 + pw.scales.size
 
 
-def _assert_blocks_decode(pw, deq, fold, fp8=None, fp6=None):
+def _assert_blocks_decode(pw, deq, fold):
   """decode_block_jnp of every (tile, 32-block) of a prepared weight equals the (N_p, K_p) float64 ``deq``."""
-  dec = jax.jit(wm.decode_block_jnp, static_argnums=(2, 3, 4))
+  dec = jax.jit(wm.decode_block_jnp, static_argnums=(2, 3))
   words, scales, s, r = np.asarray(pw.words), np.asarray(pw.scales), pw.steps, wm.word_rows(pw.fmt)
   for nt in range(pw.n_padded // 64):
     for kb in range(pw.k_padded // 32):
       ks, j = divmod(kb, s)
       w0 = (nt * s + j) * r
-      got = dec(words[ks, w0:w0 + r], scales[ks, nt * s + j], fold, fp8, fp6)
+      got = dec(words[ks, w0:w0 + r], scales[ks, nt * s + j], pw.fmt, fold)
       assert got.dtype == jnp.bfloat16
       np.testing.assert_array_equal(np.asarray(got, np.float64), deq[64 * nt:64 * nt + 64, 32 * kb:32 * kb + 32],
                                     err_msg=f"{pw.fmt} tile {nt} block {kb}")
@@ -369,16 +369,19 @@ def test_helper_validation(weights):
     wm.fold_ok_bytes(np.array([127], np.uint8), "nvfp4")
   with pytest.raises(ValueError, match="sb must be .N, K/16. and codes .N, K."):
     wm.nv_fold_ok(np.zeros((64, 2), np.uint8), np.zeros((64, 64), np.uint8))
-  with pytest.raises(ValueError, match="fp8 must be one of"):
-    wm.decode_block_jnp(jnp.zeros((16, 32), jnp.uint32), jnp.zeros((64,), jnp.uint8), True, "mxfp4_e2m1")
+  with pytest.raises(ValueError, match="fmt must be one of"):
+    wm.decode_block_jnp(jnp.zeros((16, 32), jnp.uint32), jnp.zeros((64,), jnp.uint8), "fp8_e4m3")
+  with pytest.raises(ValueError, match="words must be .8, 32. and sbytes .128,. for nvfp4"):
+    wm.decode_block_jnp(jnp.zeros((8, 32), jnp.uint32), jnp.zeros((64,), jnp.uint8), "nvfp4")
   with pytest.raises(ValueError, match="steps"):
     wm.max_rows(3)
   with pytest.raises(ValueError, match="codes must be"):
     wm.pack_words6(jnp.zeros((64, 96), jnp.uint8), 4)
-  with pytest.raises(ValueError, match="fp6 must be one of"):
-    wm.decode_block_jnp(jnp.zeros((12, 32), jnp.uint32), jnp.zeros((64,), jnp.uint8), True, None, "mxfp8_e4m3")
+  with pytest.raises(ValueError, match="words must be .16, 32."):
+    wm.decode_block_jnp(jnp.zeros((12, 32), jnp.uint32), jnp.zeros((64,), jnp.uint8), "mxfp8_e4m3")
   with pytest.raises(ValueError, match="words must be .12, 32."):
-    wm.decode_block_jnp(jnp.zeros((16, 32), jnp.uint32), jnp.zeros((64,), jnp.uint8), True, None, "mxfp6_e2m3")
+    wm.decode_block_jnp(jnp.zeros((16, 32), jnp.uint32), jnp.zeros((64,), jnp.uint8), "mxfp6_e2m3")
+  assert set(wm.FOLD_BYTES) == set(wm.FORMATS) - {"nvfp4"}
 
 
 def test_default_config_and_shared_memory():
@@ -577,7 +580,7 @@ def test_decode_block_jnp_fp8(fmt):
   assert pw.fp8 and pw.words.shape == (3, 4 * 16 * 4, 32) and pw.fold_ok
   deq = np.zeros((pw.n_padded, pw.k_padded), np.float64)
   deq[:N, :K] = np.asarray(mx_jax.dequantize(q, jnp.float32), np.float64)
-  _assert_blocks_decode(pw, deq, True, fmt)
+  _assert_blocks_decode(pw, deq, True)
 
 
 @pytest.mark.parametrize("fmt", FP8 + ["mxint8"])
@@ -727,7 +730,7 @@ def test_decode_block_jnp_fp6(fmt):
   assert pw.fp6 and not pw.fp8 and pw.words.shape == (3, 4 * 12 * 4, 32) and pw.fold_ok
   deq = np.zeros((pw.n_padded, pw.k_padded), np.float64)
   deq[:N, :K] = np.asarray(mx_jax.dequantize(q, jnp.float32), np.float64)
-  _assert_blocks_decode(pw, deq, True, None, fmt)
+  _assert_blocks_decode(pw, deq, True)
 
 
 @pytest.mark.parametrize("fmt", FP6)
