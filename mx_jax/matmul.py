@@ -110,9 +110,9 @@ def _check_q(q: Any, name: str) -> QArray:
   return q
 
 
-def _check_impl(impl: str, allowed=IMPLS):
+def _check_impl(impl: str, allowed=IMPLS, name: str = "impl"):
   if impl not in allowed:
-    raise ValueError(f"impl must be one of {allowed}; got {impl!r}")
+    raise ValueError(f"{name} must be one of {allowed}; got {impl!r}")
 
 
 def _resolve(impl: str, why_not: str | None) -> str:
@@ -255,10 +255,24 @@ def _mx_dot_general_body(lhs: QArray, rhs: QArray, dn, out_dtype, impl: str, con
 _mx_dot_general_jit = jax.jit(_mx_dot_general_body, static_argnums=(2, 3, 4, 5, 6))
 
 
-def prepare_weight_only(w: QArray):
-  """Re-lays out a (N, K) weight QArray once for ``mx_weight_only_matmul``'s kernel (FP4/FP6 in the kernel's
-  byte order, float32 transposed scales). Returns a ``kernels.mx_matmul.PreparedWeight`` pytree."""
-  return _glue().prepare_weight(_check_q(w, "w"))
+WO_LAYOUTS = ("auto", "wo_mgpu", "mx_matmul")
+
+
+def prepare_weight_only(w: QArray, *, kernel: str = "auto"):
+  """Re-lays out an (N, K) weight QArray once (eagerly) for ``mx_weight_only_matmul``.
+
+  kernel="wo_mgpu": ``kernels.wo_mgpu.MgpuWeight``, the Mosaic GPU kernel that decodes W in registers (MXFP4,
+  NVFP4, MXFP8, MXFP6, MXINT8 in their spec blocks along K; beyond ``wo_mgpu.KERNEL_ROWS`` rows the call decodes W
+  to bf16 once and runs XLA's bf16 GEMM). kernel="mx_matmul": ``kernels.mx_matmul.PreparedWeight`` (FP4/FP6 in
+  that kernel's byte order, float32 transposed scales). "auto": wo_mgpu on Hopper when it takes the weight,
+  mx_matmul otherwise."""
+  _check_impl(kernel, WO_LAYOUTS, "kernel")
+  w = _check_q(w, "w")
+  from kernels import wo_mgpu
+  takes = w.fmt in wo_mgpu.FORMATS and w.ndim == 2 and w.axis == 1 and w.block_size == wo_mgpu.FORMATS[w.fmt]
+  if kernel == "wo_mgpu" or (kernel == "auto" and takes and _glue().on_hopper()):
+    return wo_mgpu.prepare_weight_mgpu(w)
+  return _glue().prepare_weight(w)
 
 
 def mx_weight_only_matmul(x: jax.Array, w: Any, *, out_dtype: Any = jnp.bfloat16, impl: str = "auto",
@@ -270,9 +284,10 @@ def mx_weight_only_matmul(x: jax.Array, w: Any, *, out_dtype: Any = jnp.bfloat16
   impl="auto" on Hopper: the Triton kernel for up to WO_TRITON_MAX_M rows, the Mosaic kernel above.
   impl="triton": the Pallas Triton kernel (kernels/wo_triton.py), also picked for a
   ``kernels.wo_triton.prepare_weight_triton(w)`` weight under impl="auto".
-  A ``kernels.wo_mgpu.prepare_weight_mgpu(w)`` weight (MXFP4, NVFP4, MXFP8, MXFP6 or MXINT8) runs the Mosaic GPU kernel
-  (kernels/wo_mgpu.py: TMA producer warpgroup, decode into the wgmma registers, no split-K) under impl="auto"
-  or "mgpu"; ``config`` a ``kernels.wo_mgpu.MgpuWOConfig``.
+  A ``kernels.wo_mgpu.prepare_weight_mgpu(w)`` weight (MXFP4, NVFP4, MXFP8, MXFP6 or MXINT8; what
+  ``prepare_weight_only(w)`` gives on Hopper) runs the Mosaic GPU kernel (kernels/wo_mgpu.py: TMA producer
+  warpgroup, decode into the wgmma registers, no split-K) under impl="auto" or "mgpu", and beyond
+  ``wo_mgpu.KERNEL_ROWS`` rows W decoded to bf16 once + XLA's bf16 GEMM; ``config`` a ``kernels.wo_mgpu.MgpuWOConfig``.
   """
   _check_impl(impl, WO_IMPLS)
   x = jnp.asarray(x)

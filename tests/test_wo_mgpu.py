@@ -294,6 +294,25 @@ def test_dispatch(weights):
       mx_weight_only_matmul(x, pw, impl=impl, interpret=True)
 
 
+def test_prepare_weight_only_picks_this_kernel_on_hopper(weights, monkeypatch):
+  """mx_jax.prepare_weight_only: kernel="wo_mgpu" gives this kernel's layout (equal to prepare_weight_mgpu's);
+  "auto" gives it on Hopper, the mx_matmul layout off Hopper; a weight neither kernel takes is refused."""
+  from kernels import mx_matmul
+  q, pw = weights[True]
+  got = mx_jax.prepare_weight_only(q, kernel="wo_mgpu")
+  assert isinstance(got, wm.MgpuWeight) and got.steps == wm.MgpuWOConfig().steps and got.fold_ok
+  np.testing.assert_array_equal(np.asarray(got.words), np.asarray(wm.prepare_weight_mgpu(q).words))
+  assert isinstance(mx_jax.prepare_weight_only(q), mx_matmul.PreparedWeight)  # CPU
+  assert isinstance(mx_jax.prepare_weight_only(q, kernel="mx_matmul"), mx_matmul.PreparedWeight)
+  monkeypatch.setattr(mx_matmul, "on_hopper", lambda: True)
+  assert isinstance(mx_jax.prepare_weight_only(q), wm.MgpuWeight)
+  w16 = mx_jax.quantize(jnp.ones((64, 64)), "mxfp8_e4m3", axis=1, block_size=16)  # not the spec block
+  with pytest.raises(ValueError, match="does not take block_size 16"):
+    mx_jax.prepare_weight_only(w16)
+  with pytest.raises(ValueError, match="kernel must be one of"):
+    mx_jax.prepare_weight_only(q, kernel="triton")
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Validation and configs
 # ------------------------------------------------------------------------------------------------------------
@@ -779,3 +798,50 @@ def test_fold_ok_bytes_fp6():
 def test_kernel_interpret_fp6(fmt, big, cfg, m, packed):
   """MXFP6 through the kernel (a packed QArray too), folded and (scale bytes past the window) unfolded."""
   _check_kernel(_q6(fmt, big=big, packed=packed), big, cfg, m)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Beyond KERNEL_ROWS: the weight decoded to bf16 once, XLA's bf16 GEMM
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _any_fmt_weight(fmt, seed=3):
+  """(QArray, prepared steps=4 weight) of an (N, K) weight in ``fmt``, scales spread over many binades."""
+  w = jax.random.normal(jax.random.key(seed), (N, K), jnp.float32)
+  w = w * 2.0 ** jax.random.randint(jax.random.key(seed + 1), (N, 1), -20, 20).astype(jnp.float32)
+  q = mx_jax.quantize(w, fmt, axis=1)
+  return q, wm.prepare_weight_mgpu(q, steps=4)
+
+
+@pytest.mark.parametrize("fmt", sorted(wm.FORMATS))
+def test_decode_weight_and_dequant_path(fmt):
+  """decode_weight inverts the layout exactly (MX: the float64 dequantized QArray; NVFP4: E2M1 code * E4M3 scale,
+  the tensor scale left to the GEMM); past ``kernel_rows`` wo_matmul_mgpu runs x_bf16 @ it^T in FP32 (no
+  kernel: on CPU uninterpreted, only that path runs), NVFP4 times the tensor scale, leading dims kept."""
+  q, pw = _any_fmt_weight(fmt)
+  got = wm.decode_weight(pw)
+  assert got.shape == (N, K) and got.dtype == jnp.bfloat16
+  if fmt == "nvfp4":
+    codes = np.asarray(mx_jax.packing.element_codes(q)).astype(np.int64)
+    sb = np.asarray(jax.lax.bitcast_convert_type(q.scales, jnp.uint8))
+    want = E2M1_SIGNED[codes] * np.repeat(E4M3[sb], 16, axis=1)[:, :K]
+  else:
+    want = np.asarray(mx_jax.dequantize(q, jnp.float32), np.float64)
+  np.testing.assert_array_equal(np.asarray(got, np.float64), want)
+  x = _x(6).reshape(2, 3, K)
+  out = wm.wo_matmul_mgpu(x, pw, out_dtype=jnp.float32, kernel_rows=5)
+  assert out.shape == (2, 3, N)
+  _check(out.reshape(6, N), x.reshape(6, K), q)
+
+
+def test_dequant_path_by_default_beyond_kernel_rows(weights):
+  """KERNEL_ROWS + 1 rows take the bf16 GEMM path by default (the uninterpreted kernel cannot run on CPU);
+  kernel_rows is validated."""
+  q, pw = weights[True]
+  x = _x(wm.KERNEL_ROWS + 1)
+  _check(wm.wo_matmul_mgpu(x, pw, out_dtype=jnp.float32), x, q)
+  for bad in (-1, 2.0, "8"):
+    with pytest.raises(ValueError, match="kernel_rows must be"):
+      wm.wo_matmul_mgpu(x, pw, kernel_rows=bad)
+  with pytest.raises(TypeError, match="w must be a prepare_weight_mgpu"):
+    wm.decode_weight(q)

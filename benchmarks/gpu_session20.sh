@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Session 20 device calls.
+# 1) weight-only at many rows: the Mosaic GPU kernel vs W decoded to bf16 once + XLA's bf16 GEMM vs bf16, for a
+#    prepare_weight_only(w) weight (the crossover that sets wo_mgpu.KERNEL_ROWS), MXFP4 and MXFP8.
+# 2) the same for NVFP4 and MXFP6 (E2M3), fewer rows.
+# OUT=$OUT bash benchmarks/gpu_session20.sh N
+cd "$(dirname "$0")/.."
+. benchmarks/gpu_env.sh
+git log -1 --format='commit %h %s' 2>/dev/null || true
+case "${1:-1}" in
+  1) timeout 560 python3 benchmarks/bench_wo_large_m.py --fmts mxfp4_e2m1,mxfp8_e4m3 --ms 128,192,256,512,2048 \
+       --budget 540 --out "$OUT" ;;
+  2) timeout 560 python3 benchmarks/bench_wo_large_m.py --fmts nvfp4,mxfp6_e2m3 --ms 128,192,256,1024 \
+       --budget 540 --out "$OUT" ;;
+esac
