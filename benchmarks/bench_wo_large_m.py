@@ -63,11 +63,13 @@ def main():
     open(bw.LOG_PATH, "w").close()
   k = n = 8192
   ms = [int(v) for v in args.ms.split(",")]
-  copies, interpret = 2, False
+  # A weight copy per call: with fewer, XLA's CSE and dot merger fold the calls sharing one weight into a
+  # single decode and GEMM (session 20 call 1 with 2 copies: bf16 at M = 128 read 5.8 TB/s).
+  copies, interpret = bw.COPIES, False
   if args.smoke:
     bw.INTERPRET = interpret = True
     bw.REPS, bw.WALL_RUNS = 2, 2
-    k, n, ms = 256, 128, [8, 24]
+    k, n, ms, copies = 256, 128, [8, 24], 2
   dev = jax.devices()[0]
   bw.log(f"bench_wo_large_m: {dev.device_kind} ({dev.platform}), jax {jax.__version__}, K={k} N={n}, Ms {ms}, "
          f"KERNEL_ROWS={wm.KERNEL_ROWS}, REPS={bw.REPS}, {copies} weight copies")

@@ -3,10 +3,10 @@
 # 1) weight-only at many rows: the Mosaic GPU kernel vs W decoded to bf16 once + XLA's bf16 GEMM vs bf16, for a
 #    prepare_weight_only(w) weight (the crossover that sets wo_mgpu.KERNEL_ROWS), MXFP4 and MXFP8.
 # 2) the same for NVFP4 and MXFP6 (E2M3), fewer rows.
-# OUT=$OUT bash benchmarks/gpu_session20.sh N
+# COMMIT=<short hash> OUT=$OUT bash benchmarks/gpu_session20.sh N   (the device's .git is not this checkout's)
 cd "$(dirname "$0")/.."
 . benchmarks/gpu_env.sh
-git log -1 --format='commit %h %s' 2>/dev/null || true
+echo "code of commit ${COMMIT:-?}"
 case "${1:-1}" in
   1) timeout 560 python3 benchmarks/bench_wo_large_m.py --fmts mxfp4_e2m1,mxfp8_e4m3 --ms 128,192,256,512,2048 \
        --budget 540 --out "$OUT" ;;
