@@ -6,8 +6,9 @@
 For a ``mx_jax.prepare_weight_only(w)`` weight (on Hopper: ``kernels.wo_mgpu.MgpuWeight``), K = N = 8192, one
 process, timed as ``bench_wo.py`` does (one jit of 16 calls, each with its own x and weight copy; device µs from
 the profiler), at each M: bf16 ``x @ W^T``; the kernel forced (``kernel_rows`` huge); the decode-then-bf16-GEMM
-path forced (``kernel_rows=0``: ``decode_weight`` + XLA's GEMM); the public call with its default
-(``KERNEL_ROWS``). First, ``decode_weight`` against ``mx_jax.dequantize`` (must be equal) and the public call
+path forced (``kernel_rows=0``: ``wo_mgpu_decode.decode_weight`` + XLA's GEMM); the public call with its default
+(``KERNEL_ROWS``); the decode kernel alone (bytes: the weight read, bf16 written). First, ``decode_weight``
+against ``mx_jax.dequantize`` (must be equal; also for every format of ``--check-fmts``) and the public call
 against XLA's reference at the smallest and largest M.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np  # noqa: E402
 import mx_jax  # noqa: E402
 from benchmarks import bench_wo as bw  # noqa: E402
 from kernels import wo_mgpu as wm  # noqa: E402
+from kernels import wo_mgpu_decode as wmd  # noqa: E402
 from mx_jax.matmul import mx_weight_only_matmul  # noqa: E402
 
 HUGE = 1 << 30
@@ -33,7 +35,7 @@ HUGE = 1 << 30
 
 def check(fmt, q, pw, xs, interpret):
   """decode_weight == dequantize (NVFP4: times the tensor scale) and the public call vs XLA at each x."""
-  got = np.asarray(wm.decode_weight(pw), np.float64)
+  got = np.asarray(wmd.decode_weight(pw, interpret=interpret), np.float64)
   if fmt == "nvfp4":
     got = got * float(q.tensor_scale)
   want = np.asarray(mx_jax.dequantize(q, jnp.float32), np.float64)
@@ -55,6 +57,7 @@ def main():
   p.add_argument("--smoke", action="store_true")
   p.add_argument("--fmts", default="mxfp4_e2m1,mxfp8_e4m3")
   p.add_argument("--ms", default="64,128,192,256,384,512,1024,4096")
+  p.add_argument("--check-fmts", default="", help="formats whose decode_weight is only checked (all: 'all')")
   args = p.parse_args()
   bw.BUDGET_S = args.budget
   if args.out:
@@ -75,6 +78,11 @@ def main():
          f"KERNEL_ROWS={wm.KERNEL_ROWS}, REPS={bw.REPS}, {copies} weight copies")
   summary = []
   try:
+    cf = sorted(wm.FORMATS) if args.check_fmts == "all" else [f for f in args.check_fmts.split(",") if f]
+    for fmt in cf:
+      bw.log(f"\n== check {fmt}")
+      q = bw.quantized_copies(fmt, n, k, 1)[0]
+      check(fmt, q, mx_jax.prepare_weight_only(q, kernel="wo_mgpu"), [], interpret)
     for fmt in args.fmts.split(","):
       bw.log(f"\n== {fmt}")
       qs = bw.quantized_copies(fmt, n, k, copies)
@@ -84,6 +92,8 @@ def main():
       wb = [mx_jax.dequantize(q, jnp.bfloat16) for q in qs]
       xs = {m: jax.random.normal(jax.random.key(m), (m, k), jnp.float32).astype(jnp.bfloat16) for m in ms}
       check(fmt, qs[0], pws[0], [xs[ms[0]], xs[ms[-1]]], interpret)
+      d, w_ = bw.measure(lambda x, w: wmd.decode_weight(w, interpret=interpret), xs[ms[0]], pws)
+      bw.log(bw.row(f"{fmt} decode_weight alone (N, K) bf16", d, w_, pws[0].nbytes + n * k * 2))
       for m in ms:
         bw.guard(20)
         x = xs[m]

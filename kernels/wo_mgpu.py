@@ -551,28 +551,6 @@ def decode_block_jnp(words, sbytes, fmt: str = "mxfp4_e2m1", fold: bool = True):
   return jnp.where((sb == 255)[:, None], jnp.nan, val).astype(jnp.bfloat16)
 
 
-def decode_weight(w: MgpuWeight) -> jax.Array:
-  """The whole (N, K) weight as bf16 from the kernel's layout: every (tile, block) by ``decode_block_jnp``
-  unfolded, elem * 2^e (NVFP4: elem * s; its FP32 tensor scale is not applied). One XLA fusion, no host work."""
-  if not isinstance(w, MgpuWeight):
-    raise TypeError(f"w must be a prepare_weight_mgpu(...) result; got {type(w).__name__}")
-  s, r, nt = w.steps, word_rows(w.fmt), w.n_padded // TILE_N
-  words = w.words.reshape(-1, nt, s, r, 32)                     # (ks, tile, block of the step, r, 32)
-  sbytes = w.scales.reshape(words.shape[0], nt, s, -1)
-  dec = jax.vmap(jax.vmap(jax.vmap(functools.partial(decode_block_jnp, fmt=w.fmt, fold=False))))
-  full = dec(words, sbytes).transpose(1, 3, 0, 2, 4).reshape(w.n_padded, w.k_padded)
-  return full[:w.n, :w.k]
-
-
-def _dequant_matmul(x2: jax.Array, w: MgpuWeight, out_dtype) -> jax.Array:
-  """x2 (M, K) bf16 @ ``decode_weight(w)``^T with FP32 accumulation (XLA's bf16 GEMM), times NVFP4's tensor
-  scale: the kernel's arithmetic, for M beyond ``KERNEL_ROWS``."""
-  acc = lax.dot_general(x2, decode_weight(w), (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-  if w.nv:
-    acc = acc * w.tensor_scale[0]
-  return acc.astype(out_dtype)
-
-
 def _store_transposed(acc, o_ref, out_dtype, scale: float, add_ref=None, ts_ref=None):
   """inline_mgpu body: ((64, Mp) FP32 WGMMA_LAYOUT accumulator [+ add_ref (Mp, 64) FP32, transposed]) * scale
   [* ts_ref[0], NVFP4's tensor scale] -> o_ref (Mp, 64)."""
@@ -759,8 +737,8 @@ def wo_matmul_mgpu(x: jax.Array, w: MgpuWeight, *, out_dtype=jnp.bfloat16,
   """(..., N) = x (..., K) @ W^T for a ``prepare_weight_mgpu`` weight; x rounded to bf16, FP32 accumulation.
 
   Beyond ``kernel_rows`` x rows (default ``KERNEL_ROWS``), where the kernel is slower than a bf16 GEMM, the
-  weight is decoded to bf16 once (``decode_weight``) and XLA's bf16 GEMM runs: same products, same FP32
-  accumulation. Otherwise one kernel call. Up to ``ONE_TILE_ROWS`` rows (or ``row_tile``) run in one row tile of M rounded up to 8
+  weight is decoded to bf16 once (``wo_mgpu_decode.decode_weight``, a Mosaic GPU kernel with the same decode)
+  and XLA's bf16 GEMM runs: same products, same FP32 accumulation. Otherwise one kernel call. Up to ``ONE_TILE_ROWS`` rows (or ``row_tile``) run in one row tile of M rounded up to 8
   without padding x; more rows run in tiles of ``row_tile`` (default ``ROW_TILE``; a multiple of 8, at most
   ``max_rows(w.steps)``) side by side in the grid, x padded to whole tiles (no pad or slice when M is a
   multiple of the tile). ``config`` defaults to ``default_config``. Runs on Hopper (Mosaic GPU), or in the
@@ -785,7 +763,8 @@ def wo_matmul_mgpu(x: jax.Array, w: MgpuWeight, *, out_dtype=jnp.bfloat16,
   if kernel_rows is not None and not (isinstance(kernel_rows, int) and kernel_rows >= 0):
     raise ValueError(f"kernel_rows must be a non-negative int or None; got {kernel_rows!r}")
   if m > (KERNEL_ROWS if kernel_rows is None else kernel_rows):
-    return _dequant_matmul(x2, w, out_dtype).reshape(lead + (w.n,))
+    from kernels.wo_mgpu_decode import dequant_matmul  # (imports this module)
+    return dequant_matmul(x2, w, out_dtype, interpret).reshape(lead + (w.n,))
   top = max_rows(w.steps, w.fmt)
   if row_tile is not None and not (isinstance(row_tile, int) and 8 <= row_tile <= top and row_tile % 8 == 0):
     raise ValueError(f"row_tile must be a multiple of 8 in 8..{top} (max_rows at steps={w.steps}); got {row_tile!r}")

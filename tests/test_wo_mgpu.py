@@ -23,6 +23,7 @@ import pytest  # noqa: E402
 
 import mx_jax  # noqa: E402
 from kernels import wo_mgpu as wm  # noqa: E402
+from kernels import wo_mgpu_decode as wmd  # noqa: E402
 from mx_jax.matmul import mx_weight_only_matmul  # noqa: E402
 
 from ptx_interp import run_ptx  # noqa: E402
@@ -813,13 +814,13 @@ def _any_fmt_weight(fmt, seed=3):
   return q, wm.prepare_weight_mgpu(q, steps=4)
 
 
-@pytest.mark.parametrize("fmt", sorted(wm.FORMATS))
+@pytest.mark.parametrize("fmt", ["mxfp4_e2m1", "nvfp4", "mxfp6_e2m3", "mxfp8_e5m2"])  # 8, 12, 16 word rows; 128 bytes
 def test_decode_weight_and_dequant_path(fmt):
-  """decode_weight inverts the layout exactly (MX: the float64 dequantized QArray; NVFP4: E2M1 code * E4M3 scale,
-  the tensor scale left to the GEMM); past ``kernel_rows`` wo_matmul_mgpu runs x_bf16 @ it^T in FP32 (no
-  kernel: on CPU uninterpreted, only that path runs), NVFP4 times the tensor scale, leading dims kept."""
+  """The decode kernel (interpreted) inverts the layout exactly (MX: the float64 dequantized QArray; NVFP4: E2M1
+  code * E4M3 scale, the tensor scale left to the GEMM), every element written (N, K not tile multiples); past
+  ``kernel_rows`` wo_matmul_mgpu runs x_bf16 @ it^T in FP32, NVFP4 times the tensor scale, leading dims kept."""
   q, pw = _any_fmt_weight(fmt)
-  got = wm.decode_weight(pw)
+  got = wmd.decode_weight(pw, interpret=True)
   assert got.shape == (N, K) and got.dtype == jnp.bfloat16
   if fmt == "nvfp4":
     codes = np.asarray(mx_jax.packing.element_codes(q)).astype(np.int64)
@@ -829,19 +830,27 @@ def test_decode_weight_and_dequant_path(fmt):
     want = np.asarray(mx_jax.dequantize(q, jnp.float32), np.float64)
   np.testing.assert_array_equal(np.asarray(got, np.float64), want)
   x = _x(6).reshape(2, 3, K)
-  out = wm.wo_matmul_mgpu(x, pw, out_dtype=jnp.float32, kernel_rows=5)
+  out = wm.wo_matmul_mgpu(x, pw, out_dtype=jnp.float32, kernel_rows=5, interpret=True)
   assert out.shape == (2, 3, N)
   _check(out.reshape(6, N), x.reshape(6, K), q)
 
 
-def test_dequant_path_by_default_beyond_kernel_rows(weights):
-  """KERNEL_ROWS + 1 rows take the bf16 GEMM path by default (the uninterpreted kernel cannot run on CPU);
-  kernel_rows is validated."""
+def test_dequant_path_by_default_beyond_kernel_rows(weights, monkeypatch):
+  """KERNEL_ROWS + 1 rows take the decode + bf16 GEMM path by default (the decode stubbed by XLA's dequantize: the
+  kernel is tested above); kernel_rows and decode_weight's w are validated."""
   q, pw = weights[True]
+  with pytest.raises(TypeError, match="w must be a prepare_weight_mgpu"):
+    wmd.decode_weight(q)
   x = _x(wm.KERNEL_ROWS + 1)
+  calls = []
+
+  def stub(w, interpret):
+    calls.append(w)
+    return mx_jax.dequantize(q, jnp.bfloat16)
+
+  monkeypatch.setattr(wmd, "decode_weight", stub)
   _check(wm.wo_matmul_mgpu(x, pw, out_dtype=jnp.float32), x, q)
+  assert len(calls) == 1
   for bad in (-1, 2.0, "8"):
     with pytest.raises(ValueError, match="kernel_rows must be"):
       wm.wo_matmul_mgpu(x, pw, kernel_rows=bad)
-  with pytest.raises(TypeError, match="w must be a prepare_weight_mgpu"):
-    wm.decode_weight(q)
