@@ -108,6 +108,8 @@ ONE_TILE_ROWS = 48  # up to this many rows (rounded up to 8), one row tile (sess
 ROW_TILE = 32      # x rows per CTA beyond that: row tiles side by side, 4 stages + multicast (M = 64: 33.8 us
                    # against 37.0 as one 64-row tile with 2 stages; M = 128: 65.2 against 88.8 as 72 + 56 rows)
 KERNEL_ROWS = 192  # beyond this many x rows, wo_matmul_mgpu decodes W to bf16 once and runs XLA's bf16 GEMM
+                   # (session 20, K = N = 8192: the two paths tie at 256 rows for MXFP4 / NVFP4, MXFP8 between
+                   # 192 and 256; at 2048 rows the decode path is 2.2-2.8x faster than the kernel)
 SMEM_LIMIT = 220 * 1024  # of the H100's 227 KB per CTA (the pipeline's barriers need a little)
 
 
