@@ -5,6 +5,7 @@
 #    copies: XLA merged the GEMMs) and run 2 (the decode in jnp: 175-580 us) at 0754dbe / a75303a; since then the
 #    decode is a Mosaic GPU kernel (kernels/wo_mgpu_decode.py) and every format's decode is checked first.
 # 2) the rows call 1 left out (MXFP8 at 512 and 2048 rows) and NVFP4 / MXFP6 E2M3 at 256 and 2048 rows.
+# 3) mx_jax.flax.weight_only_model on a 4 x Dense(8192) bf16 MLP against the bf16 model (M = 1, 16, 64, 1024).
 # COMMIT=<short hash> OUT=$OUT bash benchmarks/gpu_session20.sh N   (the device's .git is not this checkout's)
 cd "$(dirname "$0")/.."
 . benchmarks/gpu_env.sh
@@ -15,4 +16,5 @@ case "${1:-1}" in
   2) timeout 300 python3 benchmarks/bench_wo_large_m.py --fmts mxfp8_e4m3 --ms 512,2048 --budget 280 --out "$OUT/fp8"
      timeout 260 python3 benchmarks/bench_wo_large_m.py --fmts nvfp4,mxfp6_e2m3 --ms 256,2048 --budget 240 \
        --out "$OUT/nv_fp6" ;;
+  3) timeout 500 python3 benchmarks/bench_flax_weight_only.py --out "$OUT" ;;
 esac

@@ -42,9 +42,9 @@ multiply by 2^(e - 127 + r) finishes when every scale byte is in ``FP6_FOLD_BYTE
 
 A thread's two words are one 8-byte shared-memory load, its two scale bytes (rows r, r + 8; byte order 16 w +
 2 q + h) one 2-byte load (NVFP4: four bytes, byte 32 w + 4 q + 2 h + c for 16-block c of the 32-block, one
-4-byte load). Stored as words (K_p / (32 S), N_p / 64 * 8 S (FP6 12 S, FP8 16 S), 32) and scales (K_p / (32 S), N_p / 64 *
-S, 64 or 128): S blocks per pipeline step, one contiguous run per (step, tile), the tiles of a step adjacent (the
-group-major order of session 10).
+4-byte load). Stored as words (K_p / (32 S), N_p / 64 * 8 S (FP6 12 S, FP8 16 S), 32) and scales
+(K_p / (32 S), N_p / 64 * S, 64 or 128): S blocks per pipeline step, one contiguous run per (step, tile), the
+tiles of a step adjacent (the group-major order of session 10).
 
 The FP32 accumulator is written transposed (x rows major) through shared memory and one TMA store per CTA,
 so the result is (Mp, N) with no transpose kernel. ``interpret=True`` (CPU tests) decodes with jnp from the
@@ -740,10 +740,10 @@ def wo_matmul_mgpu(x: jax.Array, w: MgpuWeight, *, out_dtype=jnp.bfloat16,
 
   Beyond ``kernel_rows`` x rows (default ``KERNEL_ROWS``), where the kernel is slower than a bf16 GEMM, the
   weight is decoded to bf16 once (``wo_mgpu_decode.decode_weight``, a Mosaic GPU kernel with the same decode)
-  and XLA's bf16 GEMM runs: same products, same FP32 accumulation. Otherwise one kernel call. Up to ``ONE_TILE_ROWS`` rows (or ``row_tile``) run in one row tile of M rounded up to 8
-  without padding x; more rows run in tiles of ``row_tile`` (default ``ROW_TILE``; a multiple of 8, at most
-  ``max_rows(w.steps)``) side by side in the grid, x padded to whole tiles (no pad or slice when M is a
-  multiple of the tile). ``config`` defaults to ``default_config``. Runs on Hopper (Mosaic GPU), or in the
+  and XLA's bf16 GEMM runs: same products, same FP32 accumulation. Otherwise one kernel call. Up to
+  ``ONE_TILE_ROWS`` rows (or ``row_tile``) run in one row tile of M rounded up to 8 without padding x; more rows
+  run in tiles of ``row_tile`` (default ``ROW_TILE``; a multiple of 8, at most ``max_rows(w.steps)``) side by
+  side in the grid, x padded to whole tiles (no pad or slice when M is a multiple of the tile). ``config`` defaults to ``default_config``. Runs on Hopper (Mosaic GPU), or in the
   Pallas interpreter with ``interpret=True``."""
   if not isinstance(w, MgpuWeight):
     raise TypeError(f"w must be a prepare_weight_mgpu(...) result; got {type(w).__name__}")

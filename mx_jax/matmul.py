@@ -287,7 +287,8 @@ def mx_weight_only_matmul(x: jax.Array, w: Any, *, out_dtype: Any = jnp.bfloat16
   A ``kernels.wo_mgpu.prepare_weight_mgpu(w)`` weight (MXFP4, NVFP4, MXFP8, MXFP6 or MXINT8; what
   ``prepare_weight_only(w)`` gives on Hopper) runs the Mosaic GPU kernel (kernels/wo_mgpu.py: TMA producer
   warpgroup, decode into the wgmma registers, no split-K) under impl="auto" or "mgpu", and beyond
-  ``wo_mgpu.KERNEL_ROWS`` rows W decoded to bf16 once + XLA's bf16 GEMM; ``config`` a ``kernels.wo_mgpu.MgpuWOConfig``.
+  ``wo_mgpu.KERNEL_ROWS`` rows W decoded to bf16 once + XLA's bf16 GEMM; ``config`` a
+  ``kernels.wo_mgpu.MgpuWOConfig``.
   """
   _check_impl(impl, WO_IMPLS)
   x = jnp.asarray(x)

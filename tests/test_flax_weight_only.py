@@ -1,0 +1,122 @@
+"""mx_jax.flax.weight_only: an unmodified linen model's Dense layers run weight-only (CPU: the XLA path).
+
+Reference: the same model applied with each selected kernel replaced by its quantize -> dequantize round trip,
+computed in float64 numpy from the float32 activations (the weight-only path multiplies x by the dequantized
+weight at FP32: relative 1e-5 of sum |x||W|)."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mx_jax
+from kernels import mx_matmul
+from kernels import wo_mgpu as wm
+from mx_jax.flax.weight_only import WEIGHTS, weight_only_model
+
+
+class MLP(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    h = nn.gelu(nn.Dense(64, name="up")(x))
+    h = nn.LayerNorm(name="ln")(h)
+    return nn.Dense(40, use_bias=False, name="down")(h)
+
+
+class Block(nn.Module):  # nested paths, a Dense called twice, and a non-Dense layer with a 'kernel' (Conv)
+  @nn.compact
+  def __call__(self, x):
+    mlp = MLP(name="mlp")
+    y = mlp(x[..., :96]) + mlp(x[..., 34:]) + nn.Dense(40, name="skip")(x)
+    return nn.Conv(8, (1,), name="conv")(y)
+
+
+def _x(shape, seed=0):
+  return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+
+
+def _init(model, x, seed):
+  """The model's variables with random (nonzero) biases."""
+  v = model.init(jax.random.key(seed), x)
+  leaves, tree = jax.tree_util.tree_flatten_with_path(v)
+  keys = iter(jax.random.split(jax.random.key(seed + 100), len(leaves)))
+  return jax.tree_util.tree_unflatten(tree, [
+      jax.random.normal(next(keys), l.shape, l.dtype) if str(path[-1]) == "['bias']" else l for path, l in leaves])
+
+
+def _fq(kernel, fmt):
+  """The kernel (K, N) after the weight-only path's quantization (along K) and dequantization."""
+  q = mx_jax.quantize(jnp.asarray(kernel, jnp.float32).T, fmt, axis=1)
+  return mx_jax.dequantize(q, jnp.float32).T
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4_e2m1", "nvfp4", "mxfp8_e4m3"])
+def test_weight_only_model_matches_fake_quant_reference(fmt):
+  model = Block()
+  x = _x((2, 5, 130))
+  variables = _init(model, x, 1)
+  wo = weight_only_model(model, fmt)
+  wvars = wo.prepare(variables, x)
+  assert sorted(wvars[WEIGHTS]) == ["mlp/down", "mlp/up", "skip"]  # not the Conv
+  p = wvars["params"]
+  assert "kernel" not in p["mlp"]["up"] and "bias" in p["mlp"]["up"] and "kernel" not in p["skip"]
+  assert "kernel" in p["conv"] and "kernel" in variables["params"]["skip"]  # the input is not edited
+  assert all(isinstance(w, mx_jax.QArray) and w.fmt == fmt for w in wvars[WEIGHTS].values())  # CPU
+  got = jax.jit(wo.apply)(wvars, x)
+  vp = variables["params"]
+  ref_params = {**vp, "skip": {**vp["skip"], "kernel": _fq(vp["skip"]["kernel"], fmt)},
+                "mlp": {**vp["mlp"], "up": {**vp["mlp"]["up"], "kernel": _fq(vp["mlp"]["up"]["kernel"], fmt)},
+                        "down": {"kernel": _fq(vp["mlp"]["down"]["kernel"], fmt)}}}
+  want = jax.jit(model.apply)({"params": ref_params}, x)
+  plain = model.apply(variables, x)
+  assert got.shape == want.shape == (2, 5, 8)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=2e-4)
+  assert np.abs(np.asarray(got) - np.asarray(plain)).max() > 1e-3  # the quantization is really applied
+
+
+def test_include_exclude_and_dtype():
+  model = MLP()
+  x = _x((3, 96)).astype(jnp.bfloat16)
+  variables = _init(model, x, 2)
+  wo = weight_only_model(model, "mxfp4_e2m1", exclude=["down"])
+  wvars = wo.prepare(variables, x)
+  assert list(wvars[WEIGHTS]) == ["up"] and "kernel" in wvars["params"]["down"]
+  y = wo.apply(wvars, x)
+  assert y.dtype == model.apply(variables, x).dtype
+  ref = dict(variables["params"], up={**variables["params"]["up"], "kernel": _fq(variables["params"]["up"]["kernel"],
+                                                                                  "mxfp4_e2m1")})
+  np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(model.apply({"params": ref}, x), np.float32),
+                             rtol=3e-2, atol=3e-2)  # bf16 activations and output
+  assert weight_only_model(model, include=["up"]).dense_paths(variables, x) == ["up"]
+
+
+def test_prepare_on_hopper_gives_the_kernel_layout(monkeypatch):
+  model = MLP()
+  x = _x((4, 96))
+  variables = model.init(jax.random.key(3), x)
+  monkeypatch.setattr(mx_matmul, "on_hopper", lambda: True)
+  wvars = weight_only_model(model, "mxfp6_e2m3").prepare(variables, x)
+  assert all(isinstance(w, wm.MgpuWeight) and w.fmt == "mxfp6_e2m3" for w in wvars[WEIGHTS].values())
+  assert wvars[WEIGHTS]["up"].shape == (64, 96)
+
+
+def test_validation():
+  model = MLP()
+  x = _x((2, 96))
+  variables = model.init(jax.random.key(4), x)
+  with pytest.raises(TypeError, match="model must be a flax.linen Module"):
+    weight_only_model("mlp")
+  with pytest.raises(ValueError, match="fmt must be a weight-only format"):
+    weight_only_model(model, "fp8_e4m3")
+  with pytest.raises(TypeError, match="exclude must be a sequence"):
+    weight_only_model(model, exclude="down")
+  wo = weight_only_model(model)
+  with pytest.raises(TypeError, match="variables must be the model's variables"):
+    wo.prepare(variables["params"], x)
+  with pytest.raises(ValueError, match="no nn.Dense layer matched"):
+    weight_only_model(model, include=["nothing"]).prepare(variables, x)
+  wvars = wo.prepare(variables, x)
+  with pytest.raises(ValueError, match="prepare\\(\\) runs once"):
+    wo.prepare(wvars, x)
+  with pytest.raises(ValueError, match="variables must come from prepare"):
+    wo.apply(variables, x)
