@@ -23,16 +23,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import mx_jax  # noqa: E402
+from benchmarks import bench_wo as bw  # noqa: E402
 from benchmarks.profile_util import top_kernels  # noqa: E402
 from mx_jax.flax.weight_only import WEIGHTS, weight_only_model  # noqa: E402
 
-LOG = []
-
-
-def log(*a):
-  s = " ".join(str(v) for v in a)
-  print(s, flush=True)
-  LOG.append(s)
+log = bw.log
 
 
 class MLP(nn.Module):
@@ -62,6 +57,7 @@ def main():
   p.add_argument("--ms", default="1,16,64,1024")
   p.add_argument("--fmts", default="mxfp4_e2m1,nvfp4,mxfp8_e4m3")
   args = p.parse_args()
+  bw.start_log(args.out, "bench_flax_weight_only.log")
   width, ms = args.width, [int(v) for v in args.ms.split(",")]
   if args.smoke:
     width, ms = 256, [4, 40]
@@ -95,10 +91,6 @@ def main():
       t = device_us(run, wvars, xs[m]) if dev.platform == "gpu" else float("nan")
       log(f"  {fmt:<11s} M={m:<5d} {t:8.1f} us  {t_bf16[m] / t:5.2f}x bf16 model   vs fake-quant bf16 model: "
           f"max |diff| / max |ref| {err:.2e}")
-  if args.out:
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "bench_flax_weight_only.log"), "w") as f:
-      f.write("\n".join(LOG) + "\n")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,25 @@ def log(*a):
       f.write(s + "\n")
 
 
+def arg_parser(doc: str) -> argparse.ArgumentParser:
+  """The weight-only benchmarks' shared options: --out (log folder), --budget (seconds), --smoke (CPU dry run)."""
+  p = argparse.ArgumentParser(description=doc.split("\n")[0])
+  p.add_argument("--out", default=None)
+  p.add_argument("--budget", type=float, default=1e9)
+  p.add_argument("--smoke", action="store_true")
+  return p
+
+
+def start_log(out: str | None, name: str, budget: float = 1e9) -> None:
+  """Sets the time budget and, with ``out``, logs to a fresh ``out/name``."""
+  global LOG_PATH, BUDGET_S
+  BUDGET_S = budget
+  if out:
+    os.makedirs(out, exist_ok=True)
+    LOG_PATH = os.path.join(out, name)
+    open(LOG_PATH, "w").close()
+
+
 def guard(need_s: float = 0.0):
   if time.time() - T_START + need_s > BUDGET_S:
     raise OutOfTime(f"time budget of {BUDGET_S:.0f} s: {time.time() - T_START:.0f} s used, not enough left for "

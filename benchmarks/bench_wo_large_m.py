@@ -13,7 +13,6 @@ against XLA's reference at the smallest and largest M.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import traceback
@@ -51,19 +50,12 @@ def check(fmt, q, pw, xs, interpret):
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--out", default=None)
-  p.add_argument("--budget", type=float, default=1e9)
-  p.add_argument("--smoke", action="store_true")
+  p = bw.arg_parser(__doc__)
   p.add_argument("--fmts", default="mxfp4_e2m1,mxfp8_e4m3")
   p.add_argument("--ms", default="64,128,192,256,384,512,1024,4096")
   p.add_argument("--check-fmts", default="", help="formats whose decode_weight is only checked (all: 'all')")
   args = p.parse_args()
-  bw.BUDGET_S = args.budget
-  if args.out:
-    os.makedirs(args.out, exist_ok=True)
-    bw.LOG_PATH = os.path.join(args.out, "bench_wo_large_m.log")
-    open(bw.LOG_PATH, "w").close()
+  bw.start_log(args.out, "bench_wo_large_m.log", args.budget)
   k = n = 8192
   ms = [int(v) for v in args.ms.split(",")]
   # A weight copy per call: with fewer, XLA's CSE and dot merger fold the calls sharing one weight into a

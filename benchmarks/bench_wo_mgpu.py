@@ -14,7 +14,6 @@ Triton kernel's default in the same process.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -126,10 +125,7 @@ def extras(x, qs, weights, base, tri_t, nbytes, interpret):
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--out", default=None)
-  p.add_argument("--budget", type=float, default=1e9)
-  p.add_argument("--smoke", action="store_true")
+  p = bw.arg_parser(__doc__)
   p.add_argument("--ms", default="16,1,2,4,8,32,64,128")
   p.add_argument("--anchor", type=int, default=16)
   p.add_argument("--top", type=int, default=2)
@@ -139,11 +135,7 @@ def main():
   args = p.parse_args()
   global FMT
   FMT = args.fmt
-  bw.BUDGET_S = args.budget
-  if args.out:
-    os.makedirs(args.out, exist_ok=True)
-    bw.LOG_PATH = os.path.join(args.out, "bench_wo_mgpu.log")
-    open(bw.LOG_PATH, "w").close()
+  bw.start_log(args.out, "bench_wo_mgpu.log", args.budget)
   k = n = 8192
   ms = [int(v) for v in args.ms.split(",")]
   cfgs = configs() if args.cfgs == "all" else [configs()[int(i)] for i in args.cfgs.split(",")]
