@@ -32,9 +32,10 @@ def _path(mod: nn.Module) -> str:
 
 
 class WeightOnlyModel:
-  """A linen model whose ``nn.Dense`` layers (2-D kernels) run weight-only in ``fmt``: layers chosen by path
-  (fnmatch patterns on "/"-joined module names): every Dense matching ``include`` (default: all) and no
-  ``exclude`` pattern. ``prepare`` quantizes once; ``apply`` has the wrapped model's signature."""
+  """A linen model whose ``nn.Dense`` layers (exactly that class: a subclass may compute something else) run
+  weight-only in ``fmt``: layers chosen by path (fnmatch patterns on "/"-joined module names), every Dense
+  matching ``include`` (default: all) and no ``exclude`` pattern. ``prepare`` quantizes once; ``apply`` has the
+  wrapped model's signature."""
 
   def __init__(self, module: nn.Module, fmt: str = "mxfp4_e2m1", include: Sequence[str] | None = None,
                exclude: Sequence[str] | None = None):
