@@ -1,15 +1,18 @@
-"""mx_jax.flax.weight_only: an unmodified linen model's Dense layers run weight-only (CPU: the XLA path).
+"""mx_jax.flax.weight_only: an unmodified linen / nnx model's Dense / Linear layers run weight-only (CPU: the XLA
+path).
 
 Reference: the same model applied with each selected kernel replaced by its quantize -> dequantize round trip,
 computed in float64 numpy from the float32 activations (the weight-only path multiplies x by the dequantized
 weight at FP32: relative 1e-5 of sum |x||W|)."""
 import flax.linen as nn
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import mx_jax
+import mx_jax.flax
 from kernels import mx_matmul
 from kernels import wo_mgpu as wm
 from mx_jax.flax.weight_only import WEIGHTS, weight_only_model
@@ -104,7 +107,7 @@ def test_validation():
   model = MLP()
   x = _x((2, 96))
   variables = model.init(jax.random.key(4), x)
-  with pytest.raises(TypeError, match="model must be a flax.linen Module"):
+  with pytest.raises(TypeError, match="model must be a flax.linen or nnx Module"):
     weight_only_model("mlp")
   with pytest.raises(ValueError, match="fmt must be a weight-only format"):
     weight_only_model(model, "fp8_e4m3")
@@ -120,3 +123,56 @@ def test_validation():
     wo.prepare(wvars, x)
   with pytest.raises(ValueError, match="variables must come from prepare"):
     wo.apply(variables, x)
+
+
+class NnxNet(nnx.Module):  # a nested Linear, a list of Linears, and a layer that is not one
+  def __init__(self, rngs):
+    self.inp = nnx.Linear(130, 64, rngs=rngs)
+    self.blocks = nnx.List([nnx.Linear(64, 64, use_bias=False, rngs=rngs) for _ in range(2)])
+    self.norm = nnx.LayerNorm(64, rngs=rngs)
+    self.out = nnx.Linear(64, 24, rngs=rngs)
+
+  def __call__(self, x):
+    h = nnx.gelu(self.inp(x))
+    for b in self.blocks:
+      h = h + b(h)
+    return self.out(self.norm(h))
+
+
+def _nnx_net(seed=5):
+  net = NnxNet(nnx.Rngs(seed))
+  for lin in (net.inp, net.out):
+    lin.bias[...] = jax.random.normal(jax.random.key(seed + lin.kernel.shape[0]), lin.bias.shape)
+  return net
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4_e2m1", "mxfp8_e5m2"])
+def test_nnx_weight_only_matches_fake_quant_reference(fmt):
+  """nnx: every selected Linear becomes a WeightOnlyLinear (the original untouched); nnx.jit runs it; equal to the
+  model with each kernel replaced by its quantize -> dequantize round trip."""
+  net = _nnx_net()
+  x = _x((2, 3, 130))
+  wo = weight_only_model(net, fmt, exclude=["out"])
+  assert isinstance(wo.inp, mx_jax.flax.WeightOnlyLinear) and isinstance(wo.blocks[1], mx_jax.flax.WeightOnlyLinear)
+  assert type(wo.out) is nnx.Linear and type(net.inp) is nnx.Linear  # excluded; the input model unchanged
+  assert isinstance(wo.inp.weight.get_value(), mx_jax.QArray) and wo.inp.weight.get_value().fmt == fmt  # CPU
+  got = nnx.jit(lambda m, x: m(x))(wo, x)
+  ref = nnx.clone(net)
+  for lin in (ref.inp, ref.blocks[0], ref.blocks[1]):
+    lin.kernel[...] = _fq(lin.kernel[...], fmt)
+  want = ref(x)
+  assert got.shape == want.shape == (2, 3, 24)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=2e-4)
+  assert np.abs(np.asarray(got) - np.asarray(net(x))).max() > 1e-3
+
+
+def test_nnx_weight_only_root_hopper_and_validation(monkeypatch):
+  lin = nnx.Linear(96, 40, rngs=nnx.Rngs(0))
+  monkeypatch.setattr(mx_matmul, "on_hopper", lambda: True)
+  wo = weight_only_model(lin, "nvfp4")  # the root itself
+  assert isinstance(wo, mx_jax.flax.WeightOnlyLinear) and isinstance(wo.weight.get_value(), wm.MgpuWeight)
+  assert wo.weight.get_value().shape == (40, 96)
+  with pytest.raises(ValueError, match="no nnx.Linear layer matched"):
+    weight_only_model(_nnx_net(), include=["nothing"])
+  with pytest.raises(ValueError, match="fmt must be a weight-only format"):
+    weight_only_model(lin, "mxfp8")
