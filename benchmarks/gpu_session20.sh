@@ -6,6 +6,7 @@
 #    decode is a Mosaic GPU kernel (kernels/wo_mgpu_decode.py) and every format's decode is checked first.
 # 2) the rows call 1 left out (MXFP8 at 512 and 2048 rows) and NVFP4 / MXFP6 E2M3 at 256 and 2048 rows.
 # 3) mx_jax.flax.weight_only_model on a 4 x Dense(8192) bf16 MLP against the bf16 model (M = 1, 16, 64, 1024).
+# 4) the GPT train step (bench_train_step): bf16, mxfp8 (XLA emulation) and mxfp8@pallas (the block-scaled kernel).
 # COMMIT=<short hash> OUT=$OUT bash benchmarks/gpu_session20.sh N   (the device's .git is not this checkout's)
 cd "$(dirname "$0")/.."
 . benchmarks/gpu_env.sh
@@ -17,4 +18,6 @@ case "${1:-1}" in
      timeout 260 python3 benchmarks/bench_wo_large_m.py --fmts nvfp4,mxfp6_e2m3 --ms 256,2048 --budget 240 \
        --out "$OUT/nv_fp6" ;;
   3) timeout 500 python3 benchmarks/bench_flax_weight_only.py --out "$OUT" ;;
+  4) timeout 480 python3 -m benchmarks.bench_train_step --recipes bf16,mxfp8,mxfp8@pallas --warmup 2 --iters 8 \
+       --out "$OUT/train_step.json" 2>&1 | grep -v Warn | tee "$OUT/train_step.log" ;;
 esac
