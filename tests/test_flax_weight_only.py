@@ -15,7 +15,7 @@ import mx_jax
 import mx_jax.flax
 from kernels import mx_matmul
 from kernels import wo_mgpu as wm
-from mx_jax.flax.weight_only import WEIGHTS, weight_only_model
+from mx_jax.flax.weight_only import FORMATS, WEIGHTS, weight_only_model
 
 
 class MLP(nn.Module):
@@ -111,6 +111,7 @@ def test_validation():
     weight_only_model("mlp")
   with pytest.raises(ValueError, match="fmt must be a weight-only format"):
     weight_only_model(model, "fp8_e4m3")
+  assert set(FORMATS) == set(wm.FORMATS)  # the literal list is the weight-only kernel's
   with pytest.raises(TypeError, match="exclude must be a sequence"):
     weight_only_model(model, exclude="down")
   wo = weight_only_model(model)
