@@ -7,7 +7,6 @@ over it) updates it inside the jitted step. Optax never sees it.
 """
 from __future__ import annotations
 
-import fnmatch
 import functools
 import weakref
 from typing import Any, Callable, Sequence
@@ -20,6 +19,7 @@ from jax._src import core as jax_core  # the current trace: guards the per-apply
 from mx_jax.dot import dot_general as _stateless_dot_general
 from mx_jax.dot import init_state, quantized_dot_general
 from mx_jax.einsum import einsum as _einsum2
+from mx_jax.flax._paths import check_patterns, selected
 from mx_jax.recipes import Recipe, recipe as get_recipe
 
 OVERWRITE_WITH_GRADIENT = "_overwrite_with_gradient"
@@ -161,10 +161,6 @@ class MxEinsumOp(nn.Module):
 
 
 # --------------------------------------------------------------------------------- quantize_model
-def _matches(path: str, patterns: Sequence[str] | None) -> bool:
-  return any(fnmatch.fnmatchcase(path, p) for p in patterns or ())
-
-
 class QuantizedModel:
   """A linen model whose Dense / DenseGeneral / Einsum / attention GEMMs run a recipe, without editing
   its source. Same ``init`` / ``apply`` signatures as the wrapped module; layers chosen by path
@@ -175,10 +171,7 @@ class QuantizedModel:
                exclude: Sequence[str] | None = None):
     if not isinstance(module, nn.Module):
       raise TypeError(f"model must be a flax.linen Module; got {type(module).__name__}")
-    for name, pats in (("include", include), ("exclude", exclude)):
-      if pats is not None and (isinstance(pats, str) or not isinstance(pats, (list, tuple, set, frozenset))
-                               or not all(isinstance(p, str) for p in pats)):
-        raise TypeError(f"{name} must be a sequence of path patterns (strings); got {pats!r}")
+    check_patterns(include, exclude)
     self.module = module
     self.recipe = get_recipe(recipe)
     self.include = tuple(include) if include is not None else None
@@ -186,8 +179,7 @@ class QuantizedModel:
     self.quantized_paths: set[str] = set()
 
   def selected(self, path: str) -> bool:
-    inc = self.include is None or _matches(path, self.include)
-    return inc and not _matches(path, self.exclude)
+    return selected(path, self.include, self.exclude)
 
   def _interceptor(self, next_fun, args, kwargs, context):
     mod = context.module

@@ -7,7 +7,6 @@ nnx.Any(nnx.Param, QuantState)))`` and call ``apply_quant_state(model, grads)`` 
 """
 from __future__ import annotations
 
-import fnmatch
 import weakref
 from typing import Any, Sequence
 
@@ -18,6 +17,7 @@ from jax._src import core as jax_core
 from mx_jax.dot import dot_general as _stateless_dot_general
 from mx_jax.dot import init_state, quantized_dot_general
 from mx_jax.einsum import einsum as _einsum2
+from mx_jax.flax._paths import check_patterns, selected
 from mx_jax.recipes import recipe as get_recipe
 
 
@@ -97,16 +97,12 @@ def quantize_model(model: nnx.Module, recipe: Any, include: Sequence[str] | None
   """
   if not isinstance(model, nnx.Module):
     raise TypeError(f"model must be an nnx.Module; got {type(model).__name__}")
-  for name, pats in (("include", include), ("exclude", exclude)):
-    if pats is not None and (isinstance(pats, str) or not isinstance(pats, (list, tuple, set, frozenset))
-                             or not all(isinstance(p, str) for p in pats)):
-      raise TypeError(f"{name} must be a sequence of path patterns (strings); got {pats!r}")
+  check_patterns(include, exclude)
   rec = get_recipe(recipe)
   new = nnx.clone(model)
   for path, mod in list(nnx.iter_modules(new)):
     p = "/".join(str(k) for k in path)
-    if (include is not None and not any(fnmatch.fnmatchcase(p, i) for i in include)) or \
-        any(fnmatch.fnmatchcase(p, e) for e in exclude or ()):
+    if not selected(p, include, exclude):
       continue
     if isinstance(mod, nnx.Linear):
       _set_dg(mod, _dg(rec))

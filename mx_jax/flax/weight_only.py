@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from mx_jax.matmul import mx_weight_only_matmul, prepare_weight_only
-from mx_jax.flax.linen import _matches
+from mx_jax.flax._paths import check_patterns, selected as _selected
 from mx_jax.quantize import quantize
 
 WEIGHTS = "mx_weights"  # the prepared variables' collection of quantized kernels, keyed by "/"-joined module path
@@ -38,14 +38,7 @@ def _path(mod: nn.Module) -> str:
 def _check_args(fmt: str, include, exclude) -> None:
   if fmt not in FORMATS:
     raise ValueError(f"fmt must be a weight-only format of {FORMATS}; got {fmt!r}")
-  for name, pats in (("include", include), ("exclude", exclude)):
-    if pats is not None and (isinstance(pats, str) or not isinstance(pats, (list, tuple, set, frozenset))
-                             or not all(isinstance(p, str) for p in pats)):
-      raise TypeError(f"{name} must be a sequence of path patterns (strings); got {pats!r}")
-
-
-def _selected(path: str, include, exclude) -> bool:
-  return (include is None or _matches(path, include)) and not _matches(path, exclude or ())
+  check_patterns(include, exclude)
 
 
 def _quantized(kernel, fmt: str):
