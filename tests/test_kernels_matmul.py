@@ -31,6 +31,8 @@ from mx_jax.matmul import mx_dot_general, mx_matmul, mx_weight_only_matmul, prep
 
 MX = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4_e2m1", "mxint8"]
 RTOL = 1e-5
+# Variants CI leaves to scripts/test_all.sh (each mechanism keeps a CI case; BUILD.md, "Test suite time").
+SLOW = pytest.mark.slow
 # Small tiles keep the interpreter quick; shapes below are deliberately not tile multiples.
 FP8_CFG = mg.GemmConfig("fp8", tile_m=64, tile_n=64, tile_k=64, wg_dim="M", max_concurrent_steps=2)
 FP8_CFG_N = mg.GemmConfig("fp8", tile_m=64, tile_n=64, tile_k=128, wg_dim="N", max_concurrent_steps=2, pair=True)
@@ -118,12 +120,12 @@ def test_auto_on_cpu_is_xla():
 
 @pytest.mark.parametrize("fa,fb,cfg,packed", [
     ("mxfp8_e4m3", "mxfp8_e5m2", FP8_CFG, False),      # mixed FP8, design (a)
-    ("mxfp8_e5m2", "mxfp8_e4m3", FP8_CFG_N, False),    # warpgroups split along N, paired block MMAs
+    pytest.param("mxfp8_e5m2", "mxfp8_e4m3", FP8_CFG_N, False, marks=SLOW),  # warpgroups split N (not default)
     ("mxfp4_e2m1", "mxfp6_e3m2", FP8_CFG, True),       # FP4/FP6 widened to e4m3 for FP8 wgmma
     ("mxint8", "mxfp4_e2m1", BF16_CFG, True),          # design (b): FP4 unpacked inside the kernel
     ("mxfp6_e2m3", "mxfp6_e3m2", BF16_CFG, True),      # FP6 unpacked inside the kernel
-    ("mxfp8_e4m3", "mxint8", BF16_CFG, False),
-    ("mxfp4_e2m1", "mxfp8_e5m2", BF16_CFG, False),     # unpacked FP4 input
+    pytest.param("mxfp8_e4m3", "mxint8", BF16_CFG, False, marks=SLOW),
+    pytest.param("mxfp4_e2m1", "mxfp8_e5m2", BF16_CFG, False, marks=SLOW),     # unpacked FP4 input
     ("mxfp4_e2m1", "mxfp8_e4m3", BF16_CFG_DQ2, True),  # double-buffered dequantized tiles, 2 K steps
 ])
 def test_kernel_matches_f64(fa, fb, cfg, packed):
@@ -170,7 +172,7 @@ def _slice(q, i):
 
 @pytest.mark.parametrize("fa,fb,cfg,packed", [
     ("mxfp8_e4m3", "mxfp8_e5m2", FP8_CFG, False),   # design (a), mixed FP8
-    ("mxfp4_e2m1", "mxfp8_e4m3", BF16_CFG, True),   # design (b), FP4 unpacked inside the kernel
+    pytest.param("mxfp4_e2m1", "mxfp8_e4m3", BF16_CFG, True, marks=SLOW),  # design (b), FP4 unpacked in the kernel
 ])
 def test_batched_kernel_equals_2d_and_f64(fa, fb, cfg, packed):
   """dot_general with a batch dim runs one batched launch: bit for bit the per-element 2D kernel."""
@@ -186,7 +188,7 @@ def test_batched_kernel_equals_2d_and_f64(fa, fb, cfg, packed):
     np.testing.assert_array_equal(np.asarray(out[i]), np.asarray(one))
 
 
-@pytest.mark.parametrize("cfg", [FP8_CFG, BF16_CFG])
+@pytest.mark.parametrize("cfg", [FP8_CFG, pytest.param(BF16_CFG, marks=SLOW)])
 def test_batched_kernel_writes_every_element(cfg):
   """Straight at the batched kernel (no crop): 2 batch elements x 2 tiles on 3 simulated SMs, so one CTA's
   persistent loop crosses from one batch element into the next."""
@@ -245,8 +247,8 @@ def test_dot_general_free_dims_fold():
 @pytest.mark.parametrize("fmt,m,packed,cfg", [
     ("mxfp8_e4m3", 1, False, mg.WeightOnlyConfig(64, 128, 1, 2)),
     ("mxfp4_e2m1", 5, True, mg.WeightOnlyConfig(64, 128, 2, 2)),   # split K
-    ("mxfp4_e2m1", 3, False, mg.WeightOnlyConfig(128, 128, 1, 2)),
-    ("mxfp6_e3m2", 16, False, mg.WeightOnlyConfig(64, 128, 1, 2)),
+    pytest.param("mxfp4_e2m1", 3, False, mg.WeightOnlyConfig(128, 128, 1, 2), marks=SLOW),
+    pytest.param("mxfp6_e3m2", 16, False, mg.WeightOnlyConfig(64, 128, 1, 2), marks=SLOW),
     ("mxfp6_e2m3", 9, True, mg.WeightOnlyConfig(64, 128, 1, 2)),
     ("mxint8", 2, False, mg.WeightOnlyConfig(64, 128, 1, 2)),
     ("nvfp4", 3, False, mg.WeightOnlyConfig(64, 128, 1, 2)),

@@ -88,7 +88,7 @@ def test_quantize_fallbacks_and_support():
 @pytest.mark.parametrize("kind,fmt,p,dtype,shape", [
     ("rms", "mxfp8_e4m3", 2, jnp.bfloat16, (37, 200)),
     ("mx", "mxfp4_e2m1", 1, jnp.float32, (19, 96)),
-    ("mx", "mxint8", 2, jnp.bfloat16, (33, 300)),
+    pytest.param("mx", "mxint8", 2, jnp.bfloat16, (33, 300), marks=pytest.mark.slow),  # "mx" kind: MXFP4 above
     ("rms", "nvfp4", 2, jnp.float16, (2, 5, 80)),  # norm kernel then quantize kernel
 ])
 def test_norm_quantize_bit_exact(kind, fmt, p, dtype, shape):
@@ -166,7 +166,7 @@ def _rel(out, ref):
 @pytest.mark.parametrize("fa,fb,packed", [
     ("mxfp8_e4m3", "mxfp8_e5m2", False),
     ("mxfp4_e2m1", "mxfp6_e3m2", True),   # packed QArrays: unpacked by the wrapper
-    ("mxint8", "mxfp6_e2m3", False),
+    pytest.param("mxint8", "mxfp6_e2m3", False, marks=pytest.mark.slow),
 ])
 def test_matmul_matches_f64(fa, fb, packed):
   a, b = _q((100, 200), fa, 7, packed), _q((170, 200), fb, 8, packed)  # K = 200: not a multiple of 32
@@ -206,7 +206,7 @@ def test_dot_general_batch_dims():
   assert _rel(out, np.einsum("mbk,bkn->bmn", _f64(a), _f64(b))) < RTOL
 
 
-@pytest.mark.parametrize("fmt,m", [("nvfp4", 3), ("mxfp4_e2m1", 5), ("mxint8", 70)])
+@pytest.mark.parametrize("fmt,m", [("nvfp4", 3), ("mxfp4_e2m1", 5), pytest.param("mxint8", 70, marks=pytest.mark.slow)])
 def test_weight_only(fmt, m):
   w = _q((120, 200), fmt, 18)
   x = jnp.asarray(np.random.default_rng(19).standard_normal((m, 200)), jnp.bfloat16)
