@@ -55,14 +55,25 @@ class GPT(nn.Module):
 
 
 def _recipe(name: str):
-  """A preset name, optionally with "@pallas" / "@auto" (the recipe's GEMMs on the block-scaled kernel)."""
-  base, _, impl = name.partition("@")
+  """A preset name, optionally with "@pallas" / "@auto" (the recipe's GEMMs on the block-scaled kernel); a
+  "-t" suffix ("mxfp8@pallas-t") transposes the kernel operands in bf16 before quantizing them (the path before
+  session 21, ``mx_jax.dot.KERNEL_QUANT_IN_PLACE = False``) to compare both in one process."""
+  base, _, impl = name.removesuffix("-t").partition("@")
   rec = mx_jax.recipe(base)
   return dataclasses.replace(rec, impl=impl) if impl else rec
 
 
+def _set_operand_path(name: str):
+  from mx_jax import dot
+  in_place = not name.endswith("-t")
+  if dot.KERNEL_QUANT_IN_PLACE != in_place:
+    dot.KERNEL_QUANT_IN_PLACE = in_place
+    jax.clear_caches()  # the jitted dispatch bodies were traced with the other path
+
+
 def make_train_step(name, model, tok, exclude):
   """(un-jitted AdamW step(state, tok) -> (state, loss), initial state, param count) for recipe ``name``."""
+  _set_operand_path(name)
   m = model if name == "bf16" else mx_jax.quantize_model(model, _recipe(name), exclude=exclude)
   v = m.init(jax.random.key(0), tok[:1, :16])
   params = {"params": v["params"]}

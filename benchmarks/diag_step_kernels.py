@@ -24,11 +24,11 @@ from benchmarks.diag_operand_variants import _summary
 from benchmarks.profile_util import file_logger, top_kernels
 
 
-def measure(recipe: str, layers: int = 2):
+def measure(recipe: str, layers: int = 2, attn: bool = False):
   from benchmarks.bench_train_step import GPT, make_train_step
   model = GPT(layers=layers)
   tok = jax.random.randint(jax.random.key(1), (8, 1025), 0, model.vocab)
-  step, st, _ = make_train_step(recipe, model, tok, ["embed", "head", "*attn"])
+  step, st, _ = make_train_step(recipe, model, tok, ["embed", "head"] + ([] if attn else ["*attn"]))
   compiled = jax.jit(step, donate_argnums=0).lower(st, tok).compile()
   text = compiled.as_text()
   state = {"st": st}
@@ -75,16 +75,17 @@ def main():
   p.add_argument("--recipes", default="bf16,mxfp8")
   p.add_argument("--layers", type=int, default=2)
   p.add_argument("--top", type=int, default=40)
+  p.add_argument("--attn", action="store_true", help="quantize attention's q.k and p.v too")
   p.add_argument("--out", default=None)
   p.add_argument("--dump", action="store_true", help="also write each compiled module's text to --out (gzip)")
   a = p.parse_args()
   log = file_logger(a.out, "step_kernels.log")
   log(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
   for r in a.recipes.split(","):
-    rows, total, text = measure(r, a.layers)
+    rows, total, text = measure(r, a.layers, a.attn)
     report(log, r, rows, total, text, a.top)
     if a.out:
-      with open(os.path.join(a.out, f"step_{r}_{a.layers}l_kernels.json"), "w") as f:
+      with open(os.path.join(a.out, f"step_{r}_{a.layers}l{'_attn' if a.attn else ''}_kernels.json"), "w") as f:
         json.dump(dict(total_us=total, rows=rows), f)
     if a.dump and a.out:
       with gzip.open(os.path.join(a.out, f"step_{r}_{a.layers}l.hlo.txt.gz"), "wt") as f:

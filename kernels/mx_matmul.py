@@ -99,7 +99,8 @@ def default_gemm_config(m: int, n: int, k: int, a_fmt: str, b_fmt: str, variant:
   if variant == "fp8":
     if not fp8_ok:
       raise ValueError("the FP8-wgmma design cannot take MXINT8 operands")
-    return DEFAULT_FP8
+    # A short K (attention's head dim) in one stage of its own depth, not zero-padded to 256.
+    return DEFAULT_FP8 if k > 128 else dataclasses.replace(DEFAULT_FP8, tile_k=64 if k <= 64 else 128)
   packed = {_MX_ELEM[f] for f in (a_fmt, b_fmt)}
   cfg = DEFAULT_BF16
   if packed & {"e3m2", "e2m3"} and cfg.tile_k % 128:

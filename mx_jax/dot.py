@@ -28,6 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from mx_jax import _bits, fp8_tensor, mx_block, nvfp4, scaling, telemetry
 from mx_jax._blocks import from_blocks, to_blocks
 from mx_jax.formats import get_format
+from mx_jax.qarray import QArray
 from mx_jax.quantize import quantize
 from mx_jax.recipes import OperandSpec, Recipe, recipe as get_recipe
 
@@ -35,6 +36,9 @@ from mx_jax.recipes import OperandSpec, Recipe, recipe as get_recipe
 # as the exact integer path except for FP32-subnormal inputs on flushing backends. Set False to force the
 # integer path everywhere.
 FAST_OPERANDS = True
+# Kernel-path operands quantized in their own layout, then moved to the kernels' (rest..., K) layout as 1-byte
+# elements (False: transposed in the input dtype first, then quantized; kept to measure both on a GPU).
+KERNEL_QUANT_IN_PLACE = True
 
 # Pin the emulated GEMM's operands to row-major layouts on GPU: "in" (the high-precision operand), "out" (its
 # fake-quantized copy), both ("in,out") or neither (""). See _pinned.
@@ -148,15 +152,30 @@ def quantize_operand(x: jax.Array, spec: OperandSpec | None, axes: Sequence[int]
 
 
 def quantize_operand_q(x: jax.Array, spec: OperandSpec, axes: Sequence[int], *, key=None, salt: str = ""):
-  """(QArray, the tensor it quantizes): ``x`` quantized along its contraction ``axes``, laid out
-  (other dims..., K) with the axes merged last (the block-scaled kernels' operand)."""
+  """(QArray, the tensor it quantizes, its quantized axis, {x's kept axis: its axis}): ``x`` quantized along its
+  contraction ``axes`` merged into one, in place (a free reshape when the axes are adjacent; see ``_merge_axes``).
+
+  RNE MX operands take the fast path (block amax, x * 2^-e rounded by the FPU; same bits as ``quantize`` on
+  inputs without FP32 subnormals, as the XLA GEMM path's operands). The kernels' (rest..., K) layout is made
+  afterwards from the 1-byte elements (``mx_dot_general``), not by transposing the wider input first.
+  """
   f = get_format(spec.fmt)
+  bs = spec.block_size or f.block_size
+  if KERNEL_QUANT_IN_PLACE:
+    m, ax, where = _merged_operand(x, axes)
+  else:  # the layout first, then quantize along the last axis (kept to compare both on a GPU)
+    m, _ = _flatten_axes(x, axes)
+    rest = [d for d in range(x.ndim) if d not in tuple(a % x.ndim for a in axes)]
+    ax, where = m.ndim - 1, {d: i for i, d in enumerate(rest)}
   if spec.rounding == "stochastic" and key is None:
     key = _content_key(x, salt + spec.fmt)
-  flat, _ = _flatten_axes(x, axes)
-  q = quantize(flat, f, axis=flat.ndim - 1, block_size=spec.block_size, scale_mode=spec.scale_mode,
-               rounding=spec.rounding, key=key)
-  return q, flat
+  if f.kind == "mx" and spec.rounding == "nearest_even" and FAST_OPERANDS:
+    data, scales = mx_block.mx_quantize_fast(m, f.elem, ax, bs, spec.scale_mode)
+    q = QArray(data, scales, None, f.name, ax, tuple(m.shape), bs, False)
+  else:
+    q = quantize(m, f, axis=ax, block_size=spec.block_size, scale_mode=spec.scale_mode, rounding=spec.rounding,
+                 key=key)
+  return q, m, ax, where
 
 
 # --------------------------------------------------------------------------------------- dimensions
@@ -261,15 +280,13 @@ def _native_fp8(rec: Recipe, sa: OperandSpec | None, sb: OperandSpec | None):
 
 
 def _kernel_gemm(a, b, dims, sa, sb, salt_a, salt_b, mode, want_stats):
-  """The GEMM on the Pallas kernel: both operands quantized to QArrays laid out (rest..., K) and contracted
-  per 32-block with FP32 accumulation (MX DotGeneral); same output layout as lax.dot_general."""
+  """The GEMM on the Pallas kernel: both operands quantized in place along their (merged) contraction axes and
+  contracted per 32-block with FP32 accumulation (MX DotGeneral); same output layout as lax.dot_general."""
   from mx_jax.matmul import mx_dot_general
   (ac, bc), (ab, bb) = dims
-  qa, fa = quantize_operand_q(a, sa, ac, salt=salt_a)
-  qb, fb = quantize_operand_q(b, sb, bc, salt=salt_b)
-  rest_a = [d for d in range(a.ndim) if d not in ac]
-  rest_b = [d for d in range(b.ndim) if d not in bc]
-  dn = (((qa.ndim - 1,), (qb.ndim - 1,)), (tuple(rest_a.index(d) for d in ab), tuple(rest_b.index(d) for d in bb)))
+  qa, fa, axa, wa = quantize_operand_q(a, sa, ac, salt=salt_a)
+  qb, fb, axb, wb = quantize_operand_q(b, sb, bc, salt=salt_b)
+  dn = (((axa,), (axb,)), (tuple(wa[d % a.ndim] for d in ab), tuple(wb[d % b.ndim] for d in bb)))
   out = mx_dot_general(qa, qb, dn, out_dtype=jnp.float32, impl="native" if mode == "native" else "mgpu",
                        interpret=mode == "interpret")
   stats = (telemetry.quant_stats(fa, qa), telemetry.quant_stats(fb, qb)) if want_stats else (None, None)

@@ -114,10 +114,11 @@ def mx_fake_quantize_fast(x: jax.Array, elem: ElemFormat, axis: int, bs: int, sc
 
 
 def mx_quantize_fast(x: jax.Array, elem: ElemFormat, axis: int, bs: int, scale_mode: str):
-  """(elements in ``elem``'s dtype, padded along axis; E8M0 scales) with the fast path's rounding (RNE)."""
+  """(elements in ``elem``'s storage dtype (``_bits.to_elem_dtype``: FP6 as codes, INT8 as int8), padded along
+  axis; E8M0 scales) with the fast path's rounding (RNE); a QArray's data and scales."""
   v, e, bad = _fast_blocks(x, elem, axis, bs, scale_mode)
   sb = jnp.squeeze(jnp.where(bad, E8M0_NAN, e + E8M0_BIAS), axis + 1)
-  return from_blocks(jnp.where(bad, 0.0, v), axis).astype(elem.dtype), scale_bytes_to_e8m0(sb)
+  return _bits.to_elem_dtype(from_blocks(jnp.where(bad, 0.0, v), axis), elem), scale_bytes_to_e8m0(sb)
 
 
 def mx_quantize_blocks(x: jax.Array, elem: ElemFormat, axis: int, bs: int, scale_mode: str,

@@ -36,13 +36,18 @@ def _close(a, b):
 
 
 @pytest.mark.parametrize("name", ["mxfp8", pytest.param("mxfp4_weights", marks=pytest.mark.slow)])  # CI: its
-@pytest.mark.parametrize("case", ["dense", pytest.param("batched", marks=pytest.mark.slow)])  # kernel, test_kernels_*
+@pytest.mark.parametrize("case", ["dense", "attention", pytest.param("batched", marks=pytest.mark.slow)])
 def test_pallas_impl_matches_xla(name, case):
   rng = np.random.default_rng(0)
   if case == "dense":  # K = 72 (not a multiple of 32), token dim 40 (wgrad blocks along it: padded)
     x = jnp.asarray(rng.standard_normal((2, 20, 72)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((72, 48)) * 0.1, jnp.float32)
     dn = (((2,), (0,)), ((), ()))
+  elif case == "attention":  # q.k as Flax writes it, "bqhd,bkhd->bhqk": two batch dims around the free one; K = 64
+    # (one 64-deep stage); its gradients contract q / k over the middle axis and the scores over q or k
+    x = jnp.asarray(rng.standard_normal((2, 24, 3, 64)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((2, 40, 3, 64)), jnp.float32)
+    dn = (((3,), (3,)), ((0, 2), (0, 2)))
   else:  # attention-like batch dim and a contraction that is not the last axis of rhs
     x = jnp.asarray(rng.standard_normal((3, 24, 64)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((3, 64, 40)), jnp.float32)
@@ -85,3 +90,9 @@ def test_native_fp8_gemm_matches_emulation(name):
 
   for a, b in zip(run(rec_p), run(rec_x)):
     _close(a, b)
+
+
+def test_short_k_runs_in_one_stage_of_its_depth():
+  from kernels import mx_matmul as glue
+  ks = {k: glue.default_gemm_config(8192, 8192, k, "mxfp8_e4m3", "mxfp8_e4m3").tile_k for k in (32, 64, 96, 128, 200)}
+  assert ks == {32: 64, 64: 64, 96: 128, 128: 128, 200: 256}
