@@ -765,8 +765,8 @@ def wo_matmul_mgpu(x: jax.Array, w: MgpuWeight, *, out_dtype=jnp.bfloat16,
   if kernel_rows is not None and not (isinstance(kernel_rows, int) and kernel_rows >= 0):
     raise ValueError(f"kernel_rows must be a non-negative int or None; got {kernel_rows!r}")
   if m > (KERNEL_ROWS if kernel_rows is None else kernel_rows):
-    from kernels.wo_mgpu_decode import dequant_matmul  # (imports this module)
-    return dequant_matmul(x2, w, out_dtype, interpret).reshape(lead + (w.n,))
+    from kernels.wo_mgpu_decode import _dequant_matmul  # (imports this module)
+    return _dequant_matmul(x2, w, out_dtype, interpret).reshape(lead + (w.n,))
   top = max_rows(w.steps, w.fmt)
   if row_tile is not None and not (isinstance(row_tile, int) and 8 <= row_tile <= top and row_tile % 8 == 0):
     raise ValueError(f"row_tile must be a multiple of 8 in 8..{top} (max_rows at steps={w.steps}); got {row_tile!r}")

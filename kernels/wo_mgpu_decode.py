@@ -67,7 +67,7 @@ def decode_weight(w: MgpuWeight, *, interpret: bool = False) -> jax.Array:
   return full[:w.n, :w.k] if (w.n, w.k) != full.shape else full
 
 
-def dequant_matmul(x2: jax.Array, w: MgpuWeight, out_dtype, interpret: bool = False) -> jax.Array:
+def _dequant_matmul(x2: jax.Array, w: MgpuWeight, out_dtype, interpret: bool = False) -> jax.Array:
   """x2 (M, K) bf16 @ ``decode_weight(w)``^T with FP32 accumulation (XLA's bf16 GEMM), times NVFP4's tensor
   scale: the weight-only kernel's arithmetic, for M beyond ``KERNEL_ROWS``."""
   acc = lax.dot_general(x2, decode_weight(w, interpret=interpret), (((1,), (1,)), ((), ())),

@@ -177,3 +177,16 @@ def test_nnx_weight_only_root_hopper_and_validation(monkeypatch):
     weight_only_model(_nnx_net(), include=["nothing"])
   with pytest.raises(ValueError, match="fmt must be a weight-only format"):
     weight_only_model(lin, "mxfp8")
+  # the layer's own constructor checks what it is given, naming the argument
+  q = mx_jax.quantize(jnp.ones((40, 96)), "mxfp4_e2m1", axis=1)
+  with pytest.raises(ValueError, match="weight must be an \\(N, K\\) QArray quantized along axis 1"):
+    mx_jax.flax.WeightOnlyLinear(mx_jax.quantize(jnp.ones((40, 96)), "mxfp4_e2m1", axis=0))
+  with pytest.raises(TypeError, match="weight must be a QArray or a prepare_weight_only"):
+    mx_jax.flax.WeightOnlyLinear(jnp.ones((40, 96)))
+  with pytest.raises(ValueError, match=r"bias must be None or an nnx.Param of shape \(40,\)"):
+    mx_jax.flax.WeightOnlyLinear(q, nnx.Param(jnp.zeros((96,))))
+  with pytest.raises(TypeError, match="dtype must be None or a floating dtype"):
+    mx_jax.flax.WeightOnlyLinear(q, None, jnp.int32)
+  monkeypatch.undo()  # the XLA path on CPU
+  ok = mx_jax.flax.WeightOnlyLinear(q, nnx.Param(jnp.ones((40,))), jnp.float32)
+  assert ok(jnp.ones((2, 96))).shape == (2, 40)
