@@ -56,8 +56,8 @@ class GPT(nn.Module):
 
 def _recipe(name: str):
   """A preset name, optionally with "@pallas" / "@auto" (the recipe's GEMMs on the block-scaled kernel); a
-  "-t" suffix ("mxfp8@pallas-t") transposes the kernel operands in bf16 before quantizing them (the path before
-  session 21, ``mx_jax.dot.KERNEL_QUANT_IN_PLACE = False``) to compare both in one process."""
+  "-t" suffix ("mxfp8@pallas-t") transposes the kernel operands in bf16 before quantizing them (the operand order
+  before session 21, ``mx_jax.dot.KERNEL_QUANT_IN_PLACE = False``; same quantizer) to compare both in one process."""
   base, _, impl = name.removesuffix("-t").partition("@")
   rec = mx_jax.recipe(base)
   return dataclasses.replace(rec, impl=impl) if impl else rec

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Session 21 device calls: the GPT train step with the block-scaled kernel GEMMs (mxfp8, impl="pallas").
 # 1) 12 layers, same process: bf16; mxfp8@pallas with the operands quantized in place (fast MX path) and moved to
-#    the kernel layout as 1-byte elements; mxfp8@pallas-t, the path before (bf16 transposed first, then quantized
-#    by the integer path); mxfp8 on XLA (emulation).
+#    the kernel layout as 1-byte elements; mxfp8@pallas-t, the old operand order (bf16 transposed first, then
+#    quantized, by the same fast quantizer); mxfp8 on XLA (emulation).
 # 2) where the time goes: per-kernel device time of the 2-layer step with attention quantized (bf16, mxfp8,
 #    mxfp8@pallas), then the 12-layer step with attention kept in bf16.
 # COMMIT=<short hash> OUT=$OUT bash benchmarks/gpu_session21.sh N   (the device's .git is not this checkout's)
