@@ -307,16 +307,21 @@ def mx_weight_only_matmul(x: jax.Array, w: Any, *, out_dtype: Any = jnp.bfloat16
       raise ValueError(f"impl={impl!r}: w is a prepare_weight_triton(...) weight; use impl='triton'")
     from kernels import wo_triton
     return wo_triton.wo_matmul(x, w, out_dtype=out_dtype, config=config, interpret=interpret)
-  prepared = not isinstance(w, QArray)
-  if prepared and not hasattr(w, "elem"):
-    raise TypeError(f"w must be a QArray or a prepare_weight_only(...) result; got {type(w).__name__}")
+  _check_wo_weight(w)
   n, k = w.shape
   if x.shape[-1] != k:
     raise ValueError(f"x's last dim {x.shape[-1]} does not match the weight's K={k} (w is (N, K))")
-  if not prepared:
-    if w.ndim != 2 or (w.block_size is not None and w.axis != 1):
-      raise ValueError(f"w must be (N, K) quantized along axis 1; got {w!r}")
   return _wo_jit(x, w, out_dtype, impl, config, interpret)
+
+
+def _check_wo_weight(w: Any, name: str = "w") -> None:
+  """Raises unless ``w`` is a weight-only operand: an (N, K) QArray quantized along K, or a prepared weight
+  (``prepare_weight_only`` / ``prepare_weight_mgpu`` / ``prepare_weight_triton``)."""
+  if isinstance(w, QArray):
+    if w.ndim != 2 or (w.block_size is not None and w.axis != 1):
+      raise ValueError(f"{name} must be an (N, K) QArray quantized along axis 1 (K); got {w!r}")
+  elif type(w).__module__ not in ("kernels.wo_mgpu", "kernels.wo_triton") and not hasattr(w, "elem"):
+    raise TypeError(f"{name} must be a QArray or a prepare_weight_only(...) result; got {type(w).__name__}")
 
 
 def _wo_body(x: jax.Array, w: Any, out_dtype, impl: str, config, interpret) -> jax.Array:

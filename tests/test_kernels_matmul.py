@@ -345,3 +345,7 @@ def test_errors_name_the_problem():
     mx_matmul(_q((8, 64), "mxint8", 29), b, impl="mgpu_fp8", interpret=True)
   with pytest.raises(ValueError, match="does not match the weight"):
     mx_weight_only_matmul(jnp.ones((2, 32)), b)
+  with pytest.raises(ValueError, match=r"w must be an \(N, K\) QArray quantized along axis 1"):
+    mx_weight_only_matmul(jnp.ones((2, 64)), mx_jax.quantize(_data((2, 8, 64), 31), "mxfp8_e4m3"))  # 3-D
+  with pytest.raises(TypeError, match=r"w must be a QArray or a prepare_weight_only\(...\) result"):
+    mx_weight_only_matmul(jnp.ones((2, 64)), jnp.ones((8, 64)))

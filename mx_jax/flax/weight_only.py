@@ -23,9 +23,8 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from mx_jax.matmul import mx_weight_only_matmul, prepare_weight_only
+from mx_jax.matmul import _check_wo_weight, mx_weight_only_matmul, prepare_weight_only
 from mx_jax.flax._paths import check_patterns, selected as _selected
-from mx_jax.qarray import QArray
 from mx_jax.quantize import quantize
 
 WEIGHTS = "mx_weights"  # the prepared variables' collection of quantized kernels, keyed by "/"-joined module path
@@ -149,11 +148,7 @@ class WeightOnlyLinear(nnx.Module):
   def __init__(self, weight, bias: nnx.Param | None = None, dtype=None):
     """``weight``: an (N, K) QArray quantized along K, or ``prepare_weight_only`` of one; ``bias``: None or an
     nnx.Param of shape (N,); ``dtype``: the output dtype (None: x's, at least bf16)."""
-    if isinstance(weight, QArray):
-      if weight.ndim != 2 or (weight.block_size is not None and weight.axis != 1):
-        raise ValueError(f"weight must be an (N, K) QArray quantized along axis 1 (K); got {weight!r}")
-    elif not type(weight).__module__.startswith("kernels.") or len(getattr(weight, "shape", ())) != 2:
-      raise TypeError(f"weight must be a QArray or a prepare_weight_only(...) result; got {type(weight).__name__}")
+    _check_wo_weight(weight, "weight")
     if bias is not None and (not isinstance(bias, nnx.Param) or bias[...].shape != (weight.shape[0],)):
       raise ValueError(f"bias must be None or an nnx.Param of shape ({weight.shape[0]},) (N); got {bias!r}")
     if dtype is not None and not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
