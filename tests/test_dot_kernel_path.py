@@ -36,7 +36,7 @@ def _close(a, b):
 
 
 @pytest.mark.parametrize("name", ["mxfp8", pytest.param("mxfp4_weights", marks=pytest.mark.slow)])  # CI: its
-@pytest.mark.parametrize("case", ["dense", "attention", pytest.param("batched", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("case", ["dense", "attention", "two_axis_k", pytest.param("batched", marks=pytest.mark.slow)])
 def test_pallas_impl_matches_xla(name, case):
   rng = np.random.default_rng(0)
   if case == "dense":  # K = 72 (not a multiple of 32), token dim 40 (wgrad blocks along it: padded)
@@ -48,6 +48,11 @@ def test_pallas_impl_matches_xla(name, case):
     x = jnp.asarray(rng.standard_normal((2, 24, 3, 64)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((2, 40, 3, 64)), jnp.float32)
     dn = (((3,), (3,)), ((0, 2), (0, 2)))
+  elif case == "two_axis_k":  # two adjacent contraction axes before a batch axis: merging them moves the batch
+    # axis (x: 2 -> 1), so the kernel's dimension numbers must follow it; K = 3 * 16 = 48 (padded)
+    x = jnp.asarray(rng.standard_normal((3, 16, 2, 20)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((2, 3, 16, 24)) * 0.1, jnp.float32)
+    dn = (((0, 1), (1, 2)), ((2,), (0,)))
   else:  # attention-like batch dim and a contraction that is not the last axis of rhs
     x = jnp.asarray(rng.standard_normal((3, 24, 64)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((3, 64, 40)), jnp.float32)
