@@ -91,23 +91,56 @@ def gemm_operand(q: QArray, rows_p: int, k_p: int, *, widen_to_fp8: bool):
   return data, scales, kind
 
 
-def default_gemm_config(m: int, n: int, k: int, a_fmt: str, b_fmt: str, variant: str | None = None) -> GemmConfig:
-  """Tile config for a problem size (from the H100 sweeps recorded in BENCHMARKS.md)."""
+def default_gemm_config(m: int, n: int, k: int, a_fmt: str, b_fmt: str, variant: str | None = None, *,
+                        bsz: int = 1, num_sms: int = 132) -> GemmConfig:
+  """Tile config for a ([bsz x] m, n, k) problem (from the H100 sweeps recorded in BENCHMARKS.md), with the
+  split-K that ``split_k_for`` predicts fastest on ``num_sms`` SMs."""
   fp8_ok = all(_MX_ELEM[f] != "int8" for f in (a_fmt, b_fmt))
   if variant is None:
     variant = DEFAULT_VARIANT if fp8_ok else "bf16"
   if variant == "fp8":
     if not fp8_ok:
       raise ValueError("the FP8-wgmma design cannot take MXINT8 operands")
-    # A short K (attention's head dim) in one stage of its own depth, not zero-padded to 256.
-    return DEFAULT_FP8 if k > 128 else dataclasses.replace(DEFAULT_FP8, tile_k=64 if k <= 64 else 128)
-  packed = {_MX_ELEM[f] for f in (a_fmt, b_fmt)}
-  cfg = DEFAULT_BF16
-  if packed & {"e3m2", "e2m3"} and cfg.tile_k % 128:
-    cfg = dataclasses.replace(cfg, tile_k=128)
-  elif "e2m1" in packed and cfg.tile_k % 64:
-    cfg = dataclasses.replace(cfg, tile_k=64)
-  return cfg
+    cfg = DEFAULT_FP8
+    if k <= 128:  # a short K (attention's head dim) in one stage of its own depth, not zero-padded to 256
+      cfg = dataclasses.replace(cfg, tile_k=64 if k <= 64 else 128)
+    if n <= 64:  # a 64-wide side (attention's head dim as N, or as M) is not padded to 128
+      cfg = dataclasses.replace(cfg, tile_n=64)
+    elif m <= 64:
+      cfg = dataclasses.replace(cfg, tile_n=64, wg_dim="N")
+  else:
+    packed = {_MX_ELEM[f] for f in (a_fmt, b_fmt)}
+    cfg = DEFAULT_BF16
+    if packed & {"e3m2", "e2m3"} and cfg.tile_k % 128:
+      cfg = dataclasses.replace(cfg, tile_k=128)
+    elif "e2m1" in packed and cfg.tile_k % 64:
+      cfg = dataclasses.replace(cfg, tile_k=64)
+  tiles = bsz * -(-m // cfg.cta_m) * -(-n // cfg.cta_n)
+  split = split_k_for(tiles, -(-max(k, 1) // cfg.tile_k), cfg, 4 * bsz * round_up(m, cfg.cta_m)
+                      * round_up(n, cfg.cta_n), num_sms)
+  return dataclasses.replace(cfg, split_k=split)
+
+
+# The cost model's rates: the FP8 design's measured 8192^3 throughput per SM (447 TFLOP/s on 132 SMs), the bf16
+# design's (385), and the HBM bandwidth an XLA elementwise fusion reaches (BENCHMARKS.md, GPU_FACTS.md).
+_SM_FLOPS = {"fp8": 447e12 / 132, "bf16": 385e12 / 132}
+_HBM_BYTES = 2.5e12
+MAX_SPLIT_K = 16
+
+
+def split_k_for(tiles: int, k_iters: int, cfg: GemmConfig, partial_bytes: int, num_sms: int) -> int:
+  """Split-K S (1 = none) minimising the modelled time of a persistent GEMM with ``tiles`` output tiles of
+  ``k_iters`` K stages: ceil(S tiles / SMs) waves x (ceil(k_iters / S) + 1) stage times (+1: the pipeline's
+  fill and the epilogue), plus writing and re-reading S FP32 partials of ``partial_bytes`` each when S > 1.
+  Only S with no empty range; at most ``MAX_SPLIT_K``."""
+  stage_s = 2 * cfg.cta_m * cfg.cta_n * cfg.tile_k / _SM_FLOPS[cfg.variant]
+
+  def cost(s):
+    waves = -(-tiles * s // num_sms)
+    return waves * (-(-k_iters // s) + 1) * stage_s + (2 * s * partial_bytes / _HBM_BYTES if s > 1 else 0.0)
+
+  ok = [s for s in range(1, min(MAX_SPLIT_K, k_iters) + 1) if (s - 1) * -(-k_iters // s) < k_iters]
+  return min(ok, key=lambda s: (cost(s), s))
 
 
 def fit_gemm_config(cfg: GemmConfig, a_fmt: str, b_fmt: str, out_dtype, interpret: bool = False) -> GemmConfig:
@@ -115,6 +148,8 @@ def fit_gemm_config(cfg: GemmConfig, a_fmt: str, b_fmt: str, out_dtype, interpre
   ae, be = _MX_ELEM[a_fmt], _MX_ELEM[b_fmt]
   if cfg.variant == "fp8":
     ae = be = "fp8"
+  if cfg.split_k > 1:
+    out_dtype = jnp.float32  # split-K's kernel writes FP32 partials
   fits = lambda c: mgpu.gemm_smem_bytes(c, ae, be, out_dtype, interpret) <= mgpu.SMEM_LIMIT
   while not fits(cfg) and cfg.max_concurrent_steps > 2:
     cfg = dataclasses.replace(cfg, max_concurrent_steps=cfg.max_concurrent_steps - 1)
@@ -136,15 +171,20 @@ def mx_gemm(a: QArray, b: QArray, *, out_dtype=jnp.bfloat16, variant: str | None
   """(M, N) = a (M, K) @ b (N, K)^T through the Hopper kernels; both quantized along K (the last axis).
 
   Batched: a (B, M, K), b (B, N, K) -> (B, M, N), out[i] = a[i] @ b[i]^T, in one kernel launch (every batch
-  element padded to the same tile grid at once; equal bit for bit to the per-element 2D calls).
+  element padded to the same tile grid at once; equal bit for bit to the per-element 2D calls with the same
+  ``config``: the default one may differ, since its split-K counts the tiles of the whole batch).
   """
   if a.ndim != b.ndim or a.ndim not in (2, 3) or a.shape[:-2] != b.shape[:-2]:
     raise ValueError(f"mx_gemm takes a (M, K), b (N, K) or a (B, M, K), b (B, N, K); got {a.shape}, {b.shape}")
   m, k = a.shape[-2:]
   n = b.shape[-2]
-  cfg = config or fit_gemm_config(default_gemm_config(m, n, k, a.fmt, b.fmt, variant), a.fmt, b.fmt, out_dtype,
-                                  bool(interpret))
-  k_p = round_up(max(k, 1), cfg.tile_k)  # tile_k is a multiple of 32 and of the packing group
+  bsz = a.shape[0] if a.ndim == 3 else 1
+  if config is None:  # the interpreter models an H100's SM count, so it runs the configs the GPU would
+    sms = num_sms or (132 if interpret else mgpu.num_sms_default())
+    config = fit_gemm_config(default_gemm_config(m, n, k, a.fmt, b.fmt, variant, bsz=bsz, num_sms=sms), a.fmt,
+                             b.fmt, out_dtype, bool(interpret))
+  cfg = config
+  k_p = round_up(max(k, 1), cfg.tile_k * cfg.split_k)  # tile_k: a multiple of 32 and of the packing group
   m_p, n_p = round_up(m, cfg.cta_m), round_up(n, cfg.cta_n)
   widen = cfg.variant == "fp8"
   ad, sa, ak = gemm_operand(a, m_p, k_p, widen_to_fp8=widen)

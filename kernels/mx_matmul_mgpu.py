@@ -161,6 +161,8 @@ class GemmConfig:
   pair: bool = False        # fp8 variant: issue two block wgmmas before promoting (overlap MMA + FFMA)
   deq_slots: int = 1        # bf16 variant: dequantized-tile buffers per warpgroup (2: stage k+1's dequantization
                             # overlaps stage k's wgmmas instead of waiting for them at the end of every stage)
+  split_k: int = 1          # K cut into this many equal ranges, one output tile per (range, tile); the FP32
+                            # partials are summed in range order outside the kernel (for few output tiles)
 
   @property
   def cta_m(self):
@@ -178,6 +180,8 @@ class GemmConfig:
       s += "_pair"
     if self.deq_slots != 1:
       s += f"_dq{self.deq_slots}"
+    if self.split_k != 1:
+      s += f"_sk{self.split_k}"
     return s
 
   def __post_init__(self):
@@ -185,6 +189,8 @@ class GemmConfig:
       raise ValueError(f"deq_slots must be 1 or 2; got {self.deq_slots}")
     if self.deq_slots == 2 and self.variant != "bf16":
       raise ValueError("deq_slots=2 applies to the bf16 (dequantize-then-wgmma) variant only")
+    if not isinstance(self.split_k, int) or self.split_k < 1:
+      raise ValueError(f"split_k must be a positive int; got {self.split_k!r}")
 
 
 def _epi_n(cfg: GemmConfig, out_dtype) -> int:
@@ -230,9 +236,9 @@ def _gemm_dims(a, b, sa, sb, a_elem: str, b_elem: str, cfg: GemmConfig) -> tuple
     raise ValueError(f"tile_k={cfg.tile_k} must be a multiple of the packing group of {a_elem}/{b_elem}")
   if cfg.tile_k % BLOCK:
     raise ValueError("tile_k must be a multiple of 32")
-  if m % cfg.cta_m or n % cfg.cta_n or k % cfg.tile_k:
+  if m % cfg.cta_m or n % cfg.cta_n or k % (cfg.tile_k * cfg.split_k):
     raise ValueError(f"shape ({m}, {n}, {k}) must be a multiple of the CTA tile ({cfg.cta_m}, {cfg.cta_n}, "
-                     f"{cfg.tile_k}); pad first")
+                     f"{cfg.tile_k} x split_k {cfg.split_k}); pad first")
   return bsz, m, n, k
 
 
@@ -254,17 +260,26 @@ def gemm(a, b, sa, sb, *, a_elem=None, b_elem=None, out_dtype=jnp.bfloat16, conf
   (M, N padded to the CTA tile, tiles never straddle two batch elements). The persistent loop runs over
   (B, M/cta_m * N/cta_n) tiles, batch outermost (consecutive CTAs share one batch element's operands), the
   planar snake inside each batch element. B = 1 (or 2D operands) lowers to the unbatched kernel.
+
+  Split-K (``config.split_k`` = S > 1, for shapes with few output tiles, e.g. weight gradients): K is cut into S
+  equal ranges, the persistent loop runs over (S, B, tiles) and writes S FP32 partial products, and the result
+  is p_0 + p_1 + ... + p_{S-1} (that order, one XLA fusion) cast to ``out_dtype``.
   """
   cfg = config
   a_elem, b_elem = elem_kind(a.dtype, a_elem), elem_kind(b.dtype, b_elem)
   bsz, m, n, k = _gemm_dims(a, b, sa, sb, a_elem, b_elem, cfg)
-  if a.ndim == 3:
+  split = cfg.split_k
+  kernel_dtype = jnp.float32 if split > 1 else out_dtype
+  batched = a.ndim == 3
+  if batched:
     flat = lambda x: x.reshape(x.shape[0] * x.shape[1], x.shape[2])   # (B, rows, K) -> (B*rows, K)
     kflat = lambda s: s.reshape(s.shape[0], s.shape[1] * s.shape[2])  # (K/32, B, rows) -> (K/32, B*rows)
-    out = _gemm(flat(a), flat(b), kflat(sa), kflat(sb), bsz, m, n, k, a_elem, b_elem, out_dtype, cfg, num_sms,
-                interpret)
-    return out.reshape(bsz, m, n)
-  return _gemm(a, b, sa, sb, 1, m, n, k, a_elem, b_elem, out_dtype, cfg, num_sms, interpret)
+    a, b, sa, sb = flat(a), flat(b), kflat(sa), kflat(sb)
+  out = _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, kernel_dtype, cfg, num_sms, interpret)
+  if split > 1:
+    parts = out.reshape(split, bsz * m, n)
+    out = functools.reduce(jnp.add, [parts[i] for i in range(split)]).astype(out_dtype)
+  return out.reshape(bsz, m, n) if batched else out
 
 
 def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig, num_sms, interpret):
@@ -277,7 +292,9 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
   tile_m, tile_n, tile_k = cfg.tile_m, cfg.tile_n, cfg.tile_k
   cta_m, cta_n = cfg.cta_m, cfg.cta_n
   nblk = tile_k // BLOCK
-  m_iters, n_iters, k_iters = m // cta_m, n // cta_n, k // tile_k
+  split = cfg.split_k
+  k_part = k // split  # K elements of one split-K range
+  m_iters, n_iters, k_iters = m // cta_m, n // cta_n, k_part // tile_k
   epi_n = _epi_n(cfg, out_dtype)
   a_tr = _block_tiled(a.dtype)
   b_tr = _block_tiled(b.dtype)
@@ -311,19 +328,21 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
     def _scope(allocs, bq=None, aq=None):
       wg = lax.axis_index("wg")
 
-      def tile(bi, lin):
-        """Output tile ``lin`` (planar-snake order) of batch element ``bi`` (None: unbatched)."""
+      def tile(bi, lin, si=None):
+        """Output tile ``lin`` (planar-snake order) of batch element ``bi`` (None: unbatched) over split-K range
+        ``si`` (None: all of K)."""
         mi, ni = plgpu.planar_snake(lin, (m_iters, n_iters), minor, cfg.grid_tile_width)
         # First rows of the tile in the batch-flattened arrays, traced anew at each use (as the unbatched
         # kernel always did: its jaxpr stays exactly the same).
         a_row = lambda: _batch_row(bi, m, mi * cta_m)
         b_row = lambda: _batch_row(bi, n, ni * cta_n)
+        o_row = a_row if si is None else (lambda: si * (bsz * m) + a_row())  # range si's partial: rows si*B*M..
         if cfg.wg_dim == "M":
           wg_m, wg_n = pl.ds(wg * tile_m, tile_m), slice(None)
-          row0, col0 = a_row() + wg * tile_m, ni * cta_n
+          row0, col0 = o_row() + wg * tile_m, ni * cta_n
         else:
           wg_m, wg_n = slice(None), pl.ds(wg * tile_n, tile_n)
-          row0, col0 = a_row(), ni * cta_n + wg * tile_n
+          row0, col0 = o_row(), ni * cta_n + wg * tile_n
 
         def epilogue(acc):
           accv = acc.astype(out_dtype)
@@ -409,11 +428,22 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
               plgpu.wgmma_wait(0)
             return acc_ref
 
+        if si is None:
+          ka, kb, ks = slice(None), slice(None), slice(None)
+        else:  # this range's columns of a and b, and its rows of the (K/32, rows) scales
+          ka, kb = pl.ds(si * row_bytes(k_part, a_elem), row_bytes(k_part, a_elem)), \
+              pl.ds(si * row_bytes(k_part, b_elem), row_bytes(k_part, b_elem))
+          ks = pl.ds(si * (k_part // BLOCK), k_part // BLOCK)
         pipeline(body, ctx)(
-            a_g.at[pl.ds(a_row(), cta_m), :], b_g.at[pl.ds(b_row(), cta_n), :],
-            sa_g.at[:, pl.ds(a_row(), cta_m)], sb_g.at[:, pl.ds(b_row(), cta_n)], allocations=allocs)
+            a_g.at[pl.ds(a_row(), cta_m), ka], b_g.at[pl.ds(b_row(), cta_n), kb],
+            sa_g.at[ks, pl.ds(a_row(), cta_m)], sb_g.at[ks, pl.ds(b_row(), cta_n)], allocations=allocs)
 
-      if bsz == 1:
+      if split > 1:  # split-K range outermost, then the batch element
+        @plgpu.nd_loop((split, bsz, m_iters * n_iters), collective_axes="sm")
+        def _split_tile_loop(info):
+          si, bi, lin = info.index
+          tile(bi if bsz > 1 else None, lin, si)
+      elif bsz == 1:
         @plgpu.nd_loop((m_iters * n_iters,), collective_axes="sm")
         def _tile_loop(info):
           tile(None, info.index[0])
@@ -425,7 +455,7 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
     plgpu.wait_smem_to_gmem(0, wait_read_only=True)
 
   f = plgpu.kernel(
-      kernel, out_type=jax.ShapeDtypeStruct((bsz * m, n), out_dtype), grid=(num_sms,), grid_names=("sm",),
+      kernel, out_type=jax.ShapeDtypeStruct((split * bsz * m, n), out_dtype), grid=(num_sms,), grid_names=("sm",),
       num_threads=3, thread_name="wg",
       compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
       scratch_types=dict(o_smem=plgpu.SMEM((2, 2, tile_m, epi_n), out_dtype, transforms=out_tr)),

@@ -279,15 +279,17 @@ def _native_fp8(rec: Recipe, sa: OperandSpec | None, sb: OperandSpec | None):
   return fa.elem.dtype, fb.elem.dtype
 
 
-def _kernel_gemm(a, b, dims, sa, sb, salt_a, salt_b, mode, want_stats):
+def _kernel_gemm(a, b, dims, sa, sb, salt_a, salt_b, mode, want_stats, out_dtype=jnp.float32):
   """The GEMM on the Pallas kernel: both operands quantized in place along their (merged) contraction axes and
-  contracted per 32-block with FP32 accumulation (MX DotGeneral); same output layout as lax.dot_general."""
+  contracted per 32-block with FP32 accumulation (MX DotGeneral); same output layout as lax.dot_general.
+  ``out_dtype``: the caller's final dtype; the kernel's epilogue rounds its FP32 result to it (RNE, the same
+  bits as an FP32 output converted afterwards, without writing and re-reading the FP32 array)."""
   from mx_jax.matmul import mx_dot_general
   (ac, bc), (ab, bb) = dims
   qa, fa, axa, wa = quantize_operand_q(a, sa, ac, salt=salt_a)
   qb, fb, axb, wb = quantize_operand_q(b, sb, bc, salt=salt_b)
   dn = (((axa,), (axb,)), (tuple(wa[d % a.ndim] for d in ab), tuple(wb[d % b.ndim] for d in bb)))
-  out = mx_dot_general(qa, qb, dn, out_dtype=jnp.float32, impl="native" if mode == "native" else "mgpu",
+  out = mx_dot_general(qa, qb, dn, out_dtype=out_dtype, impl="native" if mode == "native" else "mgpu",
                        interpret=mode == "interpret")
   stats = (telemetry.quant_stats(fa, qa), telemetry.quant_stats(fb, qb)) if want_stats else (None, None)
   return out, stats
@@ -385,16 +387,18 @@ def _scaled_gemm(a, b, dims, sa, sb, want_stats):
   return out.reshape(out_shape), tuple(stats)
 
 
-def _quantized_gemm(a, b, dims, rec: Recipe, state, op_a: str, op_b: str, out_sharding=None):
+def _quantized_gemm(a, b, dims, rec: Recipe, state, op_a: str, op_b: str, out_sharding=None,
+                    out_dtype=jnp.float32):
   """One training GEMM: operands ``a`` (recipe operand ``op_a``) and ``b`` quantized along their contraction
-  dims in ``dims``; FP32 result and the two telemetry vectors (or None)."""
+  dims in ``dims``; the result (FP32 accumulation; in ``out_dtype`` from the kernels, else FP32 for the caller
+  to cast) and the two telemetry vectors (or None)."""
   sa, sb = rec.operands[op_a], rec.operands[op_b]
   (ac, bc), _ = dims
   mode = _kernel_mode(rec, sa, sb)
   if mode == "native" and math.prod(a.shape[d] for d in ac) % 32:
     mode = None  # cuDNN's block-scaled GEMM wants whole 32-blocks along K: emulate this one
   if mode is not None:
-    return _kernel_gemm(a, b, dims, sa, sb, op_a, op_b, mode, rec.telemetry)
+    return _kernel_gemm(a, b, dims, sa, sb, op_a, op_b, mode, rec.telemetry, out_dtype)
   if _scaled_dot_ok(rec, sa, sb) and _scaled_dot_dims_ok(a, b, dims):
     return _scaled_gemm(a, b, dims, sa, sb, rec.telemetry)
   fp8 = _native_fp8(rec, sa, sb)
@@ -438,11 +442,11 @@ def _scale_of(state, op, rec):
 def _qdot(lhs, rhs, state, dn, rec, out_dtype, out_sharding):
   """Returns (output, state passed through). The pass-through threads the state into a later use of the same
   layer; its cotangent (that later use's new state) is merged into this use's by max (see _qdot_bwd)."""
-  return _quantized_gemm(lhs, rhs, dn, rec, state, "x", "w", out_sharding)[0].astype(out_dtype), state
+  return _quantized_gemm(lhs, rhs, dn, rec, state, "x", "w", out_sharding, out_dtype)[0].astype(out_dtype), state
 
 
 def _qdot_fwd(lhs, rhs, state, dn, rec, out_dtype, out_sharding):
-  out, (ta, tb) = _quantized_gemm(lhs, rhs, dn, rec, state, "x", "w", out_sharding)
+  out, (ta, tb) = _quantized_gemm(lhs, rhs, dn, rec, state, "x", "w", out_sharding, out_dtype)
   own = {t: fp8_tensor.finite_amax(x) for t, x in (("x", lhs), ("w", rhs)) if t in state}
   tel = {k: v for k, v in (("x", ta), ("w", tb)) if v is not None}
   return (out.astype(out_dtype), state), (lhs, rhs, state, own, tel)
@@ -457,7 +461,7 @@ def _qdot_bwd(dn, rec, out_dtype, out_sharding, res, cts):
   def one_side(x, y, x_is_lhs, g_op, y_op):
     g_c, y_c, g_b, y_b, perm = _grad_dims(dn, x.ndim, y.ndim, x_is_lhs)
     out, (tg, ty) = _quantized_gemm(g, y, ((g_c, y_c), (g_b, y_b)), rec, state, g_op, y_op,
-                                    _grad_sharding(x, perm))
+                                    _grad_sharding(x, perm), x.dtype)
     tel.update({k: v for k, v in ((g_op, tg), (y_op, ty)) if v is not None})
     return jnp.transpose(out, perm).astype(x.dtype)
 

@@ -165,6 +165,63 @@ def test_kernel_writes_every_element(cfg):
   assert _rel(out, da @ db.T) < RTOL
 
 
+def _gemm_inputs(lead, m, n, k, seed):
+  """FP8 element data and float32 power-of-two scales in the kernel's layout (scales K-block-major)."""
+  rng = np.random.default_rng(seed)
+  a = jnp.asarray(rng.standard_normal(lead + (m, k)) * 8, jnp.float8_e4m3fn)
+  b = jnp.asarray(rng.standard_normal(lead + (n, k)) * 8, jnp.float8_e5m2)
+  sa = jnp.asarray(np.exp2(rng.integers(-5, 5, (k // 32,) + lead + (m,))), jnp.float32)
+  sb = jnp.asarray(np.exp2(rng.integers(-5, 5, (k // 32,) + lead + (n,))), jnp.float32)
+  return a, b, sa, sb
+
+
+@pytest.mark.parametrize("lead", [(), (2,)])
+def test_split_k_sums_the_ranges_in_order(lead):
+  """Split-K 3 (a 2x1 tile grid per batch element, 2 K stages per range, 3 simulated SMs): every partial
+  written, and the result is bit for bit p0 + p1 + p2 of the unsplit kernel on each K range; f64 within 1e-5."""
+  cfg = dataclasses.replace(FP8_CFG, split_k=3)
+  m, n, k = 2 * cfg.cta_m, cfg.cta_n, 6 * cfg.tile_k
+  a, b, sa, sb = _gemm_inputs(lead, m, n, k, 41)
+  out = mg.gemm(a, b, sa, sb, out_dtype=jnp.float32, config=cfg, num_sms=3, interpret=True)
+  assert out.shape == lead + (m, n)
+  da = np.asarray(a, np.float64) * np.repeat(np.moveaxis(np.asarray(sa, np.float64), 0, -1), 32, axis=-1)
+  db = np.asarray(b, np.float64) * np.repeat(np.moveaxis(np.asarray(sb, np.float64), 0, -1), 32, axis=-1)
+  assert _rel(out, np.einsum("...mk,...nk->...mn", da, db)) < RTOL
+  one = dataclasses.replace(cfg, split_k=1)
+  kc, bc = k // 3, k // 96
+  parts = [mg.gemm(a[..., r * kc:(r + 1) * kc], b[..., r * kc:(r + 1) * kc], sa[r * bc:(r + 1) * bc],
+                   sb[r * bc:(r + 1) * bc], out_dtype=jnp.float32, config=one, num_sms=3, interpret=True)
+           for r in range(3)]
+  np.testing.assert_array_equal(np.asarray(out), np.asarray((parts[0] + parts[1]) + parts[2]))
+  out16 = mg.gemm(a, b, sa, sb, out_dtype=jnp.bfloat16, config=cfg, num_sms=3, interpret=True)
+  np.testing.assert_array_equal(np.asarray(out16), np.asarray(out.astype(jnp.bfloat16)))
+
+
+def test_split_k_choice():
+  """The split-K cost model: few output tiles over a long K split (no empty range), a full GPU does not."""
+  cfg = glue.DEFAULT_FP8
+  wgrad = glue.default_gemm_config(768, 768, 8192, "mxfp8_e4m3", "mxfp8_e5m2")  # 36 tiles on 132 SMs
+  assert wgrad.split_k > 1 and (wgrad.split_k - 1) * -(-32 // wgrad.split_k) < 32
+  assert glue.default_gemm_config(8192, 8192, 8192, "mxfp8_e4m3", "mxfp8_e4m3").split_k == 1
+  assert glue.split_k_for(1, 1, cfg, 4 << 20, 132) == 1  # one K stage: nothing to split
+  assert glue.split_k_for(1, 64, cfg, 4 * 128 * 128, 132) == glue.MAX_SPLIT_K
+  assert glue.split_k_for(36, 32, cfg, 4 * 768 * 768, 36) == 1  # a full wave already
+  # 64-wide sides are not padded to 128: attention's p.v (N = head dim) and its transpose (M = head dim)
+  assert glue.default_gemm_config(1024, 64, 1024, "mxfp8_e4m3", "mxfp8_e4m3", bsz=96).cta_n == 64
+  t = glue.default_gemm_config(64, 1024, 1024, "mxfp8_e4m3", "mxfp8_e4m3", bsz=96)
+  assert (t.cta_m, t.cta_n) == (64, 128)
+  with pytest.raises(ValueError, match="split_k must be a positive int"):
+    dataclasses.replace(cfg, split_k=0)
+
+
+def test_split_k_through_the_public_call():
+  """mx_matmul with a split-K config (K = 200 padded to 3 ranges of one 128-deep stage) equals f64."""
+  a, b = _q((100, 200), "mxfp8_e4m3", 12), _q((70, 200), "mxfp8_e5m2", 13)
+  cfg = dataclasses.replace(FP8_CFG_N, split_k=3)
+  out = mx_matmul(a, b, out_dtype=jnp.float32, impl="mgpu", config=cfg, interpret=True)
+  assert out.shape == (100, 70) and _rel(out, _f64(a) @ _f64(b).T) < RTOL
+
+
 def _slice(q, i):
   """Batch element i of a (B, rows, K) QArray quantized along K, as a 2D QArray."""
   return dataclasses.replace(q, data=q.data[i], scales=q.scales[i], axis=1, shape=q.shape[1:])
