@@ -57,17 +57,44 @@ class GPT(nn.Module):
 def _recipe(name: str):
   """A preset name, optionally with "@pallas" / "@auto" (the recipe's GEMMs on the block-scaled kernel); a
   "-t" suffix ("mxfp8@pallas-t") transposes the kernel operands in bf16 before quantizing them (the operand order
-  before session 21, ``mx_jax.dot.KERNEL_QUANT_IN_PLACE = False``; same quantizer) to compare both in one process."""
-  base, _, impl = name.removesuffix("-t").partition("@")
+  before session 21, ``mx_jax.dot.KERNEL_QUANT_IN_PLACE = False``; same quantizer) to compare both in one process;
+  "-s21" runs the kernel GEMMs as session 21 did (see ``_session21_gemms``)."""
+  base, _, impl = name.removesuffix("-t").removesuffix("-s21").partition("@")
   rec = mx_jax.recipe(base)
   return dataclasses.replace(rec, impl=impl) if impl else rec
+
+
+_CURRENT = {}
+
+
+def _session21_gemms(on: bool):
+  """Session 21's kernel GEMMs (on) or today's (off): no split-K, no 64-wide tiles, and an FP32 kernel output
+  that XLA casts afterwards. Patched in here so that one process can time both."""
+  from kernels import mx_matmul
+  from mx_jax import dot
+  if not _CURRENT:
+    _CURRENT.update(cfg=mx_matmul.default_gemm_config, gemm=dot._kernel_gemm)
+  if not on:
+    mx_matmul.default_gemm_config, dot._kernel_gemm = _CURRENT["cfg"], _CURRENT["gemm"]
+    return
+
+  def cfg21(m, n, k, a_fmt, b_fmt, variant=None, **_):
+    c = dataclasses.replace(_CURRENT["cfg"](m, n, k, a_fmt, b_fmt, variant), split_k=1)
+    return dataclasses.replace(c, tile_n=128, wg_dim="M") if c.variant == "fp8" else c
+
+  def gemm21(*args):
+    return _CURRENT["gemm"](*args[:9])  # without the caller's out_dtype: FP32 out, cast by the caller
+  mx_matmul.default_gemm_config, dot._kernel_gemm = cfg21, gemm21
 
 
 def _set_operand_path(name: str):
   from mx_jax import dot
   in_place = not name.endswith("-t")
-  if dot.KERNEL_QUANT_IN_PLACE != in_place:
+  legacy = name.endswith("-s21")
+  if dot.KERNEL_QUANT_IN_PLACE != in_place or _CURRENT.get("legacy", False) != legacy:
     dot.KERNEL_QUANT_IN_PLACE = in_place
+    _session21_gemms(legacy)
+    _CURRENT["legacy"] = legacy
     jax.clear_caches()  # the jitted dispatch bodies were traced with the other path
 
 

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Session 22 device calls: split-K (few-tile GEMMs), 64-wide tiles for a 64-wide side and the bf16 epilogue in
+# the block-scaled kernel, on the 135M GPT step's GEMM shapes and on the step itself.
+# 1) bench_step_gemms: each of the step's kernel GEMM shapes: XLA's bf16 GEMM, the kernel as session 21 ran it,
+#    today's default (and forced split-K values on the weight-gradient shapes); GPU checks against f64 and of the
+#    epilogue's bf16 rounding.
+# 2) the 12-layer step, same process: bf16, mxfp8@pallas (today), mxfp8@pallas-s21 (session 21's kernel GEMMs),
+#    mxfp8 on XLA (emulation).
+# COMMIT=<short hash> OUT=$OUT bash benchmarks/gpu_session22.sh N   (the device's .git is not this checkout's)
+cd "$(dirname "$0")/.."
+. benchmarks/gpu_env.sh
+echo "code of commit ${COMMIT:-?}"
+case "${1:-1}" in
+  1) timeout 560 python3 -m benchmarks.bench_step_gemms --out "$OUT" 2>&1 | grep -v Warn | tail -60 ;;
+  2) timeout 580 python3 -m benchmarks.bench_train_step --recipes bf16,mxfp8@pallas,mxfp8@pallas-s21,mxfp8 \
+       --warmup 2 --iters 8 --out "$OUT/train_step.json" 2>&1 | grep -v Warn | tee "$OUT/train_step.log" ;;
+esac
