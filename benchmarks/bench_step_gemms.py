@@ -46,10 +46,19 @@ def _s21_config(m, n, k, bsz):
                               "mxfp8_e4m3", jnp.float32)
 
 
+def _sweep_configs(base):
+  r = dataclasses.replace
+  return [r(base, tile_k=128, max_concurrent_steps=s) for s in (2, 3, 4)] + [
+      r(base, tile_k=64, max_concurrent_steps=s) for s in (4, 6)] + [
+      r(base, pair=False), r(base, grid_minor="M"), r(base, grid_tile_width=4), r(base, grid_tile_width=16),
+      r(base, tile_k=128, max_concurrent_steps=4, grid_minor="M")]
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--splits", default="1,2,3,4,6,8", help="forced split-K values on the weight-gradient shapes")
   p.add_argument("--calls", type=int, default=5)
+  p.add_argument("--sweep", action="store_true", help="other tile configs on the M = 8192 shapes")
   p.add_argument("--out", default=None)
   p.add_argument("--smoke", action="store_true", help="CPU check of this script: small shapes, interpreted")
   a = p.parse_args()
@@ -95,6 +104,15 @@ def main():
         us = top_kernels(kern(c, jnp.bfloat16), qa, qb, calls=a.calls, n=1)[1]
         row[f"split{s}_us"] = us
         log(f"      split_k {s:2d}: {us:7.1f} µs")
+    if a.sweep and (bsz, m) == (1, 8192):  # forward / input-gradient shapes: other tile configs
+      for c in _sweep_configs(cfg_new):
+        try:
+          us = top_kernels(kern(c, jnp.bfloat16), qa, qb, calls=a.calls, n=1)[1]
+        except Exception as e:  # noqa: BLE001  (a config that does not fit or lower)
+          log(f"      {c.name():40s} ERR {type(e).__name__}: {str(e)[:80]}")
+          continue
+        row[c.name()] = us
+        log(f"      {c.name():40s} {us:7.1f} µs  x{t['bf16'] / us:.2f} bf16")
     rows.append(row)
   if a.out:
     import json

@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 echo "code of commit ${COMMIT:-?}"
 case "${1:-1}" in
   1) timeout 560 python3 -m benchmarks.bench_step_gemms --out "$OUT" 2>&1 | grep -v Warn | tail -60 ;;
+  3) timeout 560 python3 -m benchmarks.bench_step_gemms --sweep --splits 1,2,4,8 --out "$OUT" 2>&1 | grep -v Warn | tail -80 ;;
   2) timeout 580 python3 -m benchmarks.bench_train_step --recipes bf16,mxfp8@pallas,mxfp8@pallas-s21,mxfp8 \
        --warmup 2 --iters 8 --out "$OUT/train_step.json" 2>&1 | grep -v Warn | tee "$OUT/train_step.log" ;;
 esac
