@@ -182,6 +182,8 @@ class GemmConfig:
       s += f"_dq{self.deq_slots}"
     if self.split_k != 1:
       s += f"_sk{self.split_k}"
+    if (self.grid_minor, self.grid_tile_width) != ("N", 8):
+      s += f"_g{self.grid_minor}{self.grid_tile_width}"
     return s
 
   def __post_init__(self):
