@@ -104,6 +104,8 @@ def default_gemm_config(m: int, n: int, k: int, a_fmt: str, b_fmt: str, variant:
     cfg = DEFAULT_FP8
     if k <= 128:  # a short K (attention's head dim) in one stage of its own depth, not zero-padded to 256
       cfg = dataclasses.replace(cfg, tile_k=64 if k <= 64 else 128)
+    elif k <= 768:  # 6 stages of 128, not 3 of 256: 8192 x {768, 3072} x 768 7-11 % faster (session 22)
+      cfg = dataclasses.replace(cfg, tile_k=128)
     if n <= 64:  # a 64-wide side (attention's head dim as N, or as M) is not padded to 128
       cfg = dataclasses.replace(cfg, tile_n=64)
     elif m <= 64:

@@ -99,5 +99,6 @@ def test_native_fp8_gemm_matches_emulation(name):
 
 def test_short_k_runs_in_one_stage_of_its_depth():
   from kernels import mx_matmul as glue
-  ks = {k: glue.default_gemm_config(8192, 8192, k, "mxfp8_e4m3", "mxfp8_e4m3").tile_k for k in (32, 64, 96, 128, 200)}
-  assert ks == {32: 64, 64: 64, 96: 128, 128: 128, 200: 256}
+  ks = {k: glue.default_gemm_config(8192, 8192, k, "mxfp8_e4m3", "mxfp8_e4m3").tile_k
+        for k in (32, 64, 96, 128, 200, 768, 800)}
+  assert ks == {32: 64, 64: 64, 96: 128, 128: 128, 200: 128, 768: 128, 800: 256}
