@@ -39,6 +39,10 @@ FAST_OPERANDS = True
 # Kernel-path operands quantized in their own layout, then moved to the kernels' (rest..., K) layout as 1-byte
 # elements (False: transposed in the input dtype first, then quantized; kept to measure both on a GPU).
 KERNEL_QUANT_IN_PLACE = True
+# On a GPU, kernel-path operands quantized along their last axis with at least this many elements go through the
+# Pallas MX quantize kernel (kernels/mx_quantize.py: one pass, bit for bit the spec path; XLA splits it into a
+# block-max fusion and a quantize fusion). None: XLA's fast path for all.
+KERNEL_OPERAND_QUANT_MIN = 1 << 20
 
 # Pin the emulated GEMM's operands to row-major layouts on GPU: "in" (the high-precision operand), "out" (its
 # fake-quantized copy), both ("in,out") or neither (""). See _pinned.
@@ -151,13 +155,16 @@ def quantize_operand(x: jax.Array, spec: OperandSpec | None, axes: Sequence[int]
   return unmerge(v.astype(dtype)), post, stats
 
 
-def quantize_operand_q(x: jax.Array, spec: OperandSpec, axes: Sequence[int], *, key=None, salt: str = ""):
+def quantize_operand_q(x: jax.Array, spec: OperandSpec, axes: Sequence[int], *, key=None, salt: str = "",
+                       pallas_quant: bool = False):
   """(QArray, the tensor it quantizes, its quantized axis, {x's kept axis: its axis}): ``x`` quantized along its
   contraction ``axes`` merged into one, in place (a free reshape when the axes are adjacent; see ``_merge_axes``).
 
   RNE MX operands take the fast path (block amax, x * 2^-e rounded by the FPU; same bits as ``quantize`` on
   inputs without FP32 subnormals, as the XLA GEMM path's operands). The kernels' (rest..., K) layout is made
   afterwards from the 1-byte elements (``mx_dot_general``), not by transposing the wider input first.
+  ``pallas_quant``: large RNE MX operands quantized along their last axis take the Pallas quantize kernel
+  (``KERNEL_OPERAND_QUANT_MIN``; the same bits).
   """
   f = get_format(spec.fmt)
   bs = spec.block_size or f.block_size
@@ -169,7 +176,11 @@ def quantize_operand_q(x: jax.Array, spec: OperandSpec, axes: Sequence[int], *, 
     ax, where = m.ndim - 1, {d: i for i, d in enumerate(rest)}
   if spec.rounding == "stochastic" and key is None:
     key = _content_key(x, salt + spec.fmt)
-  if f.kind == "mx" and spec.rounding == "nearest_even" and FAST_OPERANDS:
+  if (pallas_quant and f.kind == "mx" and spec.rounding == "nearest_even" and ax == m.ndim - 1
+      and KERNEL_OPERAND_QUANT_MIN is not None and m.size >= KERNEL_OPERAND_QUANT_MIN):
+    from kernels import mx_quantize as pallas_mx_quantize  # the function (kernels/__init__.py)
+    q = pallas_mx_quantize(m, f.name, block_size=bs, scale_mode=spec.scale_mode, impl="pallas")
+  elif f.kind == "mx" and spec.rounding == "nearest_even" and FAST_OPERANDS:
     data, scales = mx_block.mx_quantize_fast(m, f.elem, ax, bs, spec.scale_mode)
     q = QArray(data, scales, None, f.name, ax, tuple(m.shape), bs, False)
   else:
@@ -286,8 +297,9 @@ def _kernel_gemm(a, b, dims, sa, sb, salt_a, salt_b, mode, want_stats, out_dtype
   bits as an FP32 output converted afterwards, without writing and re-reading the FP32 array)."""
   from mx_jax.matmul import mx_dot_general
   (ac, bc), (ab, bb) = dims
-  qa, fa, axa, wa = quantize_operand_q(a, sa, ac, salt=salt_a)
-  qb, fb, axb, wb = quantize_operand_q(b, sb, bc, salt=salt_b)
+  pq = mode == "mgpu"  # on the GPU (the interpreter keeps the XLA path: the same bits, far quicker on a CPU)
+  qa, fa, axa, wa = quantize_operand_q(a, sa, ac, salt=salt_a, pallas_quant=pq)
+  qb, fb, axb, wb = quantize_operand_q(b, sb, bc, salt=salt_b, pallas_quant=pq)
   dn = (((axa,), (axb,)), (tuple(wa[d % a.ndim] for d in ab), tuple(wb[d % b.ndim] for d in bb)))
   out = mx_dot_general(qa, qb, dn, out_dtype=out_dtype, impl="native" if mode == "native" else "mgpu",
                        interpret=mode == "interpret")

@@ -102,3 +102,18 @@ def test_short_k_runs_in_one_stage_of_its_depth():
   ks = {k: glue.default_gemm_config(8192, 8192, k, "mxfp8_e4m3", "mxfp8_e4m3").tile_k
         for k in (32, 64, 96, 128, 200, 768, 800)}
   assert ks == {32: 64, 64: 64, 96: 128, 128: 128, 200: 128, 768: 128, 800: 256}
+
+
+def test_pallas_operand_quantizer_same_bits(monkeypatch):
+  """Large last-axis kernel operands on a GPU take the Pallas MX quantize kernel (here interpreted): the same
+  QArray bits as XLA's fast path, for an operand contracted along its last axis and one along another axis."""
+  monkeypatch.setattr(D, "KERNEL_OPERAND_QUANT_MIN", 0)
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.standard_normal((6, 80)) * np.exp2(rng.integers(-8, 8, (6, 1))), jnp.bfloat16)
+  spec = mx_jax.recipe("mxfp8").x
+  for axes in ((1,), (0,)):
+    q1 = D.quantize_operand_q(x, spec, axes, pallas_quant=True)[0]
+    q0 = D.quantize_operand_q(x, spec, axes, pallas_quant=False)[0]
+    assert (q1.axis, q1.shape, q1.block_size) == (q0.axis, q0.shape, q0.block_size)
+    np.testing.assert_array_equal(np.asarray(q1.data.view(np.uint8)), np.asarray(q0.data.view(np.uint8)))
+    np.testing.assert_array_equal(np.asarray(q1.scales.view(np.uint8)), np.asarray(q0.scales.view(np.uint8)))
