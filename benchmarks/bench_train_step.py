@@ -73,7 +73,7 @@ def _session21_gemms(on: bool):
   that XLA casts afterwards. Patched in here so that one process can time both."""
   from kernels import mx_matmul
   from mx_jax import dot
-  if not _CURRENT:
+  if "cfg" not in _CURRENT:
     _CURRENT.update(cfg=mx_matmul.default_gemm_config, gemm=dot._kernel_gemm)
   if not on:
     mx_matmul.default_gemm_config, dot._kernel_gemm = _CURRENT["cfg"], _CURRENT["gemm"]

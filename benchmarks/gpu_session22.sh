@@ -19,6 +19,6 @@ case "${1:-1}" in
        --warmup 2 --iters 8 --out "$OUT/train_step.json" 2>&1 | grep -v Warn | tee "$OUT/train_step.log" ;;
   4) timeout 400 python3 -m benchmarks.diag_step_kernels --recipes bf16,mxfp8,mxfp8@pallas --attn --layers 2 \
        --top 30 --out "$OUT" 2>&1 | grep -v Warn | tail -150 ;;
-  5) timeout 580 python3 -m benchmarks.bench_train_step --recipes bf16,mxfp8@pallas,mxfp8@pallas-xq \
+  5) timeout 580 python3 -m benchmarks.bench_train_step --recipes bf16,mxfp8@pallas-xq,mxfp8@pallas,mxfp8 \
        --warmup 2 --iters 8 --out "$OUT/train_step.json" 2>&1 | grep -v Warn | tee "$OUT/train_step.log" ;;
 esac
