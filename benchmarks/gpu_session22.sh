@@ -8,6 +8,7 @@
 #    mxfp8 on XLA (emulation).
 # 3) 1 plus a tile-config sweep on the M = 8192 shapes.  4) per-kernel profile of the 2-layer step (attention in).
 # 5) the step with the Pallas quantize kernel for large last-axis kernel operands against XLA's (-xq).
+# 6) the step with the other large operands transposed first, then the Pallas kernel, against in place (-ip).
 # COMMIT=<short hash> OUT=$OUT bash benchmarks/gpu_session22.sh N   (the device's .git is not this checkout's)
 cd "$(dirname "$0")/.."
 . benchmarks/gpu_env.sh
@@ -20,5 +21,7 @@ case "${1:-1}" in
   4) timeout 400 python3 -m benchmarks.diag_step_kernels --recipes bf16,mxfp8,mxfp8@pallas --attn --layers 2 \
        --top 30 --out "$OUT" 2>&1 | grep -v Warn | tail -150 ;;
   5) timeout 580 python3 -m benchmarks.bench_train_step --recipes bf16,mxfp8@pallas-xq,mxfp8@pallas,mxfp8 \
+       --warmup 2 --iters 8 --out "$OUT/train_step.json" 2>&1 | grep -v Warn | tee "$OUT/train_step.log" ;;
+  6) timeout 580 python3 -m benchmarks.bench_train_step --recipes bf16,mxfp8@pallas-ip,mxfp8@pallas,mxfp8 \
        --warmup 2 --iters 8 --out "$OUT/train_step.json" 2>&1 | grep -v Warn | tee "$OUT/train_step.log" ;;
 esac
