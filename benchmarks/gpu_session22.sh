@@ -8,7 +8,8 @@
 #    mxfp8 on XLA (emulation).
 # 3) 1 plus a tile-config sweep on the M = 8192 shapes.  4) per-kernel profile of the 2-layer step (attention in).
 # 5) the step with the Pallas quantize kernel for large last-axis kernel operands against XLA's (-xq).
-# 6) the step with the other large operands transposed first, then the Pallas kernel, against in place (-ip).
+# 6) (at de09cb7 only: its -ip variant was removed with KERNEL_TRANSPOSE_FIRST, slower) the step with the other
+#    large operands transposed first, then the Pallas kernel, against in place (-ip).
 # COMMIT=<short hash> OUT=$OUT bash benchmarks/gpu_session22.sh N   (the device's .git is not this checkout's)
 cd "$(dirname "$0")/.."
 . benchmarks/gpu_env.sh

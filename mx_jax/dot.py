@@ -43,9 +43,6 @@ KERNEL_QUANT_IN_PLACE = True
 # Pallas MX quantize kernel (kernels/mx_quantize.py: one pass, bit for bit the spec path; XLA splits it into a
 # block-max fusion and a quantize fusion). None: XLA's fast path for all.
 KERNEL_OPERAND_QUANT_MIN = 1 << 20
-# ... and those of them contracted along another axis are transposed to (rest..., K) in their own dtype first
-# (one plain transpose, then the kernel) instead of XLA's in-place block max and transposing quantize fusions.
-KERNEL_TRANSPOSE_FIRST = True
 
 # Pin the emulated GEMM's operands to row-major layouts on GPU: "in" (the high-precision operand), "out" (its
 # fake-quantized copy), both ("in,out") or neither (""). See _pinned.
@@ -166,16 +163,12 @@ def quantize_operand_q(x: jax.Array, spec: OperandSpec, axes: Sequence[int], *, 
   RNE MX operands take the fast path (block amax, x * 2^-e rounded by the FPU; same bits as ``quantize`` on
   inputs without FP32 subnormals, as the XLA GEMM path's operands). The kernels' (rest..., K) layout is made
   afterwards from the 1-byte elements (``mx_dot_general``), not by transposing the wider input first.
-  ``pallas_quant`` (on a GPU): large RNE MX operands (``KERNEL_OPERAND_QUANT_MIN``) take the Pallas quantize
-  kernel (the same bits), after a transpose to (rest..., K) when K is not their last axis
-  (``KERNEL_TRANSPOSE_FIRST``).
+  ``pallas_quant``: large RNE MX operands quantized along their last axis take the Pallas quantize kernel
+  (``KERNEL_OPERAND_QUANT_MIN``; the same bits).
   """
   f = get_format(spec.fmt)
   bs = spec.block_size or f.block_size
-  pallas_quant = (pallas_quant and f.kind == "mx" and spec.rounding == "nearest_even"
-                  and KERNEL_OPERAND_QUANT_MIN is not None and x.size >= KERNEL_OPERAND_QUANT_MIN)
-  last = tuple(a % x.ndim for a in axes) == tuple(range(x.ndim - len(axes), x.ndim))
-  if KERNEL_QUANT_IN_PLACE and not (pallas_quant and KERNEL_TRANSPOSE_FIRST and not last):
+  if KERNEL_QUANT_IN_PLACE:
     m, ax, where = _merged_operand(x, axes)
   else:  # the layout first, then quantize along the last axis (kept to compare both on a GPU)
     m, _ = _flatten_axes(x, axes)
@@ -183,7 +176,8 @@ def quantize_operand_q(x: jax.Array, spec: OperandSpec, axes: Sequence[int], *, 
     ax, where = m.ndim - 1, {d: i for i, d in enumerate(rest)}
   if spec.rounding == "stochastic" and key is None:
     key = _content_key(x, salt + spec.fmt)
-  if pallas_quant and ax == m.ndim - 1:
+  if (pallas_quant and f.kind == "mx" and spec.rounding == "nearest_even" and ax == m.ndim - 1
+      and KERNEL_OPERAND_QUANT_MIN is not None and m.size >= KERNEL_OPERAND_QUANT_MIN):
     from kernels import mx_quantize as pallas_mx_quantize  # the function (kernels/__init__.py)
     q = pallas_mx_quantize(m, f.name, block_size=bs, scale_mode=spec.scale_mode, impl="pallas")
   elif f.kind == "mx" and spec.rounding == "nearest_even" and FAST_OPERANDS:
