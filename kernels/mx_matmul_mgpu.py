@@ -301,6 +301,7 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
   a_tr = _block_tiled(a.dtype)
   b_tr = _block_tiled(b.dtype)
   a_tk, b_tk = row_bytes(tile_k, a_elem), row_bytes(tile_k, b_elem)  # bytes of a stage's row
+  a_kp, b_kp = row_bytes(k_part, a_elem), row_bytes(k_part, b_elem)  # bytes of a split-K range's row
   out_tr = _tiled(epi_n, out_dtype)
   minor = 1 if cfg.grid_minor == "N" else 0
   bf16 = jnp.bfloat16
@@ -433,8 +434,7 @@ def _gemm(a, b, sa, sb, bsz, m, n, k, a_elem, b_elem, out_dtype, cfg: GemmConfig
         if si is None:
           ka, kb, ks = slice(None), slice(None), slice(None)
         else:  # this range's columns of a and b, and its rows of the (K/32, rows) scales
-          ka, kb = pl.ds(si * row_bytes(k_part, a_elem), row_bytes(k_part, a_elem)), \
-              pl.ds(si * row_bytes(k_part, b_elem), row_bytes(k_part, b_elem))
+          ka, kb = pl.ds(si * a_kp, a_kp), pl.ds(si * b_kp, b_kp)
           ks = pl.ds(si * (k_part // BLOCK), k_part // BLOCK)
         pipeline(body, ctx)(
             a_g.at[pl.ds(a_row(), cta_m), ka], b_g.at[pl.ds(b_row(), cta_n), kb],
