@@ -40,10 +40,13 @@ def _operands(b, m, n, k, seed=0):
   return (mx_jax.quantize(x, "mxfp8_e4m3", axis=-1), mx_jax.quantize(y, "mxfp8_e4m3", axis=-1))
 
 
-def _s21_config(m, n, k, bsz):
-  c = glue.default_gemm_config(m, n, k, "mxfp8_e4m3", "mxfp8_e4m3", bsz=bsz)
-  return glue.fit_gemm_config(dataclasses.replace(c, split_k=1, tile_n=128, wg_dim="M"), "mxfp8_e4m3",
-                              "mxfp8_e4m3", jnp.float32)
+def session21_config(cfg, k: int):
+  """Today's default ``cfg`` for a K of ``k`` as session 21 chose it: no split-K and, for the FP8 design,
+  128-wide tiles with the warpgroups split along M and a 256-deep stage unless K <= 128."""
+  cfg = dataclasses.replace(cfg, split_k=1)
+  if cfg.variant != "fp8":
+    return cfg
+  return dataclasses.replace(cfg, tile_n=128, wg_dim="M", tile_k=cfg.tile_k if k <= 128 else 256)
 
 
 def _sweep_configs(base):
@@ -80,15 +83,17 @@ def main():
                                    jnp.bfloat16)
     if a.smoke and k >= 32 * 8:
       cfg_new = dataclasses.replace(cfg_new, split_k=2)
-    cfg21 = _s21_config(m, n, k, bsz)
+    cfg21 = glue.fit_gemm_config(session21_config(glue.default_gemm_config(m, n, k, qa.fmt, qb.fmt, bsz=bsz), k),
+                                 qa.fmt, qb.fmt, jnp.float32)
     kern = lambda cfg, dt: jax.jit(lambda x, y: glue.mx_gemm(x, y, out_dtype=dt, config=cfg))  # noqa: E731
     s21 = jax.jit(lambda x, y: glue.mx_gemm(x, y, out_dtype=jnp.float32, config=cfg21).astype(jnp.bfloat16))
     new, new32 = kern(cfg_new, jnp.bfloat16), kern(cfg_new, jnp.float32)
     flops = 2 * bsz * m * n * k
     ref = np.einsum("...mk,...nk->...mn", np.asarray(da, np.float64), np.asarray(db, np.float64))
-    got = np.asarray(new32(qa, qb), np.float64)  # the accumulation, before the bf16 rounding
+    out16, out32 = new(qa, qb), new32(qa, qb)
+    got = np.asarray(out32, np.float64)  # the accumulation, before the bf16 rounding
     rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
-    same = bool(np.array_equal(np.asarray(new(qa, qb)), np.asarray(new32(qa, qb).astype(jnp.bfloat16))))
+    same = bool(np.array_equal(np.asarray(out16), np.asarray(out32.astype(jnp.bfloat16))))
     t = {nm: max(top_kernels(f, qa, qb, calls=a.calls, n=1)[1], 1e-9) for nm, f in (("s21", s21), ("new", new))}
     t["bf16"] = top_kernels(bf16, da, db, calls=a.calls, n=1)[1]
     line = (f"B{bsz:3d} M{m:5d} N{n:5d} K{k:5d}  bf16 {t['bf16']:7.1f} µs  s21 {t['s21']:7.1f} ({cfg21.name()})  "

@@ -69,8 +69,9 @@ _CURRENT = {}
 
 
 def _session21_gemms(on: bool):
-  """Session 21's kernel GEMMs (on) or today's (off): no split-K, no 64-wide tiles, and an FP32 kernel output
-  that XLA casts afterwards. Patched in here so that one process can time both."""
+  """Session 21's kernel GEMMs (on) or today's (off): no split-K, no 64-wide tiles, 256-deep stages unless K <= 128,
+  and an FP32 kernel output that XLA casts afterwards. Patched in here so that one process can time both."""
+  from benchmarks.bench_step_gemms import session21_config
   from kernels import mx_matmul
   from mx_jax import dot
   if "cfg" not in _CURRENT:
@@ -80,8 +81,7 @@ def _session21_gemms(on: bool):
     return
 
   def cfg21(m, n, k, a_fmt, b_fmt, variant=None, **_):
-    c = dataclasses.replace(_CURRENT["cfg"](m, n, k, a_fmt, b_fmt, variant), split_k=1)
-    return dataclasses.replace(c, tile_n=128, wg_dim="M") if c.variant == "fp8" else c
+    return session21_config(_CURRENT["cfg"](m, n, k, a_fmt, b_fmt, variant), k)
 
   def gemm21(*args):
     return _CURRENT["gemm"](*args[:9])  # without the caller's out_dtype: FP32 out, cast by the caller
