@@ -95,6 +95,9 @@ def default_gemm_config(m: int, n: int, k: int, a_fmt: str, b_fmt: str, variant:
                         bsz: int = 1, num_sms: int = 132) -> GemmConfig:
   """Tile config for a ([bsz x] m, n, k) problem (from the H100 sweeps recorded in BENCHMARKS.md), with the
   split-K that ``split_k_for`` predicts fastest on ``num_sms`` SMs."""
+  for name, v in (("bsz", bsz), ("num_sms", num_sms)):
+    if not isinstance(v, int) or v < 1:
+      raise ValueError(f"{name} must be a positive int; got {v!r}")
   fp8_ok = all(_MX_ELEM[f] != "int8" for f in (a_fmt, b_fmt))
   if variant is None:
     variant = DEFAULT_VARIANT if fp8_ok else "bf16"
@@ -136,6 +139,11 @@ def split_k_for(tiles: int, k_iters: int, cfg: GemmConfig, partial_bytes: int, n
   fill and the epilogue), plus writing and re-reading S FP32 partials of ``partial_bytes`` each when S > 1.
   Only divisors of ``k_iters`` (a split that pads K copies both operands: on the H100, 768 x 768 x 8192 took
   61.7 µs at S = 3 against 51.3 at S = 2, BENCHMARKS.md session 22); at most ``MAX_SPLIT_K``."""
+  for name, v in (("tiles", tiles), ("k_iters", k_iters), ("num_sms", num_sms)):
+    if not isinstance(v, int) or v < 1:
+      raise ValueError(f"{name} must be a positive int; got {v!r}")
+  if not isinstance(partial_bytes, int) or partial_bytes < 0:
+    raise ValueError(f"partial_bytes must be a non-negative int; got {partial_bytes!r}")
   stage_s = 2 * cfg.cta_m * cfg.cta_n * cfg.tile_k / _SM_FLOPS[cfg.variant]
 
   def cost(s):

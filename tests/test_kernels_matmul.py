@@ -214,6 +214,14 @@ def test_split_k_choice():
   assert (t.cta_m, t.cta_n) == (64, 128)
   with pytest.raises(ValueError, match="split_k must be a positive int"):
     dataclasses.replace(cfg, split_k=0)
+  for kw, name in ((dict(tiles=0), "tiles"), (dict(k_iters=0), "k_iters"), (dict(num_sms=0), "num_sms"),
+                   (dict(partial_bytes=-1), "partial_bytes")):
+    args = {**dict(tiles=36, k_iters=32, cfg=cfg, partial_bytes=4, num_sms=132), **kw}
+    with pytest.raises(ValueError, match=f"{name} must be a"):
+      glue.split_k_for(**args)
+  for kw in ("bsz", "num_sms"):
+    with pytest.raises(ValueError, match=f"{kw} must be a positive int"):
+      glue.default_gemm_config(64, 64, 64, "mxfp8_e4m3", "mxfp8_e4m3", **{kw: 0})
 
 
 def test_split_k_through_the_public_call():
