@@ -59,8 +59,11 @@ def _recipe(name: str):
   "-t" suffix ("mxfp8@pallas-t") transposes the kernel operands in bf16 before quantizing them (the operand order
   before session 21, ``mx_jax.dot.KERNEL_QUANT_IN_PLACE = False``; same quantizer) to compare both in one process;
   "-s21" runs the kernel GEMMs as session 21 did (see ``_session21_gemms``); "-xq" quantizes every kernel operand
-  with XLA's fast path (``mx_jax.dot.KERNEL_OPERAND_QUANT_MIN = None``), not the Pallas quantize kernel."""
-  base, _, impl = name.removesuffix("-t").removesuffix("-s21").removesuffix("-xq").partition("@")
+  with XLA's fast path (``mx_jax.dot.KERNEL_OPERAND_QUANT_MIN = None``), not the Pallas quantize kernel; "-nct"
+  quantizes kernel operands along a non-last axis on XLA's path, not the cast-transpose kernel
+  (``mx_jax.dot.KERNEL_OPERAND_CAST_TRANSPOSE = False``: session 22's operand path)."""
+  base, _, impl = (name.removesuffix("-t").removesuffix("-s21").removesuffix("-xq").removesuffix("-nct")
+                   .partition("@"))
   rec = mx_jax.recipe(base)
   return dataclasses.replace(rec, impl=impl) if impl else rec
 
@@ -94,10 +97,12 @@ def _set_operand_path(name: str):
   legacy = name.endswith("-s21")
   _CURRENT.setdefault("qmin", dot.KERNEL_OPERAND_QUANT_MIN)
   qmin = None if name.endswith("-xq") else _CURRENT["qmin"]
+  ct = not name.endswith("-nct")
   if (dot.KERNEL_QUANT_IN_PLACE != in_place or _CURRENT.get("legacy", False) != legacy
-      or dot.KERNEL_OPERAND_QUANT_MIN != qmin):
+      or dot.KERNEL_OPERAND_QUANT_MIN != qmin or dot.KERNEL_OPERAND_CAST_TRANSPOSE != ct):
     dot.KERNEL_QUANT_IN_PLACE = in_place
     dot.KERNEL_OPERAND_QUANT_MIN = qmin
+    dot.KERNEL_OPERAND_CAST_TRANSPOSE = ct
     _session21_gemms(legacy)
     _CURRENT["legacy"] = legacy
     jax.clear_caches()  # the jitted dispatch bodies were traced with the other path

@@ -43,6 +43,13 @@ KERNEL_QUANT_IN_PLACE = True
 # Pallas MX quantize kernel (kernels/mx_quantize.py: one pass, bit for bit the spec path; XLA splits it into a
 # block-max fusion and a quantize fusion). None: XLA's fast path for all.
 KERNEL_OPERAND_QUANT_MIN = 1 << 20
+# The same along a non-last axis: the cast-transpose kernel (kernels/mx_cast_transpose.py) writes the operand
+# quantized along that axis with it moved last, the kernels' layout (XLA: block max, quantize, then a transpose of
+# the 1-byte elements). A gradient quantized along its last axis and the axes just before it (a Dense layer's, or
+# attention's dS / dO) gets both from one read of it. False: XLA's path for these.
+KERNEL_OPERAND_CAST_TRANSPOSE = True
+# Kernel modes whose operands take the Pallas quantizers ("interpret" too in the tests: the same bits).
+PALLAS_QUANT_MODES = ("mgpu",)
 
 # Pin the emulated GEMM's operands to row-major layouts on GPU: "in" (the high-precision operand), "out" (its
 # fake-quantized copy), both ("in,out") or neither (""). See _pinned.
@@ -176,10 +183,14 @@ def quantize_operand_q(x: jax.Array, spec: OperandSpec, axes: Sequence[int], *, 
     ax, where = m.ndim - 1, {d: i for i, d in enumerate(rest)}
   if spec.rounding == "stochastic" and key is None:
     key = _content_key(x, salt + spec.fmt)
-  if (pallas_quant and f.kind == "mx" and spec.rounding == "nearest_even" and ax == m.ndim - 1
-      and KERNEL_OPERAND_QUANT_MIN is not None and m.size >= KERNEL_OPERAND_QUANT_MIN):
+  big = pallas_quant and _pallas_quantizable(spec, m.size)
+  if big and ax == m.ndim - 1:
     from kernels import mx_quantize as pallas_mx_quantize  # the function (kernels/__init__.py)
     q = pallas_mx_quantize(m, f.name, block_size=bs, scale_mode=spec.scale_mode, impl="pallas")
+  elif big and KERNEL_OPERAND_CAST_TRANSPOSE:
+    from kernels.mx_cast_transpose import mx_cast_transpose
+    q = mx_cast_transpose(m, f.name, axis=ax, block_size=bs, scale_mode=spec.scale_mode, impl="pallas")[1]
+    return q, jnp.moveaxis(m, ax, -1), m.ndim - 1, _moved_last(where, ax)
   elif f.kind == "mx" and spec.rounding == "nearest_even" and FAST_OPERANDS:
     data, scales = mx_block.mx_quantize_fast(m, f.elem, ax, bs, spec.scale_mode)
     q = QArray(data, scales, None, f.name, ax, tuple(m.shape), bs, False)
@@ -187,6 +198,42 @@ def quantize_operand_q(x: jax.Array, spec: OperandSpec, axes: Sequence[int], *, 
     q = quantize(m, f, axis=ax, block_size=spec.block_size, scale_mode=spec.scale_mode, rounding=spec.rounding,
                  key=key)
   return q, m, ax, where
+
+
+def _pallas_quantizable(spec: OperandSpec, size: int) -> bool:
+  """Whether an operand of ``size`` elements goes through the Pallas quantizers (RNE MX, power-of-two blocks)."""
+  f = get_format(spec.fmt)
+  bs = spec.block_size or f.block_size
+  return (f.kind == "mx" and spec.rounding == "nearest_even" and KERNEL_OPERAND_QUANT_MIN is not None
+          and size >= KERNEL_OPERAND_QUANT_MIN and bs & (bs - 1) == 0 and 2 <= bs <= 128)
+
+
+def _moved_last(where: dict, ax: int) -> dict:
+  """{x's kept axis: its axis} after the merged operand's axis ``ax`` is moved last."""
+  return {d: (i if i < ax else i - 1) for d, i in where.items()}
+
+
+def dual_quantized(g: jax.Array, spec: OperandSpec, row_axes: Sequence[int], col_axes: Sequence[int]):
+  """``g`` quantized for two GEMMs at once, or None: along its last axis (``row_axes``) and along the adjacent
+  axes just before it (``col_axes``, merged), from one read by the cast-transpose kernel. Returns the two
+  ``quantize_operand_q`` results (row, col), the same bits; None when the axes are not of that shape or the
+  operand is not one for the Pallas quantizers."""
+  nd = g.ndim
+  row_axes = tuple(sorted(a % nd for a in row_axes))
+  col_axes = tuple(a % nd for a in col_axes)
+  if (not KERNEL_OPERAND_CAST_TRANSPOSE or row_axes != (nd - 1,) or not col_axes
+      or col_axes != tuple(range(nd - 1 - len(col_axes), nd - 1)) or not _pallas_quantizable(spec, g.size)):
+    return None
+  from kernels.mx_cast_transpose import mx_cast_transpose
+  f = get_format(spec.fmt)
+  m, ax, where = _merged_operand(g, col_axes)
+  row, col = mx_cast_transpose(m, f.name, axis=ax, rowwise=True, block_size=spec.block_size or f.block_size,
+                               scale_mode=spec.scale_mode, impl="pallas")
+  row = dataclasses.replace(row, data=row.data.reshape(g.shape[:-1] + row.data.shape[-1:]),
+                            scales=row.scales.reshape(g.shape[:-1] + row.scales.shape[-1:]), axis=nd - 1,
+                            shape=tuple(g.shape))
+  return ((row, g, nd - 1, {d: d for d in range(nd - 1)}),
+          (col, jnp.moveaxis(m, ax, -1), m.ndim - 1, _moved_last(where, ax)))
 
 
 # --------------------------------------------------------------------------------------- dimensions
@@ -290,15 +337,16 @@ def _native_fp8(rec: Recipe, sa: OperandSpec | None, sb: OperandSpec | None):
   return fa.elem.dtype, fb.elem.dtype
 
 
-def _kernel_gemm(a, b, dims, sa, sb, salt_a, salt_b, mode, want_stats, out_dtype=jnp.float32):
+def _kernel_gemm(a, b, dims, sa, sb, salt_a, salt_b, mode, want_stats, out_dtype=jnp.float32, pre_a=None):
   """The GEMM on the Pallas kernel: both operands quantized in place along their (merged) contraction axes and
   contracted per 32-block with FP32 accumulation (MX DotGeneral); same output layout as lax.dot_general.
   ``out_dtype``: the caller's final dtype; the kernel's epilogue rounds its FP32 result to it (RNE, the same
-  bits as an FP32 output converted afterwards, without writing and re-reading the FP32 array)."""
+  bits as an FP32 output converted afterwards, without writing and re-reading the FP32 array). ``pre_a``: ``a``
+  already quantized along ``ac`` (a ``quantize_operand_q`` result, see ``dual_quantized``)."""
   from mx_jax.matmul import mx_dot_general
   (ac, bc), (ab, bb) = dims
-  pq = mode == "mgpu"  # on the GPU (the interpreter keeps the XLA path: the same bits, far quicker on a CPU)
-  qa, fa, axa, wa = quantize_operand_q(a, sa, ac, salt=salt_a, pallas_quant=pq)
+  pq = mode in PALLAS_QUANT_MODES  # on the GPU (the interpreter keeps the XLA path: same bits, quicker on a CPU)
+  qa, fa, axa, wa = pre_a or quantize_operand_q(a, sa, ac, salt=salt_a, pallas_quant=pq)
   qb, fb, axb, wb = quantize_operand_q(b, sb, bc, salt=salt_b, pallas_quant=pq)
   dn = (((axa,), (axb,)), (tuple(wa[d % a.ndim] for d in ab), tuple(wb[d % b.ndim] for d in bb)))
   out = mx_dot_general(qa, qb, dn, out_dtype=out_dtype, impl="native" if mode == "native" else "mgpu",
@@ -400,17 +448,17 @@ def _scaled_gemm(a, b, dims, sa, sb, want_stats):
 
 
 def _quantized_gemm(a, b, dims, rec: Recipe, state, op_a: str, op_b: str, out_sharding=None,
-                    out_dtype=jnp.float32):
+                    out_dtype=jnp.float32, pre_a=None):
   """One training GEMM: operands ``a`` (recipe operand ``op_a``) and ``b`` quantized along their contraction
   dims in ``dims``; the result (FP32 accumulation; in ``out_dtype`` from the kernels, else FP32 for the caller
-  to cast) and the two telemetry vectors (or None)."""
+  to cast) and the two telemetry vectors (or None). ``pre_a``: see ``_kernel_gemm`` (kernel path only)."""
   sa, sb = rec.operands[op_a], rec.operands[op_b]
   (ac, bc), _ = dims
   mode = _kernel_mode(rec, sa, sb)
   if mode == "native" and math.prod(a.shape[d] for d in ac) % 32:
     mode = None  # cuDNN's block-scaled GEMM wants whole 32-blocks along K: emulate this one
   if mode is not None:
-    return _kernel_gemm(a, b, dims, sa, sb, op_a, op_b, mode, rec.telemetry, out_dtype)
+    return _kernel_gemm(a, b, dims, sa, sb, op_a, op_b, mode, rec.telemetry, out_dtype, pre_a)
   if _scaled_dot_ok(rec, sa, sb) and _scaled_dot_dims_ok(a, b, dims):
     return _scaled_gemm(a, b, dims, sa, sb, rec.telemetry)
   fp8 = _native_fp8(rec, sa, sb)
@@ -470,10 +518,12 @@ def _qdot_bwd(dn, rec, out_dtype, out_sharding, res, cts):
   g, later = cts
   tel = dict(tel)
 
+  pre = _dual_g(g, dn, lhs, rhs, rec)
+
   def one_side(x, y, x_is_lhs, g_op, y_op):
     g_c, y_c, g_b, y_b, perm = _grad_dims(dn, x.ndim, y.ndim, x_is_lhs)
     out, (tg, ty) = _quantized_gemm(g, y, ((g_c, y_c), (g_b, y_b)), rec, state, g_op, y_op,
-                                    _grad_sharding(x, perm), x.dtype)
+                                    _grad_sharding(x, perm), x.dtype, pre.get(g_op))
     tel.update({k: v for k, v in ((g_op, tg), (y_op, ty)) if v is not None})
     return jnp.transpose(out, perm).astype(x.dtype)
 
@@ -493,6 +543,24 @@ def _qdot_bwd(dn, rec, out_dtype, out_sharding, res, cts):
 
 
 _qdot.defvjp(_qdot_fwd, _qdot_bwd)
+
+
+def _dual_g(g, dn, lhs, rhs, rec: Recipe) -> dict:
+  """{recipe operand: pre-quantized g} when both gradient GEMMs run on the kernel with the Pallas quantizers
+  and one quantization of g (the one along its last axis) and the other (along the axes just before it) can
+  share a read (``dual_quantized``); else {}."""
+  sg, sg2 = rec.operands["g_dgrad"], rec.operands["g_wgrad"]
+  if sg is None or sg != sg2:
+    return {}
+  if any(_kernel_mode(rec, sg, rec.operands[y]) not in PALLAS_QUANT_MODES for y in ("w_dgrad", "x_wgrad")):
+    return {}
+  c_l = _grad_dims(dn, lhs.ndim, rhs.ndim, True)[0]
+  c_r = _grad_dims(dn, rhs.ndim, lhs.ndim, False)[0]
+  for row_op, row_c, col_op, col_c in (("g_dgrad", c_l, "g_wgrad", c_r), ("g_wgrad", c_r, "g_dgrad", c_l)):
+    both = dual_quantized(g, sg, row_c, col_c)
+    if both is not None:
+      return {row_op: both[0], col_op: both[1]}
+  return {}
 
 
 # ----------------------------------------------------------------------------------------- public
