@@ -72,8 +72,11 @@ def cast_transpose_pallas(x3: jax.Array, fmt: str, *, block_size: int = 32, scal
   bs = block_size
   l, r, c = x3.shape
   interp = _dispatch.interpret()
-  tr = block_rows or _tile(r, bs, 64 if interp else 128)
+  # compiled: the H100 sweep's best (session 23, benchmarks/bench_cast_transpose.py --sweep): 128 columns and 4
+  # warps; 64 rows for the col-only kernel with 128 columns, else 32 (2.1-2.5 / 1.7-2.1 TB/s col / dual; the
+  # 128 x 128 tile with 8 warps ran 0.7-0.9 TB/s)
   tc = block_cols or _tile(c, bs, 64 if interp else 128)
+  tr = block_rows or _tile(r, bs, 64 if interp or (tc == 128 and not rowwise) else 32)
   if tr % bs or tc % bs or tr & (tr - 1) or tc & (tc - 1):
     raise ValueError(f"block_rows / block_cols must be powers of two and multiples of block_size={bs}; "
                      f"got {tr}, {tc}")
@@ -89,7 +92,7 @@ def cast_transpose_pallas(x3: jax.Array, fmt: str, *, block_size: int = 32, scal
     out_shape = [jax.ShapeDtypeStruct((l, r, c), jnp.uint8),
                  jax.ShapeDtypeStruct((l, r, c // bs), jnp.uint8)] + col_shapes
   if num_warps is None and not interp:
-    num_warps = 8 if tr * tc >= 8192 else 4
+    num_warps = 4
   kernel = functools.partial(_ct_kernel, elem=f.elem, scale_mode=scale_mode, rounding=rounding, bs=bs, r=r, c=c,
                              tr=tr, tc=tc, masked=masked, rowwise=rowwise, src_dtype=x3.dtype)
   outs = pl.pallas_call(
