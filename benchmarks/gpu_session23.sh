@@ -5,7 +5,8 @@
 #    tile / warp sweep.
 # 2) 1 without the sweep (today's tile defaults), then the 12-layer step, same process: bf16, mxfp8@pallas (today), mxfp8@pallas-nct (session 22's operand path),
 #    mxfp8 on XLA (emulation).
-# 3) per-kernel profile of the 2-layer step (attention in).
+# 3) one 2-layer step's gradients on each operand path (check_step_paths), then the per-kernel profile of the
+#    2-layer step (attention in).
 # COMMIT=<short hash> OUT=$OUT bash benchmarks/gpu_session23.sh N   (the device's .git is not this checkout's)
 cd "$(dirname "$0")/.."
 . benchmarks/gpu_env.sh
@@ -15,6 +16,8 @@ case "${1:-1}" in
   2) timeout 90 python3 -m benchmarks.bench_cast_transpose --out "$OUT" 2>&1 | grep -v Warn | tail -12
      timeout 480 python3 -m benchmarks.bench_train_step --recipes bf16,mxfp8@pallas,mxfp8@pallas-nct,mxfp8 \
        --warmup 2 --iters 8 --out "$OUT/train_step.json" 2>&1 | grep -v Warn | tee "$OUT/train_step.log" ;;
-  3) timeout 400 python3 -m benchmarks.diag_step_kernels --recipes bf16,mxfp8,mxfp8@pallas --attn --layers 2 \
+  3) timeout 150 python3 -m benchmarks.check_step_paths --recipes mxfp8@pallas,mxfp8@pallas,mxfp8@pallas-nct,mxfp8 \
+       2>&1 | grep -v Warn | tee "$OUT/check_step_paths.log"
+     timeout 400 python3 -m benchmarks.diag_step_kernels --recipes bf16,mxfp8,mxfp8@pallas --attn --layers 2 \
        --top 30 --out "$OUT" 2>&1 | grep -v Warn | tail -150 ;;
 esac
