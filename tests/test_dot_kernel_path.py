@@ -119,17 +119,31 @@ def test_pallas_operand_quantizer_same_bits(monkeypatch):
     np.testing.assert_array_equal(np.asarray(q1.scales.view(np.uint8)), np.asarray(q0.scales.view(np.uint8)))
 
 
-def test_pallas_operand_quantizer_in_the_gemm(monkeypatch):
-  """The same on the interpreted kernel path, on attention's q.k ("bqhd,bkhd->bhqk"): the forward's operands
-  (contracted along their last axis) through the Pallas quantizer, the gradients' (contracted along q / k, a
-  middle axis) in place on XLA's path; forward and both gradients equal the XLA path."""
+@pytest.mark.parametrize("case", ["dense", "scores", pytest.param("values", marks=pytest.mark.slow)])  # CI: suite time
+def test_cast_transpose_operands_in_the_gemm(monkeypatch, case):
+  """Kernel operands quantized along a non-last axis through the cast-transpose kernel (here interpreted), and a
+  gradient's two quantizations from one call (``rowwise``): forward and both gradients bit for bit those of the
+  same kernel GEMMs fed by XLA's quantizer. Dense: K = 72 and 40 tokens (padded blocks); "scores": q.k as Flax
+  writes it ("bqhd,bkhd->bhqk": dS quantized along k and q; its forward operands through the last-axis Pallas
+  quantizer); "values": p.v ("bhqk,bkhd->bqhd")."""
+  import sys
+  CT = sys.modules["kernels.mx_cast_transpose"]  # the module (kernels.mx_cast_transpose is the function)
+  rng = np.random.default_rng(7)
+  x, w, dn = {
+      "dense": ((2, 20, 72), (72, 48), (((2,), (0,)), ((), ()))),
+      "scores": ((2, 24, 3, 64), (2, 40, 3, 64), (((3,), (3,)), ((0, 2), (0, 2)))),
+      "values": ((2, 3, 24, 40), (2, 40, 3, 64), (((3,), (1,)), ((0, 1), (0, 2)))),
+  }[case]
+  x, w = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (x, w))
+  rec = dataclasses.replace(mx_jax.recipe("mxfp8"), impl="pallas")
   monkeypatch.setattr(D, "KERNEL_OPERAND_QUANT_MIN", 0)
-  real = D.quantize_operand_q
-  monkeypatch.setattr(D, "quantize_operand_q", lambda *a, **k: real(*a, **{**k, "pallas_quant": True}))
-  rng = np.random.default_rng(6)
-  x = jnp.asarray(rng.standard_normal((2, 24, 3, 64)), jnp.float32)
-  w = jnp.asarray(rng.standard_normal((2, 40, 3, 64)), jnp.float32)
-  dn = (((3,), (3,)), ((0, 2), (0, 2)))
-  rec_x = mx_jax.recipe("mxfp8")
-  for a, b in zip(_run(dataclasses.replace(rec_x, impl="pallas"), x, w, dn), _run(rec_x, x, w, dn)):
-    _close(a, b)
+  ref = _run(rec, x, w, dn)  # PALLAS_QUANT_MODES = ("mgpu",): the interpreter quantizes on XLA's path
+  calls = []
+  real = CT.mx_cast_transpose
+  monkeypatch.setattr(CT, "mx_cast_transpose", lambda *a, **k: calls.append(k.get("rowwise", False)) or real(*a, **k))
+  monkeypatch.setattr(D, "PALLAS_QUANT_MODES", ("mgpu", "interpret"))
+  jax.clear_caches()
+  got = _run(rec, x, w, dn)
+  assert True in calls and False in calls  # a gradient's dual call and a col-only operand
+  for a, b in zip(got, ref):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
