@@ -126,8 +126,8 @@ def test_cast_transpose_operands_in_the_gemm(monkeypatch, case):
   same kernel GEMMs fed by XLA's quantizer. Dense: K = 72 and 40 tokens (padded blocks); "scores": q.k as Flax
   writes it ("bqhd,bkhd->bhqk": dS quantized along k and q; its forward operands through the last-axis Pallas
   quantizer); "values": p.v ("bhqk,bkhd->bqhd")."""
-  import sys
-  CT = sys.modules["kernels.mx_cast_transpose"]  # the module (kernels.mx_cast_transpose is the function)
+  import importlib
+  CT = importlib.import_module("kernels.mx_cast_transpose")  # the module (kernels.mx_cast_transpose: the function)
   rng = np.random.default_rng(7)
   x, w, dn = {
       "dense": ((2, 20, 72), (72, 48), (((2,), (0,)), ((), ()))),
