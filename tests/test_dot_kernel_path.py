@@ -119,15 +119,18 @@ def test_pallas_operand_quantizer_same_bits(monkeypatch):
     np.testing.assert_array_equal(np.asarray(q1.scales.view(np.uint8)), np.asarray(q0.scales.view(np.uint8)))
 
 
-@pytest.mark.parametrize("case", ["dense", "scores", pytest.param("values", marks=pytest.mark.slow)])  # CI: suite time
+@pytest.mark.parametrize("case", ["dense", "scores", "values"])
 def test_cast_transpose_operands_in_the_gemm(monkeypatch, case):
   """Kernel operands quantized along a non-last axis through the cast-transpose kernel (here interpreted), and a
-  gradient's two quantizations from one call (``rowwise``): forward and both gradients bit for bit those of the
-  same kernel GEMMs fed by XLA's quantizer. Dense: K = 72 and 40 tokens (padded blocks); "scores": q.k as Flax
-  writes it ("bqhd,bkhd->bhqk": dS quantized along k and q; its forward operands through the last-axis Pallas
-  quantizer); "values": p.v ("bhqk,bkhd->bqhd")."""
+  gradient's two quantizations from one call (``rowwise``): the forward and both gradients equal those of XLA's
+  quantizer up to FP32 summation order (1e-6 of the output scale; one FP8 code off by one step moves an output by
+  ~1e-2 of it). Dense: K = 72 and 40 tokens (padded blocks);
+  "scores": q.k as Flax writes it ("bqhd,bkhd->bhqk": dS quantized along k and q; its forward operands through
+  the last-axis Pallas quantizer); "values": p.v ("bhqk,bkhd->bqhd"). The GEMM itself runs as mx_dot_general's
+  XLA path here (the kernel's own equality: test_pallas_impl_matches_xla)."""
   import importlib
   CT = importlib.import_module("kernels.mx_cast_transpose")  # the module (kernels.mx_cast_transpose: the function)
+  M = importlib.import_module("mx_jax.matmul")
   rng = np.random.default_rng(7)
   x, w, dn = {
       "dense": ((2, 20, 72), (72, 48), (((2,), (0,)), ((), ()))),
@@ -137,6 +140,9 @@ def test_cast_transpose_operands_in_the_gemm(monkeypatch, case):
   x, w = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (x, w))
   rec = dataclasses.replace(mx_jax.recipe("mxfp8"), impl="pallas")
   monkeypatch.setattr(D, "KERNEL_OPERAND_QUANT_MIN", 0)
+  real_dot = M.mx_dot_general
+  monkeypatch.setattr(M, "mx_dot_general",
+                      lambda qa, qb, dn, **kw: real_dot(qa, qb, dn, out_dtype=kw["out_dtype"], impl="xla"))
   ref = _run(rec, x, w, dn)  # PALLAS_QUANT_MODES = ("mgpu",): the interpreter quantizes on XLA's path
   calls = []
   real = CT.mx_cast_transpose
@@ -146,4 +152,5 @@ def test_cast_transpose_operands_in_the_gemm(monkeypatch, case):
   got = _run(rec, x, w, dn)
   assert True in calls and False in calls  # a gradient's dual call and a col-only operand
   for a, b in zip(got, ref):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    b = np.asarray(b, np.float64)
+    np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=0, atol=1e-6 * np.max(np.abs(b)))
