@@ -7,6 +7,7 @@
 #    mxfp8 on XLA (emulation).
 # 3) one 2-layer step's gradients on each operand path (check_step_paths), then the per-kernel profile of the
 #    2-layer step (attention in).
+# 4) check_step_paths alone: today's operand path against session 22's (-nct) and XLA's quantizer for all (-xq).
 # COMMIT=<short hash> OUT=$OUT bash benchmarks/gpu_session23.sh N   (the device's .git is not this checkout's)
 cd "$(dirname "$0")/.."
 . benchmarks/gpu_env.sh
@@ -20,4 +21,6 @@ case "${1:-1}" in
        2>&1 | grep -v Warn | tee "$OUT/check_step_paths.log"
      timeout 400 python3 -m benchmarks.diag_step_kernels --recipes bf16,mxfp8,mxfp8@pallas --attn --layers 2 \
        --top 30 --out "$OUT" 2>&1 | grep -v Warn | tail -150 ;;
+  4) timeout 500 python3 -m benchmarks.check_step_paths --recipes mxfp8@pallas,mxfp8@pallas-nct,mxfp8@pallas-xq \
+       2>&1 | grep -v Warn | tee "$OUT/check_step_paths.log" ;;
 esac
