@@ -7,6 +7,7 @@
 #    mxfp8 on XLA (emulation).
 # 3) one 2-layer step's gradients on each operand path (check_step_paths), then the per-kernel profile of the
 #    2-layer step (attention in).
+# 5) check_operand_bits: each kernel-path operand of a 2-layer step against the spec path (and XLA's fast path).
 # 4) check_step_paths alone: today's operand path against session 22's (-nct) and XLA's quantizer for all (-xq).
 # COMMIT=<short hash> OUT=$OUT bash benchmarks/gpu_session23.sh N   (the device's .git is not this checkout's)
 cd "$(dirname "$0")/.."
@@ -23,4 +24,7 @@ case "${1:-1}" in
        --top 30 --out "$OUT" 2>&1 | grep -v Warn | tail -150 ;;
   4) timeout 500 python3 -m benchmarks.check_step_paths --recipes mxfp8@pallas,mxfp8@pallas-nct,mxfp8@pallas-xq \
        2>&1 | grep -v Warn | tee "$OUT/check_step_paths.log" ;;
+  5) timeout 400 python3 -m benchmarks.check_operand_bits --layers 2 2>&1 | grep -v Warn > "$OUT/check_operand_bits.log"
+     echo "lines: $(grep -c 'spec' "$OUT/check_operand_bits.log"); with a difference:"
+     grep -E '!= spec [1-9]' "$OUT/check_operand_bits.log" | sort | uniq -c | head -40; tail -2 "$OUT/check_operand_bits.log" ;;
 esac
