@@ -6,7 +6,11 @@ and for every operand the kernel path quantizes (``mx_jax.dot.quantize_operand_q
 same tensor, and prints at run time how many element codes / scale bytes of each differ from the spec's, with the
 first few differing inputs (bf16 bits). Layouts are normalized (quantized axis last) before comparing.
 
-    python -m benchmarks.check_operand_bits --layers 2
+    python -m benchmarks.check_operand_bits --layers 2 [--no-pin]
+
+Session 23 found the kernel quantizers "wrong" here by this check, and the cause in the reference instead: XLA:GPU
+(excess precision allowed) folded the producers' f32 -> bf16 -> f32 pair inside the fused spec / fast paths, which
+then quantized unrounded f32 values; ``mx_jax._bits.as_f32`` pins the bf16 rounding (``--no-pin`` undoes it).
 """
 from __future__ import annotations
 
@@ -54,7 +58,10 @@ def main():
   p.add_argument("--layers", type=int, default=2)
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seq", type=int, default=1024)
+  p.add_argument("--no-pin", action="store_true", help="mx_jax._bits.PIN_BF16_INPUTS = False (plain bf16 widening)")
   a = p.parse_args()
+  from mx_jax import _bits
+  _bits.PIN_BF16_INPUTS = not a.no_pin
   print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}", flush=True)
   real_q, real_dual = D.quantize_operand_q, D.dual_quantized
 

@@ -8,6 +8,7 @@
 # 3) one 2-layer step's gradients on each operand path (check_step_paths), then the per-kernel profile of the
 #    2-layer step (attention in).
 # 5) check_operand_bits: each kernel-path operand of a 2-layer step against the spec path (and XLA's fast path).
+# 6) 5 three ways: bf16 inputs widened plainly (--no-pin), the same without XLA's excess precision, and pinned.
 # 4) check_step_paths alone: today's operand path against session 22's (-nct) and XLA's quantizer for all (-xq).
 # COMMIT=<short hash> OUT=$OUT bash benchmarks/gpu_session23.sh N   (the device's .git is not this checkout's)
 cd "$(dirname "$0")/.."
@@ -27,4 +28,13 @@ case "${1:-1}" in
   5) timeout 400 python3 -m benchmarks.check_operand_bits --layers 2 2>&1 | grep -v Warn > "$OUT/check_operand_bits.log"
      echo "lines: $(grep -c 'spec' "$OUT/check_operand_bits.log"); with a difference:"
      grep -E '!= spec [1-9]' "$OUT/check_operand_bits.log" | sort | uniq -c | head -40; tail -2 "$OUT/check_operand_bits.log" ;;
+  6) for v in "--no-pin|" "--no-pin|--xla_allow_excess_precision=false" "|"; do
+       arg="${v%%|*}"; flags="${v#*|}"
+       echo "== check_operand_bits $arg XLA_FLAGS=$flags"
+       XLA_FLAGS="$flags" timeout 170 python3 -m benchmarks.check_operand_bits --layers 2 $arg 2>&1 | grep -v Warn \
+         > "$OUT/check_operand_bits${arg}${flags:+_noexcess}.log"
+       f="$OUT/check_operand_bits${arg}${flags:+_noexcess}.log"
+       echo "lines: $(grep -c 'spec' "$f"); with a difference: $(grep -cE '!= spec [1-9]' "$f")"
+       grep -E '!= spec [1-9]' "$f" | head -4; tail -1 "$f"
+     done ;;
 esac

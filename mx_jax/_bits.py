@@ -20,9 +20,24 @@ _MANT_MASK = 0x007FFFFF
 ZERO_LOG2 = -1000
 
 
+# False: widen bf16 inputs with a plain convert (to reproduce the excess-precision effect; benchmarks only).
+PIN_BF16_INPUTS = True
+
+
+def as_f32(x: jax.Array) -> jax.Array:
+  """``x`` as float32 holding exactly x's values. A bf16 input is widened and then reduce_precision'd to bf16
+  (a no-op on the widened value): XLA:GPU, which allows excess precision by default, folds a producer's
+  f32 -> bf16 -> f32 convert pair away, and a quantizer fused with that producer would otherwise round the
+  unrounded f32 value instead of the bf16 tensor it was given (seen on the H100, session 23)."""
+  y = x.astype(jnp.float32)
+  if PIN_BF16_INPUTS and jnp.dtype(x.dtype) == jnp.dtype(jnp.bfloat16):
+    y = lax.reduce_precision(y, exponent_bits=8, mantissa_bits=7)
+  return y
+
+
 def f32_bits(x: jax.Array) -> jax.Array:
-  """The uint32 bit pattern of ``x`` cast to float32 (a widening cast from bf16/f16 is exact)."""
-  return lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  """The uint32 bit pattern of ``x`` cast to float32 (``as_f32``: a widening cast from bf16/f16 is exact)."""
+  return lax.bitcast_convert_type(as_f32(x), jnp.uint32)
 
 
 def abs_bits(x: jax.Array) -> jax.Array:

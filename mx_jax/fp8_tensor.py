@@ -19,7 +19,7 @@ from mx_jax.formats import ElemFormat
 
 def finite_amax(x: jax.Array, axis=None, keepdims: bool = False) -> jax.Array:
   """max |x| over the finite entries (float32); 0 for an all-non-finite reduction."""
-  a = jnp.abs(x.astype(jnp.float32))
+  a = jnp.abs(_bits.as_f32(x))
   return jnp.max(jnp.where(jnp.isfinite(a), a, 0.0), axis=axis, keepdims=keepdims)
 
 
@@ -43,7 +43,7 @@ def fp8_quantize(x: jax.Array, scale: jax.Array, elem: ElemFormat, rounding: str
   ``fast`` (RNE, saturating only): FPU rounding, bit-identical for normal inputs (the GEMM-operand path).
   """
   scale = jnp.asarray(scale, jnp.float32)
-  y = x.astype(jnp.float32) * scale
+  y = _bits.as_f32(x) * scale
   if fast and rounding == "nearest_even" and saturate:
     v = jnp.where(jnp.isnan(y), jnp.nan, _bits.round_to_elem_rne_fast(y, elem))
     return v, jnp.float32(1.0) / scale

@@ -94,7 +94,7 @@ def _fast_blocks(x: jax.Array, elem: ElemFormat, axis: int, bs: int, scale_mode:
   Measured on the H100 (BENCHMARKS.md, issue 3 session 6) against taking the block max of per-element
   exponents (one reduction as well, no per-block kernel): this form's 2-layer train step is 367 us faster.
   """
-  xb = to_blocks(x.astype(jnp.float32), axis, bs)
+  xb = to_blocks(_bits.as_f32(x), axis, bs)
   ab = _bits.abs_bits(xb)
   amax = _block_max(ab, axis + 1)
   bad = _bits.is_nonfinite_bits(amax)
@@ -124,7 +124,7 @@ def mx_quantize_fast(x: jax.Array, elem: ElemFormat, axis: int, bs: int, scale_m
 def mx_quantize_blocks(x: jax.Array, elem: ElemFormat, axis: int, bs: int, scale_mode: str,
                        rounding: str, key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
   """Returns (element values as exact float32, padded along axis; scale bytes uint8)."""
-  xb = to_blocks(x.astype(jnp.float32), axis, bs)
+  xb = to_blocks(_bits.as_f32(x), axis, bs)
   ab = _bits.abs_bits(xb)
   amax = jnp.max(ab, axis=axis + 1, keepdims=True)  # integer max: exact, NaN > Inf > finite
   bad = _bits.is_nonfinite_bits(amax)

@@ -37,7 +37,7 @@ def tensor_scales(x: jax.Array, amax: jax.Array | None = None) -> tuple[jax.Arra
 def nvfp4_quantize_blocks(x: jax.Array, axis: int, bs: int, rounding: str, key: jax.Array | None,
                           amax: jax.Array | None = None, fast: bool = False):
   """Returns (E2M1 values as float32 padded along axis, E4M3 block scales, FP32 tensor decode scale)."""
-  x = x.astype(jnp.float32)
+  x = _bits.as_f32(x)
   s_enc, s_dec = tensor_scales(x, amax)
   xb = to_blocks(x, axis, bs)
   bad = jnp.any(~jnp.isfinite(xb), axis=axis + 1, keepdims=True)
