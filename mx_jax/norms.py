@@ -547,7 +547,7 @@ def _norm_quantize_jit(x, gain, key, fmt, eps, kind, p, nbs, bs, scale_mode, rou
   y, _ = _xla_norm_f32(x, gain, float(eps), kind, p, nbs)
   y = y.reshape(x.shape)
   if intermediate_dtype is not None:
-    y = y.astype(intermediate_dtype).astype(jnp.float32)
+    y = _bits.as_f32(y.astype(intermediate_dtype))  # pinned: XLA may fold the rounding pair away
   return quantize(y, f.name, axis=-1, block_size=bs, scale_mode=scale_mode, rounding=rounding, key=key)
 
 
