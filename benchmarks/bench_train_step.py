@@ -61,9 +61,10 @@ def _recipe(name: str):
   "-s21" runs the kernel GEMMs as session 21 did (see ``_session21_gemms``); "-xq" quantizes every kernel operand
   with XLA's fast path (``mx_jax.dot.KERNEL_OPERAND_QUANT_MIN = None``), not the Pallas quantize kernel; "-nct"
   quantizes kernel operands along a non-last axis on XLA's path, not the cast-transpose kernel
-  (``mx_jax.dot.KERNEL_OPERAND_CAST_TRANSPOSE = False``: session 22's operand path)."""
+  (``mx_jax.dot.KERNEL_OPERAND_CAST_TRANSPOSE = False``: session 22's operand path); "-np" widens bf16 quantizer
+  inputs without the reduce_precision pin (``mx_jax._bits.PIN_BF16_INPUTS = False``, before session 23)."""
   base, _, impl = (name.removesuffix("-t").removesuffix("-s21").removesuffix("-xq").removesuffix("-nct")
-                   .partition("@"))
+                   .removesuffix("-np").partition("@"))
   rec = mx_jax.recipe(base)
   return dataclasses.replace(rec, impl=impl) if impl else rec
 
@@ -98,8 +99,12 @@ def _set_operand_path(name: str):
   _CURRENT.setdefault("qmin", dot.KERNEL_OPERAND_QUANT_MIN)
   qmin = None if name.endswith("-xq") else _CURRENT["qmin"]
   ct = not name.endswith("-nct")
+  from mx_jax import _bits
+  pin = not name.endswith("-np")
   if (dot.KERNEL_QUANT_IN_PLACE != in_place or _CURRENT.get("legacy", False) != legacy
-      or dot.KERNEL_OPERAND_QUANT_MIN != qmin or dot.KERNEL_OPERAND_CAST_TRANSPOSE != ct):
+      or dot.KERNEL_OPERAND_QUANT_MIN != qmin or dot.KERNEL_OPERAND_CAST_TRANSPOSE != ct
+      or _bits.PIN_BF16_INPUTS != pin):
+    _bits.PIN_BF16_INPUTS = pin
     dot.KERNEL_QUANT_IN_PLACE = in_place
     dot.KERNEL_OPERAND_QUANT_MIN = qmin
     dot.KERNEL_OPERAND_CAST_TRANSPOSE = ct

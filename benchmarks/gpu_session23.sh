@@ -9,6 +9,7 @@
 #    2-layer step (attention in).
 # 5) check_operand_bits: each kernel-path operand of a 2-layer step against the spec path (and XLA's fast path).
 # 6) 5 three ways: bf16 inputs widened plainly (--no-pin), the same without XLA's excess precision, and pinned.
+# 7) the 12-layer step with the pin (bf16, mxfp8, mxfp8-np = without it, mxfp8@pallas), one process.
 # 4) check_step_paths alone: today's operand path against session 22's (-nct) and XLA's quantizer for all (-xq).
 # COMMIT=<short hash> OUT=$OUT bash benchmarks/gpu_session23.sh N   (the device's .git is not this checkout's)
 cd "$(dirname "$0")/.."
@@ -37,4 +38,6 @@ case "${1:-1}" in
        echo "lines: $(grep -c 'spec' "$f"); with a difference: $(grep -cE '!= spec [1-9]' "$f")"
        grep -E '!= spec [1-9]' "$f" | head -4; tail -1 "$f"
      done ;;
+  7) timeout 580 python3 -m benchmarks.bench_train_step --recipes bf16,mxfp8,mxfp8-np,mxfp8@pallas \
+       --warmup 2 --iters 8 --out "$OUT/train_step.json" 2>&1 | grep -v Warn | tee "$OUT/train_step.log" ;;
 esac
