@@ -2,7 +2,7 @@
 
 Runs one forward + backward of bench_train_step's GPT (``--layers``, attention quantized) with ``mxfp8@pallas``,
 and for every operand the kernel path quantizes (``mx_jax.dot.quantize_operand_q`` and the gradients' one-read
-``dual_quantized``) also computes XLA's fast path and the spec path (``mx_jax.quantize``: integer rounding) of the
+``_dual_quantized``) also computes XLA's fast path and the spec path (``mx_jax.quantize``: integer rounding) of the
 same tensor, and prints at run time how many element codes / scale bytes of each differ from the spec's, with the
 first few differing inputs (bf16 bits). Layouts are normalized (quantized axis last) before comparing.
 
@@ -63,7 +63,7 @@ def main():
   from mx_jax import _bits
   _bits.PIN_BF16_INPUTS = not a.no_pin
   print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}", flush=True)
-  real_q, real_dual = D.quantize_operand_q, D.dual_quantized
+  real_q, real_dual = D.quantize_operand_q, D._dual_quantized
 
   def quantize_operand_q(x, spec, axes, *, key=None, salt="", pallas_quant=False):
     out = real_q(x, spec, axes, key=key, salt=salt, pallas_quant=pallas_quant)
@@ -75,14 +75,14 @@ def main():
         _report(f"[{salt} xla-fast]", qx, mx_, axx, spec)
     return out
 
-  def dual_quantized(g, spec, row_axes, col_axes):
+  def _dual_quantized(g, spec, row_axes, col_axes):
     out = real_dual(g, spec, row_axes, col_axes)
     if out is not None:
       for nm, (q, m, ax, _) in zip(("dual-row", "dual-col"), out):
         _report(f"[g {nm}]", q, m, ax, spec)
     return out
 
-  D.quantize_operand_q, D.dual_quantized = quantize_operand_q, dual_quantized
+  D.quantize_operand_q, D._dual_quantized = quantize_operand_q, _dual_quantized
   model = GPT(layers=a.layers)
   tok = jax.random.randint(jax.random.key(1), (a.batch, a.seq + 1), 0, model.vocab)
   _, st, _ = make_train_step("mxfp8@pallas", model, tok, ["embed", "head"])

@@ -171,7 +171,8 @@ def quantize_operand_q(x: jax.Array, spec: OperandSpec, axes: Sequence[int], *, 
   inputs without FP32 subnormals, as the XLA GEMM path's operands). The kernels' (rest..., K) layout is made
   afterwards from the 1-byte elements (``mx_dot_general``), not by transposing the wider input first.
   ``pallas_quant``: large RNE MX operands quantized along their last axis take the Pallas quantize kernel
-  (``KERNEL_OPERAND_QUANT_MIN``; the same bits).
+  (``KERNEL_OPERAND_QUANT_MIN``; the same bits); along another axis, the cast-transpose kernel, which returns
+  the operand with that axis moved last (the tensor, axis and mapping returned describe that layout).
   """
   f = get_format(spec.fmt)
   bs = spec.block_size or f.block_size
@@ -213,7 +214,7 @@ def _moved_last(where: dict, ax: int) -> dict:
   return {d: (i if i < ax else i - 1) for d, i in where.items()}
 
 
-def dual_quantized(g: jax.Array, spec: OperandSpec, row_axes: Sequence[int], col_axes: Sequence[int]):
+def _dual_quantized(g: jax.Array, spec: OperandSpec, row_axes: Sequence[int], col_axes: Sequence[int]):
   """``g`` quantized for two GEMMs at once, or None: along its last axis (``row_axes``) and along the adjacent
   axes just before it (``col_axes``, merged), from one read by the cast-transpose kernel. Returns the two
   ``quantize_operand_q`` results (row, col), the same bits; None when the axes are not of that shape or the
@@ -342,7 +343,7 @@ def _kernel_gemm(a, b, dims, sa, sb, salt_a, salt_b, mode, want_stats, out_dtype
   contracted per 32-block with FP32 accumulation (MX DotGeneral); same output layout as lax.dot_general.
   ``out_dtype``: the caller's final dtype; the kernel's epilogue rounds its FP32 result to it (RNE, the same
   bits as an FP32 output converted afterwards, without writing and re-reading the FP32 array). ``pre_a``: ``a``
-  already quantized along ``ac`` (a ``quantize_operand_q`` result, see ``dual_quantized``)."""
+  already quantized along ``ac`` (a ``quantize_operand_q`` result, see ``_dual_quantized``)."""
   from mx_jax.matmul import mx_dot_general
   (ac, bc), (ab, bb) = dims
   pq = mode in PALLAS_QUANT_MODES  # on the GPU (the interpreter keeps the XLA path: same bits, quicker on a CPU)
@@ -548,7 +549,7 @@ _qdot.defvjp(_qdot_fwd, _qdot_bwd)
 def _dual_g(g, dn, lhs, rhs, rec: Recipe) -> dict:
   """{recipe operand: pre-quantized g} when both gradient GEMMs run on the kernel with the Pallas quantizers
   and one quantization of g (the one along its last axis) and the other (along the axes just before it) can
-  share a read (``dual_quantized``); else {}."""
+  share a read (``_dual_quantized``); else {}."""
   sg, sg2 = rec.operands["g_dgrad"], rec.operands["g_wgrad"]
   if sg is None or sg != sg2:
     return {}
@@ -557,7 +558,7 @@ def _dual_g(g, dn, lhs, rhs, rec: Recipe) -> dict:
   c_l = _grad_dims(dn, lhs.ndim, rhs.ndim, True)[0]
   c_r = _grad_dims(dn, rhs.ndim, lhs.ndim, False)[0]
   for row_op, row_c, col_op, col_c in (("g_dgrad", c_l, "g_wgrad", c_r), ("g_wgrad", c_r, "g_dgrad", c_l)):
-    both = dual_quantized(g, sg, row_c, col_c)
+    both = _dual_quantized(g, sg, row_c, col_c)
     if both is not None:
       return {row_op: both[0], col_op: both[1]}
   return {}
