@@ -70,6 +70,9 @@ def cast_transpose_pallas(x3: jax.Array, fmt: str, *, block_size: int = 32, scal
   bytes (L, R, C/bs)."""
   f = get_format(fmt)
   bs = block_size
+  if x3.ndim != 3 or x3.shape[1] % bs or (rowwise and x3.shape[2] % bs):
+    raise ValueError(f"x3 must be (L, R, C) with R{' and C' if rowwise else ''} a multiple of block_size={bs}; "
+                     f"got shape {x3.shape}")
   l, r, c = x3.shape
   interp = _dispatch.interpret()
   # compiled: the H100 sweep's best (session 23, benchmarks/bench_cast_transpose.py --sweep): 128 columns and 4

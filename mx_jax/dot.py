@@ -191,7 +191,7 @@ def quantize_operand_q(x: jax.Array, spec: OperandSpec, axes: Sequence[int], *, 
   elif big and KERNEL_OPERAND_CAST_TRANSPOSE:
     from kernels.mx_cast_transpose import mx_cast_transpose
     q = mx_cast_transpose(m, f.name, axis=ax, block_size=bs, scale_mode=spec.scale_mode, impl="pallas")[1]
-    return q, jnp.moveaxis(m, ax, -1), m.ndim - 1, _moved_last(where, ax)
+    return _moved_last(q, m, ax, where)
   elif f.kind == "mx" and spec.rounding == "nearest_even" and FAST_OPERANDS:
     data, scales = mx_block.mx_quantize_fast(m, f.elem, ax, bs, spec.scale_mode)
     q = QArray(data, scales, None, f.name, ax, tuple(m.shape), bs, False)
@@ -202,16 +202,16 @@ def quantize_operand_q(x: jax.Array, spec: OperandSpec, axes: Sequence[int], *, 
 
 
 def _pallas_quantizable(spec: OperandSpec, size: int) -> bool:
-  """Whether an operand of ``size`` elements goes through the Pallas quantizers (RNE MX, power-of-two blocks)."""
-  f = get_format(spec.fmt)
-  bs = spec.block_size or f.block_size
-  return (f.kind == "mx" and spec.rounding == "nearest_even" and KERNEL_OPERAND_QUANT_MIN is not None
-          and size >= KERNEL_OPERAND_QUANT_MIN and bs & (bs - 1) == 0 and 2 <= bs <= 128)
+  """Whether an operand of ``size`` elements goes through the Pallas quantizers (RNE MX; the kernel GEMM path only
+  admits 32-element blocks, see ``_kernel_mode``)."""
+  return (get_format(spec.fmt).kind == "mx" and spec.rounding == "nearest_even"
+          and KERNEL_OPERAND_QUANT_MIN is not None and size >= KERNEL_OPERAND_QUANT_MIN)
 
 
-def _moved_last(where: dict, ax: int) -> dict:
-  """{x's kept axis: its axis} after the merged operand's axis ``ax`` is moved last."""
-  return {d: (i if i < ax else i - 1) for d, i in where.items()}
+def _moved_last(q: QArray, m: jax.Array, ax: int, where: dict):
+  """A ``quantize_operand_q`` result for ``q``, which quantizes the merged operand ``m`` along ``ax`` with that
+  axis moved last (the cast-transpose kernel's layout): the moved tensor, its last axis, {x's kept axis: its axis}."""
+  return q, jnp.moveaxis(m, ax, -1), m.ndim - 1, {d: (i if i < ax else i - 1) for d, i in where.items()}
 
 
 def _dual_quantized(g: jax.Array, spec: OperandSpec, row_axes: Sequence[int], col_axes: Sequence[int]):
@@ -233,8 +233,7 @@ def _dual_quantized(g: jax.Array, spec: OperandSpec, row_axes: Sequence[int], co
   row = dataclasses.replace(row, data=row.data.reshape(g.shape[:-1] + row.data.shape[-1:]),
                             scales=row.scales.reshape(g.shape[:-1] + row.scales.shape[-1:]), axis=nd - 1,
                             shape=tuple(g.shape))
-  return ((row, g, nd - 1, {d: d for d in range(nd - 1)}),
-          (col, jnp.moveaxis(m, ax, -1), m.ndim - 1, _moved_last(where, ax)))
+  return (row, g, nd - 1, {d: d for d in range(nd - 1)}), _moved_last(col, m, ax, where)
 
 
 # --------------------------------------------------------------------------------------- dimensions

@@ -1,6 +1,7 @@
 """kernels.mx_cast_transpose (Pallas, interpret mode on CPU) against the float64 spec model (tests/spec_reference.py):
 every bf16 bit pattern in both orientations, planted specials on shapes with partial tiles and padded blocks,
 the argument checks, and the Triton lowering."""
+import importlib
 import os
 import sys
 
@@ -88,6 +89,10 @@ def test_argument_checks():
   for args, kw, msg in bad:
     with pytest.raises(ValueError, match=msg):
       mx_cast_transpose(*args, **kw)
+  raw = importlib.import_module("kernels.mx_cast_transpose").cast_transpose_pallas  # (the package: the function)
+  for shape, rowwise in (((64, 64), False), ((1, 40, 64), False), ((1, 64, 40), True)):
+    with pytest.raises(ValueError, match="x3 must be"):
+      raw(jnp.zeros(shape, jnp.bfloat16), "mxfp8_e4m3", rowwise=rowwise)
   with pytest.raises((TypeError, ValueError), match="x"):
     mx_cast_transpose(np.zeros((64, 64), np.int32), "mxfp8_e4m3")
 
