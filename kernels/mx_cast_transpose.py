@@ -76,8 +76,8 @@ def cast_transpose_pallas(x3: jax.Array, fmt: str, *, block_size: int = 32, scal
   l, r, c = x3.shape
   interp = _dispatch.interpret()
   # compiled: the H100 sweep's best (session 23, benchmarks/bench_cast_transpose.py --sweep): 128 columns and 4
-  # warps; 64 rows for the col-only kernel with 128 columns, else 32 (2.1-2.5 / 1.7-2.1 TB/s col / dual; the
-  # 128 x 128 tile with 8 warps ran 0.7-0.9 TB/s)
+  # warps; 64 rows for the col-only kernel with 128 columns, else 32 (run 2: 1.5-2.4 / 1.5-2.1 TB/s col / dual; the
+  # 128 x 128 tile with 8 warps ran 0.44-0.94 TB/s)
   tc = block_cols or _tile(c, bs, 64 if interp else 128)
   tr = block_rows or _tile(r, bs, 64 if interp or (tc == 128 and not rowwise) else 32)
   if tr % bs or tc % bs or tr & (tr - 1) or tc & (tc - 1):
