@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Session 24 device calls.
+# 1) ceiling_gemm: design (a)'s K loop on shared-memory-resident tiles (no memory pipeline), four promotion
+#    variants, beside lax.scaled_dot, the kernel default and cuBLAS FP8 at 8192^3 in the same process.
+# COMMIT=<short hash> OUT=$OUT bash benchmarks/gpu_session24.sh N   (the device's .git is not this checkout's)
+cd "$(dirname "$0")/.."
+. benchmarks/gpu_env.sh
+echo "code of commit ${COMMIT:-?}"
+case "${1:-1}" in
+  1) timeout 560 python3 -m benchmarks.ceiling_gemm --check --out "$OUT" 2>&1 | grep -v Warn | tee "$OUT/ceiling_gemm.log" ;;
+esac
