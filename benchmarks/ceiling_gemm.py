@@ -12,6 +12,12 @@ and column scales, loaded from shared memory per block as the real kernel does):
 * ``row``     ``acc + p * sa``: one FFMA (as if the scale product came for free);
 * ``promote`` ``acc + (p * sa) * sb``: FMUL + FFMA, the MX promotion the kernel runs.
 
+Design (b) (``kernels/mx_matmul_mgpu.py``, ``variant="bf16"``), the same way:
+
+* ``bf16mma``  bf16 tiles resident, one bf16 ``wgmma`` per 32-block into one accumulator (a bf16 GEMM's rate);
+* ``deq``      FP8 tiles resident; each stage dequantizes B (codes x column scales -> bf16) into a shared-memory
+  slot and A into registers (the wgmma A operand), then bf16 ``wgmma`` per block and a wait (design (b)).
+
 The result is ``k_iters * sum_j (a_j @ b_j^T) (x) scales`` per tile (checked against numpy in ``--check``).
 
     python -m benchmarks.ceiling_gemm [--check] [--m 8192 --n 8192 --k 8192]
@@ -33,7 +39,8 @@ import jax.experimental.pallas.mosaic_gpu as plgpu
 
 from kernels import mx_matmul_mgpu as mg
 
-VARIANTS = ("mma", "fadd", "row", "promote")
+VARIANTS = ("mma", "fadd", "row", "promote", "bf16mma", "deq")
+PAIRED = ("fadd", "row", "promote")  # variants with a paired-MMA form (``pair``)
 TM, TN = 64, 128  # one compute warpgroup's output tile; the CTA is 2 * TM rows
 
 
@@ -50,7 +57,12 @@ def ceiling_gemm(a, b, sa, sb, *, variant: str, k_iters: int, pair: bool = True,
     raise ValueError(f"a {a.shape} / b {b.shape}: M must divide by {wgs * TM}, N by {TN}, TK by 64")
   shape = (TM, TN)
 
-  def kernel(a_g, b_g, sa_g, sb_g, o_g, a_s, b_s, sa_s, sb_s, o_s, bar):
+  bf16 = jnp.bfloat16
+  a_regs = not interpret  # the interpreter's wgmma takes A from shared memory only
+  if variant == "bf16mma":
+    a, b = a.astype(bf16), b.astype(bf16)
+
+  def kernel(a_g, b_g, sa_g, sb_g, o_g, a_s, b_s, sa_s, sb_s, o_s, bar, bq, aq):
     mi, ni, wg = lax.axis_index("m"), lax.axis_index("n"), lax.axis_index("wg")
     r0 = mi * wgs * TM + wg * TM
     plgpu.copy_gmem_to_smem(a_g.at[pl.ds(r0, TM)], a_s.at[wg], bar.at[wg])
@@ -72,7 +84,27 @@ def ceiling_gemm(a, b, sa, sb, *, variant: str, k_iters: int, pair: bool = True,
       sb_j = plgpu.load(sb_w.at[j], layout=plgpu.Layout.WGMMA.reduce(0))
       return acc + (p * mg._row(sa_j, shape)) * mg._col(sb_j, shape)
 
-    if variant == "mma":
+    if variant == "deq":
+      def scope(acc_ref):
+        bq_w, aq_w = bq.at[wg], aq.at[wg]
+        def step(_, c):
+          b_scale = lambda i: plgpu.load(sb_w.at[i], layout=plgpu.Layout.WGMMA.reduce(1))
+          for off, bt in mg.dequant_blocks(b_w, "fp8", tk, b_scale):
+            bq_w.at[:, pl.ds(off, mg.BLOCK)][...] = bt
+          plgpu.commit_smem()
+          a_scale = lambda i: plgpu.load(sa_w.at[i], layout=plgpu.Layout.WGMMA.reduce(1))
+          for off, at in mg.dequant_blocks(a_w, "fp8", tk, a_scale):
+            if not a_regs:
+              aq_w.at[:, pl.ds(off, mg.BLOCK)][...] = at
+              plgpu.commit_smem()
+              at = aq_w.at[:, pl.ds(off, mg.BLOCK)]
+            plgpu.wgmma(acc_ref, at, bq_w.at[:, pl.ds(off, mg.BLOCK)].T)
+          plgpu.wgmma_wait(0)
+          return c
+        lax.fori_loop(0, k_iters, step, 0)
+        return acc_ref[...]
+      acc = pl.run_scoped(scope, plgpu.ACC(shape, jnp.float32))
+    elif variant in ("mma", "bf16mma"):
       def scope(acc_ref):
         def step(_, c):
           for j in range(nblk):
@@ -115,21 +147,26 @@ def ceiling_gemm(a, b, sa, sb, *, variant: str, k_iters: int, pair: bool = True,
           b_s=plgpu.SMEM((wgs, TN, tk), b.dtype, transforms=mg._block_tiled(b.dtype)),
           sa_s=plgpu.SMEM((wgs, nblk, TM), jnp.float32), sb_s=plgpu.SMEM((wgs, nblk, TN), jnp.float32),
           o_s=plgpu.SMEM((wgs, TM, TN), jnp.bfloat16, transforms=mg._tiled(TN, jnp.bfloat16)),
-          bar=plgpu.Barrier(num_arrivals=4, num_barriers=wgs)),
+          bar=plgpu.Barrier(num_arrivals=4, num_barriers=wgs),
+          bq=plgpu.SMEM((wgs, TN, tk) if variant == "deq" else (1, 8, 32), bf16, transforms=mg._block_tiled(bf16)),
+          aq=plgpu.SMEM((wgs, TM, tk) if variant == "deq" and not a_regs else (1, 8, 32), bf16,
+                        transforms=mg._block_tiled(bf16))),
       interpret=plgpu.InterpretGPUParams() if interpret else None)
   return f(a, b, sa, sb)
 
 
 def reference(a, b, sa, sb, k_iters: int, variant: str) -> np.ndarray:
   """float64 model of the kernel's sum (per-block partials times the variant's scales), k_iters times."""
+  if variant == "bf16mma":
+    sa, sb = jnp.ones_like(sa), jnp.ones_like(sb)
   a64, b64 = np.asarray(a.astype(jnp.float32), np.float64), np.asarray(b.astype(jnp.float32), np.float64)
   sa64, sb64 = np.asarray(sa, np.float64), np.asarray(sb, np.float64)
   out = np.zeros((a.shape[0], b.shape[0]))
   for j in range(a.shape[1] // mg.BLOCK):
     p = a64[:, 32 * j:32 * j + 32] @ b64[:, 32 * j:32 * j + 32].T
-    if variant in ("row", "promote"):
+    if variant in ("row", "promote", "deq"):
       p = p * sa64[j][:, None]
-    if variant == "promote":
+    if variant in ("promote", "deq"):
       p = p * sb64[j][None, :]
     out += p
   return out * k_iters
@@ -175,6 +212,8 @@ def main():
   ap.add_argument("--n", type=int, default=8192)
   ap.add_argument("--k", type=int, default=8192)
   ap.add_argument("--tks", default="128,256")
+  ap.add_argument("--variants", default=",".join(VARIANTS))
+  ap.add_argument("--wgs3", action="store_true", help="also promote / row with three compute warpgroups")
   ap.add_argument("--out", default=os.environ.get("OUT", "."))
   args = ap.parse_args()
   on_gpu = jax.default_backend() == "gpu"
@@ -205,10 +244,12 @@ def main():
   del qa, qb
   for tk in [int(v) for v in args.tks.split(",")]:
     a, b, sa, sb = inputs(m, n, tk)
-    runs = [(v, p, 2) for v in VARIANTS for p in ((True, False) if v != "mma" else (True,))]
-    runs += [("promote", True, 3), ("row", True, 3)]
+    runs = [(v, p, 2) for v in VARIANTS for p in ((True, False) if v in PAIRED else (True,))]
+    runs += [("promote", True, 3), ("row", True, 3)] if args.wgs3 else []
     for v, pair, wgs in runs:
-      name = f"ceiling {v} tk{tk}{' pair' if pair and v != 'mma' else ''}{' wgs3' if wgs == 3 else ''}"
+      if v not in args.variants.split(",") or (v in ("deq", "bf16mma") and tk > 128):  # bf16 tiles: SMEM
+        continue
+      name = f"ceiling {v} tk{tk}{' pair' if pair and v in PAIRED else ''}{' wgs3' if wgs == 3 else ''}"
       mr = m - m % (wgs * TM)  # 8064 rows for 3 warpgroups
       try:
         fn = functools.partial(ceiling_gemm, variant=v, k_iters=k // tk, pair=pair, wgs=wgs)
