@@ -10,7 +10,10 @@ and column scales, loaded from shared memory per block as the real kernel does):
 * ``mma``     no promotion: every block's wgmma accumulates into one accumulator (an FP8 GEMM's rate);
 * ``fadd``    ``acc + p``: one FP32 instruction per output and block (what a scale-free promotion costs);
 * ``row``     ``acc + p * sa``: one FFMA (as if the scale product came for free);
-* ``promote`` ``acc + (p * sa) * sb``: FMUL + FFMA, the MX promotion the kernel runs.
+* ``promote`` ``acc + (p * sa) * sb``: FMUL + FFMA, the MX promotion the kernel runs;
+* ``smma``    ``acc + p * S``, one FFMA, with the scale product S = sa (x) sb made on the tensor cores by a bf16
+  ``wgmma`` m64n128k16 per block (A: the row scales in column 0 of a (64, 16) tile, B: the column scales in
+  column 0 of a (128, 16) tile, both exact in bf16), session 19's idea.
 
 Design (b) (``kernels/mx_matmul_mgpu.py``, ``variant="bf16"``), the same way:
 
@@ -39,7 +42,7 @@ import jax.experimental.pallas.mosaic_gpu as plgpu
 
 from kernels import mx_matmul_mgpu as mg
 
-VARIANTS = ("mma", "fadd", "row", "promote", "bf16mma", "deq")
+VARIANTS = ("mma", "fadd", "row", "promote", "smma", "bf16mma", "deq")
 PAIRED = ("fadd", "row", "promote")  # variants with a paired-MMA form (``pair``)
 TM, TN = 64, 128  # one compute warpgroup's output tile; the CTA is 2 * TM rows
 
@@ -62,13 +65,26 @@ def ceiling_gemm(a, b, sa, sb, *, variant: str, k_iters: int, pair: bool = True,
   if variant == "bf16mma":
     a, b = a.astype(bf16), b.astype(bf16)
 
-  def kernel(a_g, b_g, sa_g, sb_g, o_g, a_s, b_s, sa_s, sb_s, o_s, bar, bq, aq):
+  smma = variant == "smma"
+  sam = sbm = None
+  if smma:  # (nblk, rows, 16) bf16: each block's scales in column 0
+    sam = jnp.zeros((nblk, m, 16), bf16).at[:, :, 0].set(sa.astype(bf16))
+    sbm = jnp.zeros((nblk, n, 16), bf16).at[:, :, 0].set(sb.astype(bf16))
+
+  def kernel(*gm, a_s, b_s, sa_s, sb_s, o_s, bar, bq, aq, sam_s=None, sbm_s=None):  # scratch comes by name
+    if smma:
+      a_g, b_g, sa_g, sb_g, sam_g, sbm_g, o_g = gm
+    else:
+      a_g, b_g, sa_g, sb_g, o_g = gm
     mi, ni, wg = lax.axis_index("m"), lax.axis_index("n"), lax.axis_index("wg")
     r0 = mi * wgs * TM + wg * TM
     plgpu.copy_gmem_to_smem(a_g.at[pl.ds(r0, TM)], a_s.at[wg], bar.at[wg])
     plgpu.copy_gmem_to_smem(b_g.at[pl.ds(ni * TN, TN)], b_s.at[wg], bar.at[wg])
     plgpu.copy_gmem_to_smem(sa_g.at[:, pl.ds(r0, TM)], sa_s.at[wg], bar.at[wg])
     plgpu.copy_gmem_to_smem(sb_g.at[:, pl.ds(ni * TN, TN)], sb_s.at[wg], bar.at[wg])
+    if smma:
+      plgpu.copy_gmem_to_smem(sam_g.at[:, pl.ds(r0, TM)], sam_s.at[wg], bar.at[wg])
+      plgpu.copy_gmem_to_smem(sbm_g.at[:, pl.ds(ni * TN, TN)], sbm_s.at[wg], bar.at[wg])
     plgpu.barrier_wait(bar.at[wg])
     a_w, b_w, sa_w, sb_w = a_s.at[wg], b_s.at[wg], sa_s.at[wg], sb_s.at[wg]
 
@@ -84,7 +100,19 @@ def ceiling_gemm(a, b, sa, sb, *, variant: str, k_iters: int, pair: bool = True,
       sb_j = plgpu.load(sb_w.at[j], layout=plgpu.Layout.WGMMA.reduce(0))
       return acc + (p * mg._row(sa_j, shape)) * mg._col(sb_j, shape)
 
-    if variant == "deq":
+    if smma:
+      def step(_, acc):
+        for j in range(nblk):
+          def part(p_ref, s_ref, j=j):
+            plgpu.wgmma(p_ref, *blk(j))
+            plgpu.wgmma(s_ref, sam_s.at[wg, j], sbm_s.at[wg, j].T)
+            return p_ref[...], s_ref[...]
+          p, sc = pl.run_scoped(part, plgpu.ACC(shape, jnp.float32), plgpu.ACC(shape, jnp.float32))
+          acc = acc + p * sc
+        return acc
+      acc0 = plgpu.layout_cast(jnp.zeros(shape, jnp.float32), plgpu.Layout.WGMMA)
+      acc = lax.fori_loop(0, k_iters, step, acc0)
+    elif variant == "deq":
       def scope(acc_ref):
         bq_w, aq_w = bq.at[wg], aq.at[wg]
         def step(_, c):
@@ -147,12 +175,14 @@ def ceiling_gemm(a, b, sa, sb, *, variant: str, k_iters: int, pair: bool = True,
           b_s=plgpu.SMEM((wgs, TN, tk), b.dtype, transforms=mg._block_tiled(b.dtype)),
           sa_s=plgpu.SMEM((wgs, nblk, TM), jnp.float32), sb_s=plgpu.SMEM((wgs, nblk, TN), jnp.float32),
           o_s=plgpu.SMEM((wgs, TM, TN), jnp.bfloat16, transforms=mg._tiled(TN, jnp.bfloat16)),
-          bar=plgpu.Barrier(num_arrivals=4, num_barriers=wgs),
+          bar=plgpu.Barrier(num_arrivals=6 if smma else 4, num_barriers=wgs),
           bq=plgpu.SMEM((wgs, TN, tk) if variant == "deq" else (1, 8, 32), bf16, transforms=mg._block_tiled(bf16)),
           aq=plgpu.SMEM((wgs, TM, tk) if variant == "deq" and not a_regs else (1, 8, 32), bf16,
-                        transforms=mg._block_tiled(bf16))),
+                        transforms=mg._block_tiled(bf16)),
+          **(dict(sam_s=plgpu.SMEM((wgs, nblk, TM, 16), bf16, transforms=mg._tiled(16, bf16)),
+                  sbm_s=plgpu.SMEM((wgs, nblk, TN, 16), bf16, transforms=mg._tiled(16, bf16))) if smma else {})),
       interpret=plgpu.InterpretGPUParams() if interpret else None)
-  return f(a, b, sa, sb)
+  return f(a, b, sa, sb, sam, sbm) if smma else f(a, b, sa, sb)
 
 
 def reference(a, b, sa, sb, k_iters: int, variant: str) -> np.ndarray:
@@ -164,9 +194,9 @@ def reference(a, b, sa, sb, k_iters: int, variant: str) -> np.ndarray:
   out = np.zeros((a.shape[0], b.shape[0]))
   for j in range(a.shape[1] // mg.BLOCK):
     p = a64[:, 32 * j:32 * j + 32] @ b64[:, 32 * j:32 * j + 32].T
-    if variant in ("row", "promote", "deq"):
+    if variant in ("row", "promote", "smma", "deq"):
       p = p * sa64[j][:, None]
-    if variant in ("promote", "deq"):
+    if variant in ("promote", "smma", "deq"):
       p = p * sb64[j][None, :]
     out += p
   return out * k_iters
@@ -247,7 +277,7 @@ def main():
     runs = [(v, p, 2) for v in VARIANTS for p in ((True, False) if v in PAIRED else (True,))]
     runs += [("promote", True, 3), ("row", True, 3)] if args.wgs3 else []
     for v, pair, wgs in runs:
-      if v not in args.variants.split(",") or (v in ("deq", "bf16mma") and tk > 128):  # bf16 tiles: SMEM
+      if v not in args.variants.split(",") or (v in ("deq", "bf16mma", "smma") and tk > 128):  # SMEM
         continue
       name = f"ceiling {v} tk{tk}{' pair' if pair and v in PAIRED else ''}{' wgs3' if wgs == 3 else ''}"
       mr = m - m % (wgs * TM)  # 8064 rows for 3 warpgroups
