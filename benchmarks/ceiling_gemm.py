@@ -31,7 +31,6 @@ import argparse
 import functools
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +39,7 @@ from jax import lax
 import jax.experimental.pallas as pl
 import jax.experimental.pallas.mosaic_gpu as plgpu
 
+from benchmarks import profile_util
 from kernels import mx_matmul_mgpu as mg
 
 VARIANTS = ("mma", "fadd", "row", "promote", "smma", "bf16mma", "deq")
@@ -225,14 +225,8 @@ def check(interpret: bool, m=256, n=256, tk=128, k_iters=3) -> bool:
 
 
 def timeit(fn, args, reps=9):
-  jf = jax.jit(fn)
-  jax.block_until_ready(jf(*args))
-  ts = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(jf(*args))
-    ts.append(time.perf_counter() - t0)
-  return float(np.median(ts))
+  """Median seconds of the jitted ``fn(*args)`` over ``reps`` calls after one (compiling) call."""
+  return profile_util.median_ms(jax.jit(fn), *args, iters=reps) / 1e3
 
 
 def main():
