@@ -73,7 +73,7 @@ def ceiling_gemm(a, b, sa, sb, *, variant: str, k_iters: int, pair: bool = True,
     sam = jnp.zeros((nblk, m, 16), bf16).at[:, :, 0].set(sa.astype(bf16))
     sbm = jnp.zeros((nblk, n, 16), bf16).at[:, :, 0].set(sb.astype(bf16))
 
-  def kernel(*gm, a_s, b_s, sa_s, sb_s, o_s, bar, bq, aq, sam_s=None, sbm_s=None):  # scratch comes by name
+  def kernel(*gm, a_s, b_s, sa_s, sb_s, o_s, bar, bq=None, aq=None, sam_s=None, sbm_s=None):  # scratch by name
     if smma:
       a_g, b_g, sa_g, sb_g, sam_g, sbm_g, o_g = gm
     else:
@@ -116,7 +116,7 @@ def ceiling_gemm(a, b, sa, sb, *, variant: str, k_iters: int, pair: bool = True,
       acc = lax.fori_loop(0, k_iters, step, acc0)
     elif variant == "deq":
       def scope(acc_ref):
-        bq_w, aq_w = bq.at[wg], aq.at[wg]
+        bq_w, aq_w = bq.at[wg], (None if a_regs else aq.at[wg])
         def step(_, c):
           b_scale = lambda i: plgpu.load(sb_w.at[i], layout=plgpu.Layout.WGMMA.reduce(1))
           for off, bt in mg.dequant_blocks(b_w, "fp8", tk, b_scale):
@@ -168,21 +168,24 @@ def ceiling_gemm(a, b, sa, sb, *, variant: str, k_iters: int, pair: bool = True,
     plgpu.copy_smem_to_gmem(o_s.at[wg], o_g.at[pl.ds(r0, TM), pl.ds(ni * TN, TN)])
     plgpu.wait_smem_to_gmem(0)
 
+  scratch = dict(
+      a_s=plgpu.SMEM((wgs, TM, tk), a.dtype, transforms=mg._block_tiled(a.dtype)),
+      b_s=plgpu.SMEM((wgs, TN, tk), b.dtype, transforms=mg._block_tiled(b.dtype)),
+      sa_s=plgpu.SMEM((wgs, nblk, TM), jnp.float32), sb_s=plgpu.SMEM((wgs, nblk, TN), jnp.float32),
+      o_s=plgpu.SMEM((wgs, TM, TN), bf16, transforms=mg._tiled(TN, bf16)),
+      bar=plgpu.Barrier(num_arrivals=6 if smma else 4, num_barriers=wgs))
+  if variant == "deq":  # the dequantized B tile, and A's where the wgmma cannot take it from registers
+    scratch["bq"] = plgpu.SMEM((wgs, TN, tk), bf16, transforms=mg._block_tiled(bf16))
+    if not a_regs:
+      scratch["aq"] = plgpu.SMEM((wgs, TM, tk), bf16, transforms=mg._block_tiled(bf16))
+  if smma:
+    scratch["sam_s"] = plgpu.SMEM((wgs, nblk, TM, 16), bf16, transforms=mg._tiled(16, bf16))
+    scratch["sbm_s"] = plgpu.SMEM((wgs, nblk, TN, 16), bf16, transforms=mg._tiled(16, bf16))
   f = plgpu.kernel(
       kernel, out_type=jax.ShapeDtypeStruct((m, n), jnp.bfloat16), grid=(m // (wgs * TM), n // TN),
       grid_names=("m", "n"), num_threads=wgs, thread_name="wg",
       compiler_params=plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
-      scratch_types=dict(
-          a_s=plgpu.SMEM((wgs, TM, tk), a.dtype, transforms=mg._block_tiled(a.dtype)),
-          b_s=plgpu.SMEM((wgs, TN, tk), b.dtype, transforms=mg._block_tiled(b.dtype)),
-          sa_s=plgpu.SMEM((wgs, nblk, TM), jnp.float32), sb_s=plgpu.SMEM((wgs, nblk, TN), jnp.float32),
-          o_s=plgpu.SMEM((wgs, TM, TN), jnp.bfloat16, transforms=mg._tiled(TN, jnp.bfloat16)),
-          bar=plgpu.Barrier(num_arrivals=6 if smma else 4, num_barriers=wgs),
-          bq=plgpu.SMEM((wgs, TN, tk) if variant == "deq" else (1, 8, 32), bf16, transforms=mg._block_tiled(bf16)),
-          aq=plgpu.SMEM((wgs, TM, tk) if variant == "deq" and not a_regs else (1, 8, 32), bf16,
-                        transforms=mg._block_tiled(bf16)),
-          **(dict(sam_s=plgpu.SMEM((wgs, nblk, TM, 16), bf16, transforms=mg._tiled(16, bf16)),
-                  sbm_s=plgpu.SMEM((wgs, nblk, TN, 16), bf16, transforms=mg._tiled(16, bf16))) if smma else {})),
+      scratch_types=scratch,
       interpret=plgpu.InterpretGPUParams() if interpret else None)
   return f(a, b, sa, sb, sam, sbm) if smma else f(a, b, sa, sb)
 
